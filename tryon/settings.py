@@ -1,0 +1,79 @@
+"""Settings from the environment (and ``.env``): ``FASHN_*`` for the API, ``TRYON_*`` for the archive."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, NamedTuple
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tryon.errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://api.fashn.ai"
+
+
+class Limit(NamedTuple):
+    """At most ``count`` requests in any window of ``seconds``."""
+
+    count: int
+    seconds: float
+
+    @classmethod
+    def parse(cls, value: "str | Limit | tuple[int, float]") -> "Limit":
+        if isinstance(value, tuple):
+            return cls(int(value[0]), float(value[1]))
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s?\s*", str(value))
+        if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+            raise ValueError(f"a limit is 'N/SECONDS' with N >= 1, for example '50/60'; got {value!r}")
+        return cls(int(match.group(1)), float(match.group(2)))
+
+    def scaled(self, time_scale: float) -> "Limit":
+        """The same count in a window ``time_scale`` times shorter (for the emulator's fast clock)."""
+        return Limit(self.count, self.seconds / time_scale)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}"
+
+
+# NoDecode: the env value is the 'N/SECONDS' string, not JSON.
+LimitSetting = Annotated[Limit, NoDecode]
+
+
+class FashnSettings(BaseSettings):
+    """How to reach one FASHN API key, and the limits it was granted."""
+
+    model_config = SettingsConfigDict(env_prefix="FASHN_", env_file=".env", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, description="API key (fa-...). Never logged.")
+    base_url: str = Field(DEFAULT_BASE_URL, description="API base URL; point it at `tryon emulator` for tests.")
+    run_limit: LimitSetting = Field(Limit(50, 60), description="POST /v1/run requests per window, as N/SECONDS.")
+    status_limit: LimitSetting = Field(Limit(50, 10), description="GET /v1/status requests per window, as N/SECONDS.")
+    credits_limit: LimitSetting = Field(Limit(30, 10), description="GET /v1/credits requests per window, as N/SECONDS.")
+    max_in_flight: int = Field(6, ge=1, description="Predictions running at once for this key.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
+    submit_timeout: float = Field(120.0, gt=0, description="Seconds to wait for POST /v1/run (large base64 bodies are slow).")
+    request_timeout: float = Field(30.0, gt=0, description="Seconds to wait for other requests.")
+    prediction_timeout: float = Field(600.0, gt=0, description="Seconds a prediction may take before it is given up.")
+
+    @field_validator("run_limit", "status_limit", "credits_limit", mode="before")
+    @classmethod
+    def _parse_limit(cls, value: object) -> Limit:
+        return Limit.parse(value)  # type: ignore[arg-type]
+
+    def require_api_key(self) -> SecretStr:
+        """The key, or a clear error before anything is spent."""
+        if self.api_key is None or not self.api_key.get_secret_value().strip():
+            raise ConfigurationError(
+                "No FASHN API key: set FASHN_API_KEY (or use a FashnCredentials block). "
+                "Nothing was submitted."
+            )
+        return self.api_key
+
+
+class ArchiveSettings(BaseSettings):
+    """Where outputs are archived: any fsspec URL (s3://, file://, or a local path)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRYON_", env_file=".env", extra="ignore")
+
+    archive_url: str = Field("./archive", description="fsspec URL or local path of the archive root.")

@@ -1,0 +1,66 @@
+"""In-process traffic control for ONE FASHN API key: pure asyncio, no Prefect.
+
+What it guards (all configurable, see ``FashnSettings``): ``POST /v1/run`` 50 per 60 s,
+``GET /v1/status`` 50 per 10 s, ``GET /v1/credits`` 30 per 10 s, 6 predictions in
+flight. One :class:`TrafficController` per key and event loop holds:
+
+- three :class:`SlidingWindowLimiter` s. They keep an exact log of admission times and
+  never admit more than N in *any* window of W, plus a small margin (2 % + 20 ms)
+  because the server stamps a request when it arrives, a little after we admit it.
+  Exact sliding windows because the provider does not document whether its windows
+  slide or are fixed: the sliding reading is the strictest, so it is safe under both.
+  Waiters are served FIFO; only the head sleeps, exactly until the next admission.
+- :class:`InFlightSlots`: a slot is held from submission until the prediction ends and
+  handed to the next waiter the moment it does. "Phantom" slots cover predictions that
+  may exist behind an ambiguous answer (5xx, dropped connection after sending): the
+  server counts them until they would have finished, so we do too.
+- one :class:`PollScheduler`: a single due-time-ordered loop spends the status budget
+  for every prediction in flight (not one polling loop per prediction, which is how
+  the official SDK overruns the status limit). It learns the latency of each
+  ``(model_name, mode)`` so the first poll lands near the completion, then re-polls
+  often around it, so completions are noticed quickly and slots reused.
+- 429 feedback (``on_429``): ``RateLimitExceeded`` pauses that endpoint (Retry-After
+  if given, else exponential backoff) and slows it down until it recovers;
+  ``ConcurrencyLimitExceeded`` holds a slot for the unknown occupant and holds back
+  submissions until one of ours ends; ``OutOfCredits`` stops submissions (they raise
+  :class:`tryon.errors.OutOfCredits` at once) while polling goes on, so work in
+  flight still finishes and is archived.
+
+Why in the process and not in Prefect's global concurrency/rate limits: Prefect's
+``rate_limit`` is a leaky bucket that admits a burst of L after idle time and then d/s,
+so it overran the provider's windows (86 admitted in one 60 s window for "50/60"), and
+each acquisition is a server round trip (~80-100 ms, serialized per process; on SQLite
+20-38 % of them failed with "database is locked"). See
+``/work/shared/reference/prefect-notes.md``. Per call, the decision has to be local,
+exact and cheap; Prefect still bounds work at the flow level.
+
+The client takes any :class:`Gate` (``await gate.acquire(endpoint)`` before every
+HTTP attempt, ``gate.on_429(endpoint, code, retry_after)`` on every 429);
+:class:`TrafficController` is one.
+"""
+
+from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
+from tryon.traffic.controller import ENDPOINTS, Gate, TrafficController, TrafficStats
+from tryon.traffic.limiter import SlidingWindowLimiter, default_margin
+from tryon.traffic.polling import DEFAULT_PRIORS, LatencyEstimate, LatencyModel, PollScheduler, consume_preadmission
+from tryon.traffic.slots import InFlightSlots, Slot
+
+__all__ = [
+    "DEFAULT_PRIORS",
+    "ENDPOINTS",
+    "Clock",
+    "FakeClock",
+    "Gate",
+    "InFlightSlots",
+    "LatencyEstimate",
+    "LatencyModel",
+    "MonotonicClock",
+    "PollScheduler",
+    "SlidingWindowLimiter",
+    "Slot",
+    "TrafficController",
+    "TrafficStats",
+    "consume_preadmission",
+    "default_margin",
+    "sleep_or_wake",
+]

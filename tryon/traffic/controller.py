@@ -1,0 +1,281 @@
+"""The traffic controller of one API key: the ``Gate`` the client calls before every request."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from tryon.errors import ConcurrencyLimitExceeded, NotFound, OutOfCredits
+from tryon.models import Prediction
+from tryon.settings import Limit
+from tryon.traffic.clock import Clock, MonotonicClock
+from tryon.traffic.limiter import SlidingWindowLimiter
+from tryon.traffic.polling import (
+    DEFAULT_MODE,
+    LatencyModel,
+    PollFn,
+    PollScheduler,
+    Profile,
+    consume_preadmission,
+)
+from tryon.traffic.slots import InFlightSlots, Slot
+
+if TYPE_CHECKING:
+    from tryon.settings import FashnSettings
+
+ENDPOINTS = ("run", "status", "credits")
+DEFAULT_PROFILE: Profile = ("tryon-v1.6", DEFAULT_MODE)
+
+
+def _profile(profile: Profile | None, model_name: str | None, mode: str | None) -> Profile:
+    """``profile`` if given, else ``(model_name, mode)`` with defaults for what is missing."""
+    if profile is not None:
+        return (str(profile[0]), str(profile[1]))
+    return (model_name or DEFAULT_PROFILE[0], mode or DEFAULT_MODE)
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """What the client needs: wait before every HTTP attempt, report every 429."""
+
+    async def acquire(self, endpoint: str) -> None: ...
+
+    def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrafficStats:
+    admitted: dict[str, int]          # admissions per endpoint (status includes scheduled polls)
+    rejected: dict[str, int]          # 429s seen, keyed "endpoint:code"
+    slots_capacity: int
+    slots_busy: int
+    slots_phantom: int
+    slots_peak: int
+    slots_waiting: int
+    predictions_polled: int           # predictions the scheduler is waiting on
+    polls: int
+    completions: int
+    polls_per_completion: float | None
+    submissions_stopped: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class TrafficController:
+    """Limiters for run/status/credits, in-flight slots and the poll scheduler of ONE key.
+
+    Satisfies :class:`Gate`. One instance per key and per event loop; share it across
+    every flow/task coroutine of the process that uses the key.
+    """
+
+    def __init__(self, run_limit: Limit | str = Limit(50, 60), status_limit: Limit | str = Limit(50, 10),
+                 credits_limit: Limit | str = Limit(30, 10), max_in_flight: int = 6,
+                 clock: Clock | None = None, latency_scale: float = 1.0, *,
+                 margin: float | None = None, priors: dict[str, float] | None = None,
+                 min_poll_interval: float | None = None, max_poll_interval: float | None = None,
+                 concurrency_backoff: float | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
+        self.limiters: dict[str, SlidingWindowLimiter] = {
+            name: SlidingWindowLimiter(Limit.parse(limit), self.clock, margin=margin, name=name)
+            for name, limit in zip(ENDPOINTS, (run_limit, status_limit, credits_limit))
+        }
+        self.slots = InFlightSlots(max_in_flight, self.clock)
+        self.latency = LatencyModel(latency_scale, priors)
+        self.scheduler = PollScheduler(self.limiters["status"].acquire, self.clock, self.latency,
+                                       min_interval=min_poll_interval, max_interval=max_poll_interval)
+        # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
+        self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None
+                                    else float(concurrency_backoff))
+        self._stopped: str | None = None
+        self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
+        self._unknown_occupants: set[Slot] = set()
+        self._rejected: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
+                      latency_scale: float | None = None, time_scale: float | None = None,
+                      **kwargs: object) -> TrafficController:
+        """From ``FashnSettings`` (``latency_scale`` defaults to ``settings.latency_scale``).
+
+        ``time_scale`` (a fast emulator whose limits are not scaled in the settings)
+        shortens every window by that factor and divides the latency priors by it.
+        """
+        limits = [settings.run_limit, settings.status_limit, settings.credits_limit]
+        if latency_scale is None:
+            latency_scale = float(getattr(settings, "latency_scale", 1.0) or 1.0)
+        if time_scale is not None:
+            limits = [limit.scaled(time_scale) for limit in limits]
+            latency_scale = time_scale
+        return cls(*limits, settings.max_in_flight, clock=clock, latency_scale=latency_scale,
+                   **kwargs)  # type: ignore[arg-type]
+
+    # -- the Gate protocol ---------------------------------------------------------------
+    def _limiter(self, endpoint: str) -> SlidingWindowLimiter:
+        try:
+            return self.limiters[endpoint]
+        except KeyError:
+            raise ValueError(f"unknown endpoint {endpoint!r}; known: {', '.join(ENDPOINTS)}") from None
+
+    async def acquire(self, endpoint: str) -> None:
+        """Return when one request to ``endpoint`` may be sent now.
+
+        ``run`` raises :class:`OutOfCredits` once submissions are stopped, and waits
+        for a slot release after a ``ConcurrencyLimitExceeded``.
+        """
+        limiter = self._limiter(endpoint)
+        if consume_preadmission(endpoint):
+            return  # a scheduled poll: the scheduler already took this admission
+        if endpoint == "run":
+            self._check_submissions()
+            await self._wait_concurrency_barrier()
+        await limiter.acquire()
+        if endpoint == "run":
+            self._check_submissions()
+
+    def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None:
+        """Feedback from a 429 on ``endpoint``; never raises."""
+        code = code or "TooManyRequests"
+        self._rejected[f"{endpoint}:{code}"] += 1
+        if code == OutOfCredits.code:
+            self.stop_submissions(f"429 OutOfCredits on /v1/{endpoint}: add credits, then resume")
+        elif code == ConcurrencyLimitExceeded.code:
+            self._on_concurrency_limited(retry_after)
+        elif endpoint in self.limiters:  # RateLimitExceeded, or a 429 without a known code
+            self.limiters[endpoint].penalize(retry_after)
+
+    # -- concurrency ---------------------------------------------------------------------
+    def _on_concurrency_limited(self, retry_after: float | None) -> None:
+        # The server counts more in flight than we hold: something we do not know about
+        # (a phantom, another process, the server ending predictions later than we see
+        # them) occupies a slot. Hold one slot for it, and hold back submissions until
+        # one of ours ends or the backoff passes.
+        hold = retry_after if retry_after is not None and retry_after > 0 else self.concurrency_backoff
+        self._barrier = (self.slots.releases, self.clock.now() + hold)
+        self._unknown_occupants = {s for s in self._unknown_occupants if not s.released}
+        if len(self._unknown_occupants) < self.slots.capacity:
+            self._unknown_occupants.add(self.slots.hold_phantom(hold))
+
+    async def _wait_concurrency_barrier(self) -> None:
+        while self._barrier is not None:
+            releases, until = self._barrier
+            now = self.clock.now()
+            if self.slots.releases != releases or now >= until:
+                self._barrier = None
+                return
+            await self.slots.wait_for_release(until - now)
+            self._check_submissions()
+
+    # -- slots ---------------------------------------------------------------------------
+    async def acquire_slot(self) -> Slot:
+        """Wait for an in-flight slot (FIFO); :class:`OutOfCredits` once submissions stop."""
+        self._check_submissions()
+        return await self.slots.acquire()
+
+    def release_slot(self, slot: Slot) -> bool:
+        return self.slots.release(slot)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Hold a slot for the block; a slot turned phantom inside the block is left to expire."""
+        held = await self.acquire_slot()
+        try:
+            yield held
+        finally:
+            if not held.phantom:
+                self.slots.release(held)
+
+    def hold_phantom(self, model_name: str | None = None, mode: str | None = None, *,
+                     profile: Profile | None = None, seconds: float | None = None,
+                     slot: Slot | None = None) -> Slot:
+        """A prediction may exist behind an ambiguous answer: keep a slot busy until it
+        would have finished (``seconds``, default a generous guess for the profile).
+
+        Without ``slot`` a new slot is taken at once, even over capacity; with it, that
+        slot itself becomes the phantom (and ``slot()`` will not release it on exit).
+        """
+        if seconds is None:
+            seconds = self.latency.expected_duration(_profile(profile, model_name, mode))
+        return self.slots.hold_phantom(seconds, slot)
+
+    # -- polling -------------------------------------------------------------------------
+    async def wait(self, prediction_id: str, *, poll: PollFn, profile: Profile | None = None,
+                   model_name: str | None = None, mode: str | None = None,
+                   submitted_at: float | None = None, timeout: float | None = None,
+                   slot: Slot | None = None) -> Prediction:
+        """Wait for a terminal answer through the poll scheduler.
+
+        The profile is ``profile=(model_name, mode)`` or ``model_name=``/``mode=``.
+        ``submitted_at`` is on this controller's clock (``controller.clock.now()``, not
+        ``time.time()``); default: now.
+        With ``slot``, the slot is freed the moment the terminal answer arrives; on
+        ``NotFound`` at once; on any other error (timeout, cancellation) it turns into
+        a phantom for one mean latency, since the prediction may still run on the server.
+        """
+        profile = _profile(profile, model_name, mode)
+        on_terminal: Callable[[Prediction], None] | None = None
+        if slot is not None:
+            on_terminal = lambda _answer: self.slots.release(slot)  # noqa: E731
+        try:
+            return await self.scheduler.wait(prediction_id, profile=profile, poll=poll,
+                                             submitted_at=submitted_at, timeout=timeout,
+                                             on_terminal=on_terminal)
+        except NotFound:
+            if slot is not None:
+                self.slots.release(slot)
+            raise
+        except BaseException:
+            if slot is not None and not slot.released:
+                self.slots.hold_phantom(self.latency.estimate(profile).mean, slot)
+            raise
+
+    # -- out of credits ------------------------------------------------------------------
+    @property
+    def submissions_stopped(self) -> str | None:
+        """Why submissions are stopped (None while they are allowed)."""
+        return self._stopped
+
+    def stop_submissions(self, reason: str) -> None:
+        """Refuse every submission from now on; polling and releases continue."""
+        if self._stopped is None:
+            self._stopped = reason
+        exc = OutOfCredits(self._stopped)
+        self.limiters["run"].fail_waiters(exc)
+        self.slots.stop(exc)
+
+    def resume_submissions(self) -> None:
+        self._stopped = None
+        self.slots.resume()
+
+    def _check_submissions(self) -> None:
+        if self._stopped is not None:
+            raise OutOfCredits(self._stopped)
+
+    # -- observability -------------------------------------------------------------------
+    def stats(self) -> TrafficStats:
+        return TrafficStats(
+            admitted={name: limiter.admitted for name, limiter in self.limiters.items()},
+            rejected=dict(self._rejected),
+            slots_capacity=self.slots.capacity,
+            slots_busy=self.slots.busy,
+            slots_phantom=self.slots.phantoms,
+            slots_peak=self.slots.peak,
+            slots_waiting=self.slots.waiting,
+            predictions_polled=self.scheduler.in_flight,
+            polls=self.scheduler.polls,
+            completions=self.scheduler.completions,
+            polls_per_completion=self.scheduler.polls_per_completion,
+            submissions_stopped=self._stopped,
+        )
+
+    async def aclose(self) -> None:
+        await self.scheduler.aclose()
+        await self.slots.aclose()
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{n}={lim.limit}" for n, lim in self.limiters.items())
+        return f"TrafficController({limits}, max_in_flight={self.slots.capacity})"

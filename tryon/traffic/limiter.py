@@ -1,0 +1,140 @@
+"""An exact sliding-window limiter with 429 feedback (pause, back off, slow down, recover)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+
+from tryon.settings import Limit
+from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
+
+
+def default_margin(window: float) -> float:
+    """Safety added to a window: 2 % of it plus 20 ms, the fixed part capped at 5 % for short windows.
+
+    The server stamps a request when it arrives, a little after we admit it; the margin
+    keeps N+1 requests from landing inside one of the server's windows. 60 s -> 1.22 s,
+    10 s -> 0.22 s, 1 s -> 0.04 s (a 10x time-scaled emulator), 0.1 s -> 7 ms.
+    """
+    return 0.02 * window + min(0.020, 0.05 * window)
+
+
+class SlidingWindowLimiter:
+    """Never admits more than ``limit.count`` in any window of ``limit.seconds`` (+ margin).
+
+    It keeps the log of the last ``count`` admission times: one more may be admitted at
+    ``t`` only if the ``count``-th latest admission is at least one window older than
+    ``t``. Waiters queue on a FIFO lock; only the head sleeps, exactly until the next
+    admission is possible (or until a pause/penalty/failure wakes it to re-check), so
+    there is no polling loop and nobody overtakes.
+
+    After a ``RateLimitExceeded``, :meth:`penalize` pauses admission (``Retry-After`` when
+    the server sends one, else an exponential backoff starting at one slot interval) and
+    slows down: each strike lowers the effective count by ``slowdown`` (never below 1);
+    one strike is forgiven per quiet window, so the limiter recovers by itself.
+    """
+
+    def __init__(self, limit: Limit | tuple[int, float] | str, clock: Clock | None = None, *,
+                 margin: float | None = None, name: str = "", slowdown: float = 0.8,
+                 max_backoff: float | None = None) -> None:
+        self.limit = Limit.parse(limit)
+        self.clock: Clock = clock or MonotonicClock()
+        self.margin = default_margin(self.limit.seconds) if margin is None else float(margin)
+        if self.margin < 0 or not 0 < slowdown <= 1:
+            raise ValueError("margin must be >= 0 and slowdown in (0, 1]")
+        self.window = self.limit.seconds + self.margin
+        self.name = name
+        self.slowdown = slowdown
+        self.max_backoff = self.window if max_backoff is None else float(max_backoff)
+        self._log: deque[float] = deque(maxlen=self.limit.count)
+        self._lock = asyncio.Lock()
+        self._wake: asyncio.Future[None] | None = None
+        self._paused_until = -math.inf
+        self._strikes = 0
+        self._strike_at = -math.inf
+        self._epoch = 0
+        self._failure: BaseException | None = None
+        self.admitted = 0
+        self.penalties = 0
+
+    # -- state ---------------------------------------------------------------------------
+    def strikes(self, now: float | None = None) -> int:
+        """Penalties still in force (one is forgiven per window without a new one)."""
+        if self._strikes == 0:
+            return 0
+        now = self.clock.now() if now is None else now
+        return max(0, self._strikes - int((now - self._strike_at) // self.window))
+
+    def effective_count(self, now: float | None = None) -> int:
+        return max(1, int(self.limit.count * self.slowdown ** self.strikes(now)))
+
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    def next_admission(self, now: float | None = None) -> float:
+        """The earliest time >= now at which one more request may be admitted."""
+        now = self.clock.now() if now is None else now
+        at = max(now, self._paused_until)
+        n = self.effective_count(now)
+        k = len(self._log)
+        return at if k < n else max(at, self._log[k - n] + self.window)
+
+    @property
+    def waiting(self) -> int:
+        return len(getattr(self._lock, "_waiters", None) or ()) + (1 if self._lock.locked() else 0)
+
+    # -- admission -----------------------------------------------------------------------
+    async def acquire(self) -> None:
+        """Wait for this request's turn; returns at the instant it is admitted."""
+        epoch = self._epoch
+        async with self._lock:
+            while True:
+                if self._epoch != epoch and self._failure is not None:
+                    raise self._failure
+                now = self.clock.now()
+                at = self.next_admission(now)
+                if at <= now:
+                    self._log.append(now)
+                    self.admitted += 1
+                    return
+                await sleep_or_wake(self.clock, at - now, self._wake_future())
+
+    def _wake_future(self) -> asyncio.Future[None]:
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    # -- feedback ------------------------------------------------------------------------
+    def pause(self, seconds: float) -> None:
+        """Admit nothing for ``seconds`` from now (extends, never shortens, a pause)."""
+        self._paused_until = max(self._paused_until, self.clock.now() + max(0.0, seconds))
+        self._notify()
+
+    def penalize(self, retry_after: float | None = None) -> float:
+        """Record a ``RateLimitExceeded``: pause and slow down; returns the pause applied."""
+        now = self.clock.now()
+        self._strikes = self.strikes(now) + 1
+        self._strike_at = now
+        self.penalties += 1
+        if retry_after is not None and retry_after >= 0:
+            delay = float(retry_after)
+        else:
+            base = self.limit.seconds / self.limit.count
+            delay = min(self.max_backoff, base * 2 ** (self._strikes - 1))
+        self.pause(delay)
+        return delay
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        """Make everyone waiting now raise ``exc``; later callers are unaffected."""
+        self._epoch += 1
+        self._failure = exc
+        self._notify()
+
+    def __repr__(self) -> str:
+        return f"SlidingWindowLimiter({self.name or '?'} {self.limit}, margin={self.margin:.3f})"

@@ -145,3 +145,7 @@ def api_error_from_response(http_status: int, body: object, retry_after: float |
         if cls is None:
             cls = ServerError if http_status >= 500 else ApiError
     return cls(message, http_status=http_status, code=code or None, retry_after=retry_after)
+
+
+class OutputExpired(FashnError):
+    """An output can no longer be fetched (CDN file deleted after 72 h, base64 after 60 min)."""

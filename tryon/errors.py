@@ -149,3 +149,7 @@ def api_error_from_response(http_status: int, body: object, retry_after: float |
 
 class OutputExpired(FashnError):
     """An output can no longer be fetched (CDN file deleted after 72 h, base64 after 60 min)."""
+
+
+class InsufficientCredits(FashnError):
+    """The balance cannot cover the run: refused before anything was submitted."""

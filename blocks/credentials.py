@@ -1,0 +1,38 @@
+"""The ``FashnCredentials`` block: one API key, where it points, and the limits it was granted."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from tryon.settings import DEFAULT_BASE_URL, FashnSettings
+
+
+class FashnCredentials(Block):
+    """An API key for FASHN and the limits the provider granted it.
+
+    Example:
+        Save once, then name the block in a flow run or deployment::
+
+            from blocks import FashnCredentials
+            FashnCredentials(api_key="fa-...").save("production")
+            settings = FashnCredentials.load("production").settings()
+    """
+
+    _block_type_name = "FASHN Credentials"
+    _block_type_slug = "fashn-credentials"
+    _description = "API key, base URL and rate limits of one FASHN API key."
+
+    api_key: SecretStr = Field(description="The FASHN API key (fa-...). Stored encrypted; never logged.")
+    base_url: str = Field(DEFAULT_BASE_URL, description="API base URL (the emulator's URL in tests).")
+    run_limit: str = Field("50/60", description="POST /v1/run requests allowed per window, as N/SECONDS.")
+    status_limit: str = Field("50/10", description="GET /v1/status requests allowed per window, as N/SECONDS.")
+    credits_limit: str = Field("30/10", description="GET /v1/credits requests allowed per window, as N/SECONDS.")
+    max_in_flight: int = Field(6, ge=1, description="Predictions the key may have running at once.")
+
+    def settings(self) -> FashnSettings:
+        """These credentials as :class:`tryon.settings.FashnSettings` (timeouts from the environment)."""
+        return FashnSettings(
+            api_key=self.api_key, base_url=self.base_url, run_limit=self.run_limit,
+            status_limit=self.status_limit, credits_limit=self.credits_limit, max_in_flight=self.max_in_flight,
+        )

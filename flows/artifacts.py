@@ -1,0 +1,62 @@
+"""Prefect artifacts of a collection run: live progress, a results table, a markdown summary."""
+
+from __future__ import annotations
+
+import time
+
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+
+from tryon.report import RunReport
+
+MAX_TABLE_ROWS = 500
+
+
+def artifact_key(collection: str, suffix: str) -> str:
+    """Artifact keys must match ^[a-z0-9-]*$."""
+    safe = "".join(c if c.isalnum() else "-" for c in collection.lower()).strip("-")
+    return f"tryon-{safe}-{suffix}"[:100]
+
+
+class ProgressTracker:
+    """A progress artifact updated as items finish, at most once per ``interval`` seconds."""
+
+    def __init__(self, artifact_id, total: int, interval: float = 1.0) -> None:
+        self.artifact_id = artifact_id
+        self.total = max(total, 1)
+        self.interval = interval
+        self._last = 0.0
+        self._pending: set = set()
+
+    @classmethod
+    async def create(cls, collection: str, total: int) -> "ProgressTracker":
+        artifact_id = await acreate_progress_artifact(
+            0.0, key=artifact_key(collection, "progress"), description=f"Items of {collection} done")
+        return cls(artifact_id, total)
+
+    async def update(self, report: RunReport, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        await aupdate_progress_artifact(self.artifact_id, 100.0 * report.total / self.total,
+                                        description=report.summary_line())
+
+
+async def publish_results(report: RunReport, location: str, gallery: str | None = None) -> None:
+    rows = [
+        {"garment": e.garment, "model": e.model, "state": e.state, "prediction": e.prediction_id or "",
+         "outputs": len(e.outputs), "credits": e.credits_used,
+         "error": f"{e.error_name}: {e.error_message}" if e.error_name else ""}
+        for e in report.items[:MAX_TABLE_ROWS]
+    ]
+    await acreate_table_artifact(rows, key=artifact_key(report.collection, "results"),
+                                 description=f"{report.summary_line()} (first {MAX_TABLE_ROWS} rows)")
+    links = f"\n\nReport: `{location}`" + (f"\n\nGallery: [{gallery}]({gallery})" if gallery else "")
+    await acreate_markdown_artifact(f"# {report.collection}\n\n```\n{report.summary_text()}\n```{links}",
+                                    key=artifact_key(report.collection, "summary"),
+                                    description=report.summary_line())

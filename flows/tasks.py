@@ -1,0 +1,57 @@
+"""Prefect tasks: thin wrappers over :mod:`tryon.steps`, adding names, retries and logs.
+
+Submission has no Prefect retries: the client already re-sends ``POST /v1/run`` when the
+answer proves nothing was created, and any other re-send could pay twice. Polling and
+archiving are safe to repeat, so they retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tryon import steps
+from tryon.archive import ItemResult
+from tryon.collection import Item
+from tryon.errors import NotFound, OutputExpired, UnauthorizedAccess
+from tryon.models import Prediction
+from tryon.traffic import Slot
+
+
+def retry_unless(*final: type[BaseException]):
+    """A retry condition: retry a failed task run unless it raised one of ``final``."""
+
+    def condition(task: Any, task_run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except final:
+            return False
+        except BaseException:
+            return True
+        return False
+
+    return condition
+
+
+@task(task_run_name="submit {item.label}", cache_policy=NO_CACHE, retries=0)
+async def submit_prediction(runtime: steps.Runtime, item: Item, key: str, attempt: int, slot: Slot) -> steps.Submission:
+    """Start one prediction and write its id to the archive before anything else happens."""
+    return await steps.submit(runtime, item, key, attempt, slot)
+
+
+@task(task_run_name="wait {item.label}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess))
+async def wait_for_prediction(runtime: steps.Runtime, item: Item, submission: steps.Submission,
+                              slot: Slot | None) -> Prediction:
+    """Poll (through the key's shared scheduler) until the prediction ends; failures are returned, not raised."""
+    return await steps.wait(runtime, item, submission, slot)
+
+
+@task(task_run_name="archive {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
+      retry_condition_fn=retry_unless(OutputExpired, UnauthorizedAccess))
+async def archive_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
+                          prediction: Prediction) -> ItemResult:
+    """Download every output, write and verify it, then write result.json last."""
+    return await steps.archive(runtime, item, key, submission, prediction)

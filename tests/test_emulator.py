@@ -1,0 +1,250 @@
+"""The emulator speaks the FASHN protocol (over real HTTP), and the client handles every answer
+in the reference's error tables."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.fixtures.emulator import TEST_KEY
+from tryon.client import FashnClient
+from tryon.errors import (
+    AmbiguousSubmission,
+    BadRequest,
+    ConcurrencyLimitExceeded,
+    NotFound,
+    OutOfCredits,
+    OutputExpired,
+    RateLimitExceeded,
+    UnauthorizedAccess,
+)
+
+
+def inputs(emulator, **extra) -> dict:
+    return {"model_image": f"{emulator.url}/_assets/model.jpg", "garment_image": f"{emulator.url}/_assets/shirt.png",
+            "mode": "performance", **extra}
+
+
+async def until_done(client: FashnClient, prediction_id: str, *, every: float = 0.05):
+    for _ in range(400):
+        prediction = await client.status(prediction_id)
+        if prediction.terminal:
+            return prediction
+        await asyncio.sleep(every)
+    raise AssertionError("prediction never ended")
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+async def test_v16_completes_with_an_864x1296_image_and_charges_per_output(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        before = (await client.credits()).total
+        prediction = await until_done(client, await client.run("tryon-v1.6", inputs(emulator, num_samples=2)))
+        assert prediction.status == "completed" and prediction.credits_used == 2
+        assert [image_size(await client.download(url)) for url in prediction.output] == [(864, 1296)] * 2
+        assert (await client.credits()).total == before - 2
+
+
+async def test_statuses_progress_over_time(make_emulator):
+    emulator = make_emulator(time_scale=2.0)
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction_id = await client.run("tryon-v1.6", inputs(emulator))
+        seen = {(await client.status(prediction_id)).status}
+        await asyncio.sleep(1.0)
+        seen.add((await client.status(prediction_id)).status)
+    assert seen <= {"starting", "in_queue", "processing"} and seen & {"in_queue", "processing"}
+
+
+async def test_legacy_body_is_served_as_v15_at_576x864(emulator):
+    async with httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as http:
+        answer = (await http.post("/v1/run", json=inputs(emulator, cover_feet=True))).json()
+    assert answer["error"] is None
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction = await until_done(client, answer["id"])
+        assert emulator.prediction(answer["id"])["model_name"] == "tryon-v1.5"
+        assert image_size(await client.download(prediction.output[0])) == (576, 864)
+
+
+async def test_jpeg_and_base64_outputs(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction = await until_done(client, await client.run(
+            "tryon-v1.6", inputs(emulator, output_format="jpeg", return_base64=True)))
+        assert prediction.output[0].startswith("data:image/jpeg;base64,")
+        data = await client.download(prediction.output[0])
+        assert Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+async def test_outputs_expire(make_emulator):
+    emulator = make_emulator(time_scale=20.0, cdn_retention=0.5, base64_retention=0.5)
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        cdn = await until_done(client, await client.run("tryon-v1.6", inputs(emulator)))
+        b64 = await until_done(client, await client.run("tryon-v1.6", inputs(emulator, return_base64=True, seed=1)))
+        await asyncio.sleep(0.1)
+        with pytest.raises(OutputExpired):
+            await client.download(cdn.output[0])
+        assert (await client.status(b64.id)).output == ["<base64>_expired"]
+
+
+@pytest.mark.parametrize(("garment", "expected"), [
+    ("/_assets/notes.txt", "Content-Type"),
+    ("/_assets/missing", "answered 404"),
+])
+async def test_unloadable_url_fails_with_image_load_error(emulator, garment, expected):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        values = inputs(emulator, garment_image=emulator.url + garment)
+        prediction = await until_done(client, await client.run("tryon-v1.6", values))
+    assert prediction.status == "failed" and prediction.error.name == "ImageLoadError"
+    assert expected in prediction.error.message or "not a readable image" in prediction.error.message
+
+
+async def test_bad_data_uri_fails_with_image_load_error(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        values = inputs(emulator, garment_image="data:image/png;base64," + base64.b64encode(b"not a png").decode())
+        prediction = await until_done(client, await client.run("tryon-v1.6", values))
+    assert (prediction.status, prediction.error.name) == ("failed", "ImageLoadError")
+    assert prediction.credits_used == 0
+
+
+@pytest.mark.parametrize("name", ["ContentModerationError", "PoseError", "PipelineError", "ThirdPartyError"])
+async def test_injected_failures_carry_their_name_and_retryability(make_emulator, name):
+    emulator = make_emulator(faults={"fail_inputs": {"shirt": name}})
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction = await until_done(client, await client.run("tryon-v1.6", inputs(emulator)))
+    assert (prediction.status, prediction.error.name) == ("failed", name)
+    assert emulator.stats()["credits_charged"] == 0
+
+
+async def test_wrong_key_is_401(emulator):
+    async with FashnClient("fa-wrong", emulator.url) as client:
+        with pytest.raises(UnauthorizedAccess):
+            await client.run("tryon-v1.6", inputs(emulator))
+        with pytest.raises(UnauthorizedAccess):
+            await client.credits()
+
+
+async def test_invalid_inputs_are_400_naming_the_field(emulator):
+    async with httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as http:
+        answer = await http.post("/v1/run", json={"model_name": "tryon-v1.6", "inputs": inputs(emulator, mode="turbo")})
+        unknown = await http.post("/v1/run", json={"model_name": "tryon-v9", "inputs": inputs(emulator)})
+    assert answer.status_code == 400 and answer.json()["error"] == "BadRequest"
+    assert "mode" in answer.json()["message"] and "turbo" in answer.json()["message"]
+    assert unknown.status_code == 400 and "tryon-v9" in unknown.json()["message"]
+    # The client refuses the same inputs before sending anything.
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        with pytest.raises(Exception, match="mode"):
+            await client.run("tryon-v1.6", inputs(emulator, mode="turbo"))
+
+
+async def test_unknown_prediction_is_404(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        with pytest.raises(NotFound):
+            await client.status("no-such-prediction")
+
+
+async def test_run_rate_limit_gives_rate_limit_exceeded(make_emulator):
+    emulator = make_emulator(run_limit="3/60", time_scale=1.0)
+    async with FashnClient(TEST_KEY, emulator.url, max_attempts=1) as client:
+        for seed in range(3):
+            await client.run("tryon-v1.6", inputs(emulator, seed=seed))
+        with pytest.raises(RateLimitExceeded):
+            await client.run("tryon-v1.6", inputs(emulator, seed=9))
+    stats = emulator.stats()
+    assert stats["requests"]["run"]["429:RateLimitExceeded"] == 1 and stats["most_in_window"]["run"] == 3
+
+
+async def test_status_rate_limit_gives_rate_limit_exceeded(make_emulator):
+    emulator = make_emulator(status_limit="2/60", time_scale=1.0)
+    async with FashnClient(TEST_KEY, emulator.url, max_attempts=1) as client:
+        prediction_id = await client.run("tryon-v1.6", inputs(emulator))
+        await client.status(prediction_id)
+        await client.status(prediction_id)
+        with pytest.raises(RateLimitExceeded):
+            await client.status(prediction_id)
+
+
+async def test_seventh_in_flight_gives_concurrency_limit_exceeded(make_emulator):
+    emulator = make_emulator(time_scale=1.0)
+    async with FashnClient(TEST_KEY, emulator.url, max_attempts=1) as client:
+        for seed in range(6):
+            await client.run("tryon-v1.6", inputs(emulator, seed=seed))
+        with pytest.raises(ConcurrencyLimitExceeded):
+            await client.run("tryon-v1.6", inputs(emulator, seed=7))
+    assert emulator.stats()["most_in_flight"] == 6
+
+
+async def test_credits_run_out(make_emulator):
+    emulator = make_emulator(keys={TEST_KEY: 3})
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        await client.run("tryon-v1.6", inputs(emulator, num_samples=2))
+        with pytest.raises(OutOfCredits):
+            await client.run("tryon-v1.6", inputs(emulator, num_samples=2, seed=1))
+    assert emulator.stats()["requests"]["run"]["429:OutOfCredits"] == 1
+
+
+@pytest.mark.parametrize("fault", ["server_error_after_rate", "drop_after_rate"])
+async def test_client_never_resends_after_the_emulator_created_a_prediction(make_emulator, fault):
+    emulator = make_emulator(faults={fault: 1.0})
+    async with FashnClient(TEST_KEY, emulator.url, backoff=0.01) as client:
+        with pytest.raises(AmbiguousSubmission):
+            await client.run("tryon-v1.6", inputs(emulator))
+    stats = emulator.stats()
+    assert stats["predictions"] == 1, "the emulator did create the prediction"
+    assert sum(v for k, v in stats["requests"]["run"].items() if not k.startswith(("500_", "dropped"))) <= 1
+    assert list(stats["created_per_hash"].values()) == [1]
+
+
+async def test_server_error_before_creating_is_still_ambiguous_to_the_client(make_emulator):
+    emulator = make_emulator(faults={"server_error_before_rate": 1.0})
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        with pytest.raises(AmbiguousSubmission):
+            await client.run("tryon-v1.6", inputs(emulator))
+    assert emulator.stats()["predictions"] == 0
+
+
+async def test_webhook_receives_the_terminal_payload(emulator):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tryon.emulator.runner import _free_port
+    import uvicorn, threading
+
+    received: list[dict] = []
+
+    async def hook(request):
+        received.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    port = _free_port("127.0.0.1")
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator),
+                                             webhook_url=f"http://127.0.0.1:{port}/hook")
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert received and received[0]["id"] == prediction_id and received[0]["status"] == "completed"
+
+
+def test_official_sdk_subscribe_runs_to_completed_against_the_emulator(emulator):
+    from fashn import Fashn
+
+    sdk = Fashn(api_key=TEST_KEY, base_url=emulator.url)
+    result = sdk.predictions.subscribe(model_name="tryon-v1.6", inputs=inputs(emulator), poll_interval=1)
+    assert result.status == "completed"
+    assert image_size(httpx.get(result.output[0]).content) == (864, 1296)

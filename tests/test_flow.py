@@ -1,0 +1,54 @@
+"""The collection flow over real parts: the emulator, moto's S3 server, a Prefect server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from prefect.states import State
+
+from tests.collections import write_collection
+from tests.fixtures.emulator import TEST_KEY, TIME_SCALE
+
+
+@pytest.fixture
+def fashn_env(monkeypatch, emulator):
+    monkeypatch.setenv("FASHN_API_KEY", TEST_KEY)
+    monkeypatch.setenv("FASHN_BASE_URL", emulator.url)
+    monkeypatch.setenv("FASHN_LATENCY_SCALE", str(TIME_SCALE))
+    for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
+        monkeypatch.setenv(f"FASHN_{name}_LIMIT", f"{count}/{seconds / TIME_SCALE:g}")
+    emulator.reset()
+    return emulator
+
+
+async def run_flow(**params) -> State:
+    from flows.collection import tryon_collection
+
+    return await tryon_collection(**params, return_state=True)
+
+
+async def test_collection_archived_to_s3_with_the_emulators_sha256(prefect_server, fashn_env, s3, tmp_path):
+    spec = write_collection(tmp_path, garments=2, models=2, inputs={"mode": "performance", "num_samples": 2})
+    state = await run_flow(spec=str(spec), archive=s3.url("archive"))
+    assert state.is_completed(), state.message
+    fs = s3.fs()
+    report = json.loads(fs.cat(s3.url("archive", "test-coll", "tryon-v1.6", "report.json")))
+    assert report["totals"] == {"archived": 4, "failed": 0, "skipped": 0}
+    for entry in report["items"]:
+        assert len(entry["outputs"]) == 2
+        served = fashn_env.prediction(entry["prediction_id"])["output_sha256"]
+        for output in entry["outputs"]:
+            data = fs.cat(output["url"])
+            assert hashlib.sha256(data).hexdigest() == output["sha256"] == served[output["index"]]
+    stats = fashn_env.stats()
+    assert stats["requests"]["run"] == {"200": 4}
+    assert stats["credits_charged"] == 8
+
+    # A second run of the same spec pays for nothing.
+    fashn_env.reset()
+    state = await run_flow(spec=str(spec), archive=s3.url("archive"))
+    assert state.is_completed()
+    assert state.result()["skipped"] == 4 if not hasattr(state.result(), "__await__") else True
+    assert "run" not in fashn_env.stats()["requests"]

@@ -1,0 +1,151 @@
+"""``tryon``: run collections, the demo and the emulator from a terminal.
+
+Commands that need no flow run (``--help``, ``validate``, ``run --dry-run``, ``emulator``)
+never import Prefect, so they answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import App, Parameter
+
+app = App(name="tryon", help="Virtual try-on at catalogue scale: FASHN API × Prefect, every image archived once.")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+@app.command
+def validate(spec: str, /, *, model_name: str | None = None) -> int:
+    """Check a collection spec and report every problem at once; spends nothing.
+
+    Parameters
+    ----------
+    spec
+        Path or fsspec URL of the spec (.yaml, .json or .csv).
+    model_name
+        Validate for this model instead of the spec's.
+    """
+    from tryon.planning import load_and_validate
+    from tryon.collection import SpecError
+
+    try:
+        collection = asyncio.run(load_and_validate(spec, model_name))
+    except SpecError as exc:
+        return _fail(str(exc))
+    print(f"{collection.name}: {collection.item_count()} items for {collection.model_name}; spec is valid")
+    return 0
+
+
+@app.command
+def run(
+    spec: str,
+    /,
+    *,
+    archive: str | None = None,
+    report: Path | None = None,
+    model_name: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> int:
+    """Run a collection: submit, wait, archive every output once; exit 1 if any item failed.
+
+    Parameters
+    ----------
+    spec
+        Path or fsspec URL of the spec (.yaml, .json or .csv).
+    archive
+        Archive root (fsspec URL or path); default TRYON_ARCHIVE_URL or ./archive.
+    report
+        Also write the run's report.json to this path.
+    model_name
+        Use this model instead of the spec's.
+    dry_run
+        Validate and list what would be submitted or skipped, the credits it would cost and the
+        balance; submits nothing and starts no Prefect server.
+    force
+        Submit again items that are already archived (costs credits).
+    """
+    from tryon.collection import SpecError
+    from tryon.errors import FashnError
+
+    try:
+        if dry_run:
+            from tryon.planning import dry_run as plan
+
+            return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, out=sys.stdout))
+        from tryon.console import run_with_progress
+
+        return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force)
+    except (SpecError, FashnError) as exc:
+        return _fail(str(exc))
+
+
+@app.command
+def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time_scale: float = 10.0) -> int:
+    """Start the emulator, make a small synthetic collection and run it into the archive.
+
+    Parameters
+    ----------
+    archive
+        Where outputs go.
+    garments
+        Synthetic garments in the sample collection.
+    models
+        Synthetic model photos in the sample collection.
+    time_scale
+        How much faster than the real API the local emulator runs.
+    """
+    from tryon.demo import run_demo
+
+    return run_demo(archive=archive, garments=garments, models=models, time_scale=time_scale)
+
+
+@app.command
+def emulator(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    time_scale: float = 1.0,
+    key: Annotated[list[str] | None, Parameter(consume_multiple=False)] = None,
+    credits: int = 1_000_000,
+    seed: int = 0,
+) -> int:
+    """Serve the FASHN emulator (a faithful local stand-in for api.fashn.ai) until interrupted.
+
+    Parameters
+    ----------
+    host
+        Interface to bind (keep it on loopback).
+    port
+        Port to listen on.
+    time_scale
+        Divide every latency, window and expiry by this factor.
+    key
+        Accepted API key (repeat for several); default fa-emulator-key.
+    credits
+        Credits each key starts with.
+    seed
+        Seed of latencies and injected faults.
+    """
+    from tryon.emulator import EmulatorConfig
+    from tryon.emulator import serve
+
+    keys = {k: credits for k in (key or ["fa-emulator-key"])}
+    serve(EmulatorConfig(time_scale=time_scale, keys=keys, seed=seed), host=host, port=port)
+    return 0
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

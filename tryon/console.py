@@ -1,0 +1,72 @@
+"""Running the collection flow from a terminal: an embedded Prefect server unless
+PREFECT_API_URL is set, a progress bar, and where the report is."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+PREFECT_DEFAULTS = {
+    # A private home for the embedded server, and no telemetry from an offline machine.
+    "PREFECT_HOME": str(Path(".prefect").resolve()),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
+                      force: bool) -> int:
+    """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
+    if not os.environ.get("PREFECT_API_URL"):
+        for name, value in PREFECT_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force))
+
+
+async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.collection import tryon_collection
+    from tryon import progress
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
+        task_id = bar.add_task("try-on", total=None, counts="")
+
+        async def on_item(run_report) -> None:
+            t = run_report.totals
+            bar.update(task_id, completed=run_report.total,
+                       counts=f"{t['archived']} archived · {t['failed']} failed · {t['skipped']} skipped")
+
+        with progress.subscribe(on_item):
+            state = await tryon_collection(spec, archive=archive, model_name=model_name, force=force,
+                                           return_state=True)
+    return _finish(state, report)
+
+
+def _finish(state, report_path: Path | None) -> int:
+    from tryon.report import RunReport
+
+    message = state.message or ""
+    location = None
+    if state.is_completed():
+        totals = state.result()
+        location = totals.get("report")
+        print(f"done: {totals['archived']} archived, {totals['skipped']} skipped, 0 failed; "
+              f"{totals['credits_used']} credits used")
+    else:
+        print(f"failed: {message}")
+        location = message.rsplit("report at ", 1)[-1] if "report at " in message else None
+    if location:
+        print(f"report: {location}")
+        print(f"gallery: {location.rsplit('/', 1)[0] if '/' in location else '.'}/index.html")
+        if report_path is not None:
+            import fsspec
+
+            with fsspec.open(location, "rb") as src:
+                report_path.write_bytes(src.read())
+            RunReport.from_json(report_path.read_bytes())  # what we copied is a report
+            print(f"report copied to {report_path}")
+    return 0 if state.is_completed() else 1

@@ -1,0 +1,56 @@
+"""What the emulator serves: keys and credits, limits, latencies, retention, and injected faults.
+
+Every duration is in real API seconds; ``time_scale`` divides them all (latencies, rate-limit
+windows, retention, slow answers), so a scale of 10 runs the API ten times faster.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+from tryon.settings import Limit
+
+LimitField = Annotated[Limit, BeforeValidator(Limit.parse)]
+DEFAULT_KEY = "fa-emulator-key"
+
+
+class FaultConfig(BaseModel):
+    """Faults to inject; probabilities in [0, 1], drawn from the emulator's seeded RNG."""
+
+    failure_rates: dict[str, float] = Field(default_factory=dict,
+                                            description="error name -> probability a prediction fails with it")
+    fail_inputs: dict[str, str] = Field(default_factory=dict,
+                                        description="substring of an image input -> error name it fails with")
+    server_error_before_rate: float = Field(0.0, description="500 on /v1/run, nothing created")
+    server_error_after_rate: float = Field(0.0, description="500 on /v1/run after creating the prediction")
+    drop_before_rate: float = Field(0.0, description="connection dropped on /v1/run, nothing created")
+    drop_after_rate: float = Field(0.0, description="connection dropped on /v1/run after creating")
+    status_error_rate: float = Field(0.0, description="500 on /v1/status")
+    slow_rate: float = Field(0.0, description="share of answers delayed by slow_seconds")
+    slow_seconds: float = Field(5.0, description="delay of a slow answer (API seconds)")
+    expired_output_rate: float = Field(0.0, description="share of predictions whose outputs are already gone")
+
+
+class EmulatorConfig(BaseModel):
+    time_scale: float = Field(1.0, gt=0)
+    keys: dict[str, int] = Field(default_factory=lambda: {DEFAULT_KEY: 1_000_000},
+                                 description="API key -> credits (subscription credits, spent first)")
+    run_limit: LimitField = Limit(50, 60)
+    status_limit: LimitField = Limit(50, 10)
+    credits_limit: LimitField = Limit(30, 10)
+    max_in_flight: int = 6
+    latencies: dict[str, float] = Field(default_factory=lambda: {"performance": 5.0, "balanced": 8.0, "quality": 14.0})
+    legacy_speedup: float = Field(0.85, description="tryon-v1.5 latency factor")
+    latency_jitter: float = Field(0.25, description="latency drawn uniformly within ± this share of the mean")
+    cdn_retention: float = 72 * 3600.0
+    base64_retention: float = 3600.0
+    seed: int = 0
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    def scaled(self, seconds: float) -> float:
+        return seconds / self.time_scale
+
+    def limit(self, endpoint: str) -> Limit:
+        return {"run": self.run_limit, "status": self.status_limit, "credits": self.credits_limit}[endpoint]

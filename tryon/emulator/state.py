@@ -1,0 +1,209 @@
+"""The emulator's memory: keys, predictions over time, sliding-window counters and stats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tryon.emulator.conf import EmulatorConfig
+from tryon.models import OUTPUT_SIZES
+
+
+def input_hash(model_name: str, inputs: dict[str, Any]) -> str:
+    canonical = json.dumps({"model_name": model_name, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Prediction:
+    id: str
+    key: str
+    model_name: str
+    inputs: dict[str, Any]
+    hash: str
+    created: float
+    latency: float
+    num_samples: int
+    output_format: str
+    return_base64: bool
+    webhook_url: str | None = None
+    failure: tuple[str, str] | None = None  # (name, message)
+    fail_at: float | None = None  # failures end earlier than a completion
+    expired: bool = False
+    thumbs: tuple[bytes, bytes] | None = None  # model, garment thumbnails (PNG)
+    settled: bool = False
+    served_sha256: dict[int, str] = field(default_factory=dict)
+    status_calls: int = 0
+
+    @property
+    def ends(self) -> float:
+        return self.fail_at if self.failure and self.fail_at is not None else self.created + self.latency
+
+    def status(self, now: float) -> str:
+        elapsed = now - self.created
+        if now >= self.ends:
+            return "failed" if self.failure else "completed"
+        if elapsed < 0.1 * self.latency:
+            return "starting"
+        if elapsed < 0.25 * self.latency:
+            return "in_queue"
+        return "processing"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return OUTPUT_SIZES.get(self.model_name, OUTPUT_SIZES["tryon-v1.6"])
+
+
+class Window:
+    """An exact sliding log of accepted requests; remembers the most ever seen in one window."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+        self.most = 0
+
+    def count(self, now: float, seconds: float) -> int:
+        while self.times and self.times[0] <= now - seconds:
+            self.times.popleft()
+        return len(self.times)
+
+    def add(self, now: float, seconds: float) -> None:
+        self.times.append(now)
+        self.most = max(self.most, self.count(now, seconds))
+
+
+@dataclass
+class Account:
+    subscription: int
+    on_demand: int = 0
+    reserved: int = 0
+    windows: dict[str, Window] = field(default_factory=lambda: defaultdict(Window))
+    active: set[str] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        return self.subscription + self.on_demand
+
+    def charge(self, credits: int) -> None:
+        from_subscription = min(self.subscription, credits)
+        self.subscription -= from_subscription
+        self.on_demand -= credits - from_subscription
+
+
+class State:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = random.Random(self.config.seed)
+        self.accounts = {key: Account(credits) for key, credits in self.config.keys.items()}
+        self.predictions: dict[str, Prediction] = {}
+        self.requests: dict[str, Counter[str]] = defaultdict(Counter)
+        self.created_per_hash: Counter[str] = Counter()
+        self.credits_charged = 0
+        self.most_in_flight: Counter[str] = Counter()
+        self.final: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def account(self, key: str) -> Account | None:
+        if key not in self.accounts and key in self.config.keys:
+            self.accounts[key] = Account(self.config.keys[key])
+        return self.accounts.get(key)
+
+    def settle(self, account: Account, now: float) -> None:
+        """Charge or release what ended since the last look (lazy: the clock decides statuses)."""
+        for pid in list(account.active):
+            prediction = self.predictions[pid]
+            if now < prediction.ends:
+                continue
+            account.active.discard(pid)
+            account.reserved -= prediction.num_samples
+            prediction.settled = True
+            status = prediction.status(now)
+            self.final[status] += 1
+            if status == "completed":
+                account.charge(prediction.num_samples)
+                self.credits_charged += prediction.num_samples
+                self.latencies.append(prediction.latency * self.config.time_scale)
+
+    def in_flight(self, account: Account, now: float) -> int:
+        self.settle(account, now)
+        return len(account.active)
+
+    def create(self, key: str, model_name: str, inputs: dict[str, Any], webhook_url: str | None) -> Prediction:
+        config, now = self.config, self.now()
+        mode = inputs.get("mode", "balanced")
+        mean = config.latencies.get(mode, config.latencies["balanced"])
+        if model_name == "tryon-v1.5":
+            mean *= config.legacy_speedup
+        latency = config.scaled(mean * self.rng.uniform(1 - config.latency_jitter, 1 + config.latency_jitter))
+        prediction = Prediction(
+            id=f"{uuid.UUID(int=self.rng.getrandbits(128))}-emu", key=key, model_name=model_name, inputs=inputs,
+            hash=input_hash(model_name, inputs), created=now, latency=latency,
+            num_samples=int(inputs.get("num_samples", 1)), output_format=inputs.get("output_format", "png"),
+            return_base64=bool(inputs.get("return_base64", False)), webhook_url=webhook_url,
+            expired=self.rng.random() < config.faults.expired_output_rate,
+        )
+        self._inject_failure(prediction)
+        account = self.accounts[key]
+        account.active.add(prediction.id)
+        account.reserved += prediction.num_samples
+        self.most_in_flight[key] = max(self.most_in_flight[key], len(account.active))
+        self.predictions[prediction.id] = prediction
+        self.created_per_hash[prediction.hash] += 1
+        return prediction
+
+    def _inject_failure(self, prediction: Prediction) -> None:
+        faults = self.config.faults
+        images = " ".join(str(prediction.inputs.get(f, "")) for f in ("model_image", "garment_image"))
+        for needle, name in faults.fail_inputs.items():
+            if needle in images:
+                self.fail(prediction, name, f"injected {name} for inputs matching {needle!r}")
+                return
+        roll = self.rng.random()
+        for name, rate in faults.failure_rates.items():
+            if roll < rate:
+                self.fail(prediction, name, f"injected {name}")
+                return
+            roll -= rate
+
+    def fail(self, prediction: Prediction, name: str, message: str) -> None:
+        prediction.failure = (name, message)
+        prediction.fail_at = prediction.created + prediction.latency * 0.5
+
+    def stats(self) -> dict[str, Any]:
+        statuses = [p.status_calls for p in self.predictions.values()]
+        terminal = sum(self.final.values())
+        too_many = Counter()
+        for endpoint, codes in self.requests.items():
+            for code, n in codes.items():
+                if code.startswith("429:"):
+                    too_many[code[4:]] += n
+        return {
+            "requests": {endpoint: dict(codes) for endpoint, codes in self.requests.items()},
+            "most_in_window": {endpoint: max((a.windows[endpoint].most for a in self.accounts.values()), default=0)
+                               for endpoint in ("run", "status", "credits")},
+            "limits": {e: list(self.config.limit(e)) for e in ("run", "status", "credits")},
+            "most_in_flight": max(self.most_in_flight.values(), default=0),
+            "max_in_flight": self.config.max_in_flight,
+            "predictions": len(self.predictions),
+            "created_per_hash": dict(self.created_per_hash),
+            "duplicate_hashes": sum(1 for n in self.created_per_hash.values() if n > 1),
+            "credits_charged": self.credits_charged,
+            "status_calls": sum(statuses),
+            "status_calls_per_prediction": (sum(statuses) / terminal) if terminal else None,
+            "too_many_requests": dict(too_many),
+            "final_statuses": dict(self.final),
+            "mean_latency": (sum(self.latencies) / len(self.latencies)) if self.latencies else None,
+            "time_scale": self.config.time_scale,
+        }

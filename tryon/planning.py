@@ -1,0 +1,80 @@
+"""Before anything is spent: validate the spec, decide each item from the archive, count the
+credits a run would cost and compare them with the balance. No Prefect here: the CLI's
+``--dry-run`` and ``validate`` use it directly."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from tryon.archive import Archive
+from tryon.client import FashnClient
+from tryon.collection import CollectionSpec, item_key, iter_items, load_spec, validate_spec
+from tryon.errors import InsufficientCredits
+from tryon.models import CreditBalance
+from tryon.settings import ArchiveSettings, FashnSettings
+from tryon.steps import Plan, plan_item
+
+
+async def load_and_validate(spec: str, model_name: str | None = None) -> CollectionSpec:
+    """Load and check a spec; raises :class:`tryon.collection.SpecError` listing every problem."""
+    collection = await load_spec(spec, model_name_override=model_name)
+    await validate_spec(collection)
+    return collection
+
+
+@dataclass
+class Preview:
+    """What a run would do: items by action, and the credits the submissions would cost."""
+
+    actions: Counter[str] = field(default_factory=Counter)
+    credits_needed: int = 0
+
+    def add(self, plan: Plan, num_samples: int) -> None:
+        self.actions[plan.action] += 1
+        if plan.action == "submit":
+            self.credits_needed += num_samples
+
+    def line(self) -> str:
+        parts = [f"{self.actions[a]} {label}" for a, label in
+                 (("submit", "to submit"), ("resume", "to resume"), ("skip", "already archived"),
+                  ("failed", "failed before"))]
+        return ", ".join(parts) + f"; at most {self.credits_needed} credits"
+
+
+async def preview(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
+                  out: TextIO | None = None) -> Preview:
+    """Plan every item from the archive alone (items are streamed, one line each to ``out``)."""
+    result = Preview()
+    for item in iter_items(collection):
+        plan = await plan_item(archive, item, await item_key(item), force=force, max_resubmits=max_resubmits)
+        result.add(plan, item.num_samples)
+        if out is not None:
+            print(f"  {plan.action:<7} {item.label}  ({item.num_samples} credit(s)) {plan.reason}", file=out)
+    return result
+
+
+def require_balance(balance: CreditBalance, needed: int) -> None:
+    if balance.total < needed:
+        raise InsufficientCredits(
+            f"the run needs up to {needed} credits but the balance is {balance.total}; nothing was submitted")
+
+
+async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,
+                  out: TextIO) -> int:
+    """Validate, list what would be submitted or skipped, the credits and the balance; spend nothing."""
+    settings = FashnSettings()
+    collection = await load_and_validate(spec, model_name)
+    store = Archive(archive or ArchiveSettings().archive_url)
+    print(f"{collection.name} ({collection.model_name}) into {store.url}:", file=out)
+    result = await preview(collection, store, force=force, max_resubmits=settings.max_resubmits, out=out)
+    print(result.line(), file=out)
+    async with FashnClient.from_settings(settings) as client:
+        balance = await client.credits()
+    print(f"balance: {balance.total} credits (subscription {balance.subscription}, on demand {balance.on_demand})",
+          file=out)
+    if balance.total < result.credits_needed:
+        print("the balance does not cover this run: a real run would refuse to start", file=out)
+        return 1
+    return 0

@@ -1,0 +1,184 @@
+"""What a run did: one entry per item (archived, failed or skipped), totals, credits, and a short
+human summary. Written by :meth:`tryon.archive.Archive.write_report` as ``report.json`` and
+``summary.txt``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from tryon.archive import ItemResult, OutputRecord, utcnow
+from tryon.collection import Item
+
+State = Literal["archived", "failed", "skipped"]
+STATES: tuple[State, ...] = ("archived", "failed", "skipped")
+MAX_LISTED = 20
+
+
+class ItemReport(BaseModel):
+    """One item of one run. ``credits_used`` is what this run spent on it (0 when skipped)."""
+
+    garment: str
+    model: str
+    label: str
+    state: State
+    key: str | None = None
+    prediction_id: str | None = None
+    prediction_ids: list[str] = Field(default_factory=list)
+    outputs: list[OutputRecord] = Field(default_factory=list)
+    error_name: str | None = None
+    error_message: str | None = None
+    credits_used: int = 0
+    attempts: int = 0
+    possible_duplicate_charge: bool = False
+    resubmitted_after_404: bool = False
+    seconds: float | None = None
+    note: str = ""
+
+    @classmethod
+    def _of(cls, item: Item, **fields: Any) -> "ItemReport":
+        return cls(garment=item.garment_id, model=item.model_id, label=item.label, **fields)
+
+    @classmethod
+    def from_result(cls, item: Item, result: ItemResult | None, note: str = "") -> "ItemReport":
+        """The entry for an item that ended in this run (archived or failed)."""
+        if result is None:
+            return cls.failed(item, None, "MissingResult", "the item ended without a result", note=note)
+        return cls._of(
+            item, state=result.state, key=result.key, prediction_id=result.prediction_id,
+            prediction_ids=list(result.prediction_ids), outputs=list(result.outputs), error_name=result.error_name,
+            error_message=result.error_message, credits_used=result.credits_used, attempts=result.attempts,
+            possible_duplicate_charge=result.possible_duplicate_charge,
+            resubmitted_after_404=result.resubmitted_after_404, seconds=result.timings.seconds, note=note,
+        )
+
+    @classmethod
+    def skipped(cls, item: Item, result: ItemResult | None, note: str = "already archived") -> "ItemReport":
+        """The entry for an item archived by an earlier run: nothing spent, its outputs listed."""
+        return cls._of(
+            item, state="skipped", key=result.key if result else None,
+            prediction_id=result.prediction_id if result else None,
+            prediction_ids=list(result.prediction_ids) if result else [],
+            outputs=list(result.outputs) if result else [], attempts=0, note=note,
+        )
+
+    @classmethod
+    def failed(cls, item: Item, key: str | None, name: str, message: str, *, attempts: int = 0,
+               possible_duplicate_charge: bool = False, resubmitted_after_404: bool = False,
+               prediction_id: str | None = None, credits_used: int = 0, note: str = "") -> "ItemReport":
+        """The entry for an item that failed outside a prediction (an error, a stopped run)."""
+        return cls._of(
+            item, state="failed", key=key, prediction_id=prediction_id,
+            prediction_ids=[prediction_id] if prediction_id else [], error_name=name, error_message=message,
+            attempts=attempts, possible_duplicate_charge=possible_duplicate_charge,
+            resubmitted_after_404=resubmitted_after_404, credits_used=credits_used, note=note,
+        )
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Sortable and unique: ``20261123T223300Z-3f9a1c``."""
+    return f"{(now or utcnow()).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+class RunReport(BaseModel):
+    """Every item of one run of one collection for one model name."""
+
+    collection: str
+    model_name: str
+    run_id: str = Field(default_factory=new_run_id)
+    started_at: dt.datetime = Field(default_factory=utcnow)
+    finished_at: dt.datetime | None = None
+    totals: dict[str, int] = Field(default_factory=lambda: {s: 0 for s in STATES})
+    credits_used: int = 0
+    possible_duplicate_charges: list[str] = Field(default_factory=list, description="Labels of items that may have been billed twice.")
+    resubmitted_after_404: list[str] = Field(default_factory=list, description="Labels of items submitted again after a 404.")
+    items: list[ItemReport] = Field(default_factory=list)
+
+    _index: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        self._index = {entry.label: i for i, entry in enumerate(self.items)}
+
+    @classmethod
+    def start(cls, collection: str, model_name: str, run_id: str | None = None) -> "RunReport":
+        started = utcnow()
+        return cls(collection=collection, model_name=model_name, run_id=run_id or new_run_id(started),
+                   started_at=started)
+
+    def _count(self, entry: ItemReport, sign: int) -> None:
+        self.totals[entry.state] = self.totals.get(entry.state, 0) + sign
+        self.credits_used += sign * entry.credits_used
+        for flag, labels in ((entry.possible_duplicate_charge, self.possible_duplicate_charges),
+                             (entry.resubmitted_after_404, self.resubmitted_after_404)):
+            if flag and sign > 0 and entry.label not in labels:
+                labels.append(entry.label)
+            elif flag and sign < 0 and entry.label in labels:
+                labels.remove(entry.label)
+
+    def add(self, entry: ItemReport) -> None:
+        """Add an item's entry; a second entry for the same item replaces the first."""
+        index = self._index.get(entry.label)
+        if index is None:
+            self._index[entry.label] = len(self.items)
+            self.items.append(entry)
+        else:
+            self._count(self.items[index], -1)
+            self.items[index] = entry
+        self._count(entry, +1)
+
+    def finish(self) -> None:
+        self.finished_at = utcnow()
+
+    @property
+    def total(self) -> int:
+        return len(self.items)
+
+    @property
+    def seconds(self) -> float | None:
+        return round((self.finished_at - self.started_at).total_seconds(), 1) if self.finished_at else None
+
+    def failures(self) -> list[ItemReport]:
+        return [e for e in self.items if e.state == "failed"]
+
+    def summary_line(self) -> str:
+        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES)
+        return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
+                f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used")
+
+    def summary_text(self) -> str:
+        """A short human summary: totals, then what needs attention."""
+        lines = [self.summary_line(), f"run {self.run_id}, started {self.started_at:%Y-%m-%d %H:%M:%S}Z"
+                 + (f", took {self.seconds:g} s" if self.seconds is not None else ", not finished")]
+        failures = self.failures()
+        if failures:
+            lines.append(f"failed ({len(failures)}):")
+            for entry in failures[:MAX_LISTED]:
+                lines.append(f"  {entry.label}: {entry.error_name}: {entry.error_message}")
+            if len(failures) > MAX_LISTED:
+                lines.append(f"  ... and {len(failures) - MAX_LISTED} more (see report.json)")
+        if self.possible_duplicate_charges:
+            lines.append(f"possibly charged twice ({len(self.possible_duplicate_charges)}; the API answered "
+                         "ambiguously to a submission): " + ", ".join(self.possible_duplicate_charges[:MAX_LISTED]))
+        if self.resubmitted_after_404:
+            lines.append(f"submitted again after the provider forgot the prediction (404) "
+                         f"({len(self.resubmitted_after_404)}): " + ", ".join(self.resubmitted_after_404[:MAX_LISTED]))
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "RunReport":
+        return cls.model_validate_json(text)
+
+    def totals_dict(self, location: str | None = None) -> dict[str, Any]:
+        """Totals as plain data (a flow's return value)."""
+        return {
+            "collection": self.collection, "model_name": self.model_name, "run_id": self.run_id,
+            "items": self.total, **{s: self.totals.get(s, 0) for s in STATES},
+            "credits_used": self.credits_used, "possible_duplicate_charges": len(self.possible_duplicate_charges),
+            "resubmitted_after_404": len(self.resubmitted_after_404), "report": location,
+        }

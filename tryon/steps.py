@@ -1,0 +1,137 @@
+"""The steps of one item, without Prefect: plan, submit, wait, archive.
+
+``flows/`` wraps submit, wait and archive in Prefect tasks; the CLI's dry run calls
+:func:`plan_item` directly, so it needs no Prefect server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from tryon.archive import Archive, ItemResult, OutputRecord, PendingRecord
+from tryon.client import FashnClient
+from tryon.collection import Item
+from tryon.errors import AmbiguousSubmission, OutputExpired, PredictionFailed
+from tryon.models import Prediction
+from tryon.traffic import Slot, TrafficController
+
+
+class Runtime:
+    """What one flow run needs to run items on one key into one archive (shared by its tasks)."""
+
+    def __init__(self, client: FashnClient, traffic: TrafficController, archive: Archive, *,
+                 max_resubmits: int = 2, resubmit_ambiguous: bool = True, prediction_timeout: float = 600.0,
+                 workers: int | None = None) -> None:
+        self.client = client
+        self.traffic = traffic
+        self.archive = archive
+        self.max_resubmits = max_resubmits
+        self.resubmit_ambiguous = resubmit_ambiguous
+        self.prediction_timeout = prediction_timeout
+        # Enough items in progress to keep every slot busy while others download or archive.
+        self.workers = workers or 2 * traffic.slots.capacity + 2
+
+    def __repr__(self) -> str:
+        return f"Runtime(archive={self.archive.url!r})"
+
+
+@dataclass(frozen=True)
+class Submission:
+    prediction_id: str
+    submitted_at: float  # epoch seconds
+    attempt: int
+
+
+Action = Literal["skip", "resume", "submit", "failed"]
+
+
+@dataclass
+class Plan:
+    """What a run will do with one item, decided from the archive alone (no API call)."""
+
+    action: Action
+    key: str
+    result: ItemResult | None = None
+    pending: PendingRecord | None = None
+    reason: str = ""
+
+    @property
+    def attempts(self) -> int:
+        if self.pending is not None:
+            return self.pending.attempts
+        return self.result.attempts if self.result is not None else 0
+
+
+async def plan_item(archive: Archive, item: Item, key: str, *, force: bool = False, max_resubmits: int = 2) -> Plan:
+    """Skip what is archived, resume what was submitted, submit the rest.
+
+    A failure that retrying cannot fix stays failed (resubmitting would pay for the same
+    answer); ``force`` re-does any item on purpose.
+    """
+    if force:
+        return Plan("submit", key, reason="forced")
+    result = await archive.read_result(item, key)
+    if result is not None and result.state == "archived":
+        return Plan("skip", key, result=result, reason="already archived")
+    if result is not None:
+        retryable = result.error_name is not None and PredictionFailed(result.error_name, "").retryable
+        if not retryable or result.attempts > max_resubmits:
+            return Plan("failed", key, result=result, reason="failed before; not resubmitted (use force)")
+        return Plan("submit", key, result=result, reason="retryable failure before")
+    pending = await archive.read_pending(item, key)
+    if pending is not None and pending.prediction_id:
+        return Plan("resume", key, pending=pending, reason=f"polling prediction {pending.prediction_id}")
+    return Plan("submit", key)
+
+
+def failure_of(prediction: Prediction) -> PredictionFailed:
+    error = prediction.error
+    name = error.name if error else prediction.status
+    message = error.message if error else f"prediction ended {prediction.status}"
+    return PredictionFailed(name, message, prediction_id=prediction.id)
+
+
+async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slot) -> Submission:
+    """Send ``POST /v1/run`` once and write the prediction id durably before returning.
+
+    ``slot`` is the in-flight slot the prediction will occupy. After an ambiguous answer it
+    becomes a phantom for as long as the prediction the server may have created would run.
+    """
+    submitted_at = time.time()
+    try:
+        prediction_id = await runtime.client.run(item.model_name, item.inputs, base_dir=item.base_dir)
+    except AmbiguousSubmission:
+        runtime.traffic.hold_phantom(item.model_name, item.mode, slot=slot)
+        raise
+    await runtime.archive.record_pending(item, key, prediction_id, attempt=attempt)
+    return Submission(prediction_id, submitted_at, attempt)
+
+
+def resumed(pending: PendingRecord) -> Submission:
+    submitted = pending.submitted_at.timestamp() if pending.submitted_at else time.time()
+    return Submission(pending.prediction_id or "", submitted, max(pending.attempts, 1))
+
+
+async def wait(runtime: Runtime, item: Item, submission: Submission, slot: Slot | None) -> Prediction:
+    """The terminal answer (polled by the key's shared scheduler); frees ``slot`` the moment it comes."""
+    elapsed = max(0.0, time.time() - submission.submitted_at)
+    return await runtime.traffic.wait(
+        submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
+        submitted_at=runtime.traffic.clock.now() - elapsed, timeout=runtime.prediction_timeout, slot=slot,
+    )
+
+
+async def archive(runtime: Runtime, item: Item, key: str, submission: Submission, prediction: Prediction) -> ItemResult:
+    """Copy every output into the archive, verify it, and write ``result.json`` last."""
+    if not prediction.output:
+        raise OutputExpired(f"prediction {prediction.id} completed with no output")
+    ext = "jpg" if item.output_format == "jpeg" else "png"
+    outputs: list[OutputRecord] = []
+    for index, url in enumerate(prediction.output):
+        data = await runtime.client.download(url)
+        outputs.append(await runtime.archive.write_output(item, index, data, ext))
+    result = ItemResult.archived(item, key, submission, prediction, outputs)
+    await runtime.archive.write_result(item, result)
+    return result

@@ -50,5 +50,5 @@ async def test_collection_archived_to_s3_with_the_emulators_sha256(prefect_serve
     fashn_env.reset()
     state = await run_flow(spec=str(spec), archive=s3.url("archive"))
     assert state.is_completed()
-    assert state.result()["skipped"] == 4 if not hasattr(state.result(), "__await__") else True
+    assert (await state.aresult())["skipped"] == 4
     assert "run" not in fashn_env.stats()["requests"]

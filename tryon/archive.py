@@ -249,12 +249,13 @@ class Archive:
     # -- locations --------------------------------------------------------------------------------
 
     def _join(self, *parts: str) -> str:
-        if self.local:
-            return os.path.join(self.root, *parts)
-        return posixpath.join(self.root, *parts) if self.root else posixpath.join(*parts)
+        """Join path parts; the first is a full path (the root, or a folder under it)."""
+        parts = tuple(p for p in parts if p)
+        return os.path.join(*parts) if self.local else posixpath.join(*parts)
 
     def model_dir(self, collection: str, model_name: str) -> str:
-        return self._join(_safe_component(collection, "collection name"), _safe_component(model_name, "model name"))
+        return self._join(self.root, _safe_component(collection, "collection name"),
+                          _safe_component(model_name, "model name"))
 
     def item_dir(self, item: Item) -> str:
         _safe_component(item.garment_id, "garment id")
@@ -355,7 +356,7 @@ class Archive:
     async def check_writable(self, collection: str) -> None:
         """Write, read back and delete a probe under the collection; a clear :class:`ArchiveError`
         naming the URL otherwise. Call it before anything is spent."""
-        probe = self._join(_safe_component(collection, "collection name"), f".write-probe-{uuid.uuid4().hex}")
+        probe = self._join(self.root, _safe_component(collection, "collection name"), f".write-probe-{uuid.uuid4().hex}")
         payload = f"tryon write probe {time.time()}".encode()
         try:
             await asyncio.to_thread(self._write_sync, probe, payload)

@@ -13,6 +13,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # The first start creates and migrates the database: 10-30 s on a 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -43,16 +45,16 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
         with progress.subscribe(on_item):
             state = await tryon_collection(spec, archive=archive, model_name=model_name, force=force,
                                            return_state=True)
-    return _finish(state, report)
+    return await _finish(state, report)
 
 
-def _finish(state, report_path: Path | None) -> int:
+async def _finish(state, report_path: Path | None) -> int:
     from tryon.report import RunReport
 
     message = state.message or ""
     location = None
     if state.is_completed():
-        totals = state.result()
+        totals = await state.aresult()
         location = totals.get("report")
         print(f"done: {totals['archived']} archived, {totals['skipped']} skipped, 0 failed; "
               f"{totals['credits_used']} credits used")

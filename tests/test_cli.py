@@ -1,0 +1,58 @@
+"""The ``tryon`` command: help, validation and dry runs answer without starting Prefect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.collections import write_collection
+from tests.fixtures.emulator import TEST_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+# Runs the CLI, then reports whether prefect was ever imported.
+PROBE = ("import sys; from tryon.cli import app\n"
+         "try:\n    code = app(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+         "print('PREFECT_IMPORTED' if 'prefect' in sys.modules else 'NO_PREFECT')\nsys.exit(code or 0)")
+
+
+def tryon(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_help_lists_the_commands():
+    result = tryon("--help")
+    assert result.returncode == 0
+    for command in ("run", "validate", "demo", "emulator"):
+        assert command in result.stdout
+    assert "NO_PREFECT" in result.stdout
+
+
+def test_validate_reports_every_problem_without_prefect(tmp_path):
+    spec = write_collection(tmp_path, garments=1, models=1, inputs={"mode": "turbo", "num_samples": 9})
+    result = tryon("validate", str(spec))
+    assert result.returncode == 2
+    assert "mode" in result.stderr and "turbo" in result.stderr and "num_samples" in result.stderr
+    assert "NO_PREFECT" in result.stdout
+
+
+def test_dry_run_lists_items_credits_and_balance_and_submits_nothing(emulator, tmp_path):
+    emulator.reset()
+    spec = write_collection(tmp_path, garments=2, models=2, inputs={"mode": "performance", "num_samples": 3})
+    result = tryon("run", str(spec), "--dry-run", "--archive", str(tmp_path / "archive"),
+                   env={"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("submit ") == 4
+    assert "at most 12 credits" in result.stdout and "balance:" in result.stdout
+    assert "NO_PREFECT" in result.stdout
+    assert "run" not in emulator.stats()["requests"]
+
+
+def test_missing_api_key_is_a_clear_error_before_anything_is_sent(tmp_path):
+    spec = write_collection(tmp_path, garments=1, models=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASHN_")}
+    result = subprocess.run([sys.executable, "-c", PROBE, "run", str(spec), "--dry-run"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 2 and "FASHN_API_KEY" in result.stderr

@@ -52,3 +52,25 @@ async def test_collection_archived_to_s3_with_the_emulators_sha256(prefect_serve
     assert state.is_completed()
     assert (await state.aresult())["skipped"] == 4
     assert "run" not in fashn_env.stats()["requests"]
+
+
+async def test_flow_takes_its_key_and_archive_from_blocks(prefect_server, emulator, s3, tmp_path, monkeypatch):
+    from pydantic import SecretStr
+
+    from blocks import FashnCredentials, TryonArchive
+
+    for name in ("FASHN_API_KEY", "FASHN_BASE_URL", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FASHN_LATENCY_SCALE", str(TIME_SCALE))
+    emulator.reset()
+    await FashnCredentials(api_key=SecretStr(TEST_KEY), base_url=emulator.url, run_limit=f"50/{60 / TIME_SCALE:g}",
+                           status_limit=f"50/{10 / TIME_SCALE:g}").save("test-key", overwrite=True)
+    await TryonArchive(url=s3.url("from-block"), storage_options=s3.storage_options).save("test-archive",
+                                                                                          overwrite=True)
+    spec = write_collection(tmp_path, name="blocks", garments=1, models=1)
+    state = await run_flow(spec=str(spec), credentials_block="test-key", archive_block="test-archive")
+    assert state.is_completed(), state.message
+    assert s3.fs().exists(s3.url("from-block", "blocks", "tryon-v1.6", "g0__m0", "output_0.png"))
+    assert emulator.stats()["requests"]["run"] == {"200": 1}
+    loaded = await FashnCredentials.aload("test-key")
+    assert isinstance(loaded.api_key, SecretStr) and TEST_KEY not in repr(loaded)

@@ -127,9 +127,12 @@ async def test_run_killed_with_sigkill_resumes_without_paying_twice(prefect_serv
     # Only a prediction created in the instant before the kill, its id not yet written, may be paid twice.
     unrecorded = max(0, created_before - recorded)
 
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    copy = tmp_path / "copy-of-report.json"
+    second = subprocess.run([*command, "--report", str(copy)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
     assert second.returncode == 0, second.stdout + second.stderr
     report = report_of(archive, "killed")
+    assert json.loads(copy.read_text()) == report
     assert report["totals"]["failed"] == 0
     assert sum(report["totals"].values()) == 12
     stats = emulator.stats()

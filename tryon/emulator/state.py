@@ -148,7 +148,8 @@ class State:
             mean *= config.legacy_speedup
         latency = config.scaled(mean * self.rng.uniform(1 - config.latency_jitter, 1 + config.latency_jitter))
         prediction = Prediction(
-            id=f"{uuid.UUID(int=self.rng.getrandbits(128))}-emu", key=key, model_name=model_name, inputs=inputs,
+            # Unique across restarts, like the provider's: a resumed id must never name another item.
+            id=f"{uuid.uuid4()}-emu", key=key, model_name=model_name, inputs=inputs,
             hash=input_hash(model_name, inputs), created=now, latency=latency,
             num_samples=int(inputs.get("num_samples", 1)), output_format=inputs.get("output_format", "png"),
             return_base64=bool(inputs.get("return_base64", False)), webhook_url=webhook_url,

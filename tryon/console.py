@@ -32,10 +32,13 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
 
     from flows.collection import tryon_collection
     from tryon import progress
+    from tryon.collection import load_spec
+
+    total = (await load_spec(spec, model_name_override=model_name)).item_count()
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
-        task_id = bar.add_task("try-on", total=None, counts="")
+        task_id = bar.add_task("try-on", total=total, counts="")
 
         async def on_item(run_report) -> None:
             t = run_report.totals

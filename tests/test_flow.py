@@ -74,3 +74,21 @@ async def test_flow_takes_its_key_and_archive_from_blocks(prefect_server, emulat
     assert emulator.stats()["requests"]["run"] == {"200": 1}
     loaded = await FashnCredentials.aload("test-key")
     assert isinstance(loaded.api_key, SecretStr) and TEST_KEY not in repr(loaded)
+
+
+async def test_run_publishes_progress_table_and_summary_artifacts(prefect_server, fashn_env, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    spec = write_collection(tmp_path, name="artifacts", garments=2, models=1)
+    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
+    assert state.is_completed(), state.message
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_type = {a.type: a for a in artifacts}
+    assert set(by_type) >= {"progress", "table", "markdown"}
+    assert by_type["progress"].data == 100.0
+    table = json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
+    assert sorted((row["garment"], row["state"]) for row in table) == [("g0", "archived"), ("g1", "archived")]
+    assert "2 archived" in by_type["markdown"].data and "report.json" in by_type["markdown"].data

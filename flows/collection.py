@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.events import emit_event
 from prefect.states import Failed
 
 from flows import artifacts
@@ -60,8 +61,16 @@ async def tryon_collection(
         await tracker.update(report, force=True)
         report.finish()
         location = await store.write_report(collection.name, collection.model_name, report)
-    await artifacts.publish_results(report, location)
+    gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
+    await artifacts.publish_results(report, location, gallery)
     logger.info("%s; report at %s", report.summary_line(), location)
-    if report.totals.get("failed"):
+    failed = report.totals.get("failed", 0)
+    emit_event(  # for automations, e.g. notify on tryon.collection.failed
+        event=f"tryon.collection.{'failed' if failed else 'completed'}",
+        resource={"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
+                  "prefect.resource.name": collection.name},
+        payload={**report.totals_dict(location), "gallery": gallery},
+    )
+    if failed:
         return Failed(message=f"{report.summary_line()}; report at {location}")  # type: ignore[return-value]
     return report.totals_dict(location)

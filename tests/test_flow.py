@@ -92,3 +92,4 @@ async def test_run_publishes_progress_table_and_summary_artifacts(prefect_server
     table = json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
     assert sorted((row["garment"], row["state"]) for row in table) == [("g0", "archived"), ("g1", "archived")]
     assert "2 archived" in by_type["markdown"].data and "report.json" in by_type["markdown"].data
+    assert "artifacts/tryon-v1.6/index.html" in by_type["markdown"].data

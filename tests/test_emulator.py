@@ -245,6 +245,6 @@ def test_official_sdk_subscribe_runs_to_completed_against_the_emulator(emulator)
     from fashn import Fashn
 
     sdk = Fashn(api_key=TEST_KEY, base_url=emulator.url)
-    result = sdk.predictions.subscribe(model_name="tryon-v1.6", inputs=inputs(emulator), poll_interval=1)
+    result = sdk.predictions.subscribe(model_name="tryon-v1.6", inputs=inputs(emulator), poll_interval=100)  # milliseconds
     assert result.status == "completed"
     assert image_size(httpx.get(result.output[0]).content) == (864, 1296)

@@ -11,6 +11,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
+from tryon.planning import Preview
 from tryon.report import RunReport
 
 MAX_TABLE_ROWS = 500
@@ -60,3 +61,11 @@ async def publish_results(report: RunReport, location: str, gallery: str | None 
     await acreate_markdown_artifact(f"# {report.collection}\n\n```\n{report.summary_text()}\n```{links}",
                                     key=artifact_key(report.collection, "summary"),
                                     description=report.summary_line())
+
+
+async def publish_plan(collection: str, planned: Preview) -> None:
+    """A dry run's answer: what a real run would do and cost."""
+    covered = planned.balance is None or planned.balance >= planned.credits_needed
+    verdict = "" if covered else "\n\n**The balance does not cover this run: a real run would refuse to start.**"
+    await acreate_markdown_artifact(f"# {collection}: dry run\n\n{planned.line()}{verdict}",
+                                    key=artifact_key(collection, "plan"), description=planned.line())

@@ -17,6 +17,7 @@ from prefect.states import Failed
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.items import run_items
+from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
 from tryon import progress
 from tryon.planning import load_and_validate, preview, require_balance
 from tryon.report import RunReport
@@ -26,9 +27,13 @@ from tryon.runtime import open_runtime
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
 async def tryon_collection(
-    spec: str,
+    spec: str | None = None,
+    inline_spec: InlineCollection | None = None,
     archive: str | None = None,
-    model_name: str | None = None,
+    model_name: ModelName | None = None,
+    mode: Mode | None = None,
+    num_samples: NumSamples | None = None,
+    dry_run: bool = False,
     force: bool = False,
     credentials_block: str | None = None,
     archive_block: str | None = None,
@@ -36,24 +41,36 @@ async def tryon_collection(
     """Run one collection.
 
     Args:
-        spec: Path or fsspec URL of the collection spec (YAML, JSON or CSV).
+        spec: Path or fsspec URL (s3://...) of the collection spec: YAML, JSON or CSV. Give this or inline_spec.
+        inline_spec: The collection itself, typed in the form. Give this or spec.
         archive: Archive root URL; default: the archive block, then TRYON_ARCHIVE_URL, then ./archive.
         model_name: Use this model instead of the spec's (re-render a catalogue with a newer model).
+        mode: Set this mode on every item (over the spec's inputs).
+        num_samples: Set this many outputs per item (1-4; each output costs a credit).
+        dry_run: Validate, plan and check the balance only; submit nothing.
         force: Submit again items that are already archived (costs credits).
-        credentials_block: Name of a FashnCredentials block; default: the FASHN_* settings.
-        archive_block: Name of a TryonArchive block.
+        credentials_block: Name of a FashnCredentials block; default: the worker's FASHN_* settings.
+        archive_block: Name of a TryonArchive block (URL and storage credentials).
     """
+    if (spec is None) == (inline_spec is None):
+        raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
+    source = inline_spec.as_spec_data() if inline_spec is not None else spec
     logger = get_run_logger()
-    collection = await load_and_validate(spec, model_name)
+    collection = await load_and_validate(source, model_name, input_overrides(mode, num_samples))
     settings = await resolve_settings(credentials_block)
     store = await resolve_archive(archive, archive_block)
     await store.check_writable(collection.name)
 
     async with open_runtime(settings, store) as runtime:
         planned = await preview(collection, store, force=force, max_resubmits=runtime.max_resubmits)
-        if planned.credits_needed:
-            require_balance(await runtime.client.credits(), planned.credits_needed)
+        if planned.credits_needed or dry_run:
+            planned.balance = (await runtime.client.credits()).total
         logger.info("%s: %s", collection.name, planned.line())
+        if dry_run:
+            await artifacts.publish_plan(collection.name, planned)
+            return {"dry_run": True, **planned.as_dict()}
+        if planned.credits_needed:
+            require_balance(planned.balance or 0, planned.credits_needed)
         report = RunReport.start(collection.name, collection.model_name)
         tracker = await artifacts.ProgressTracker.create(collection.name, total=sum(planned.actions.values()))
         with progress.subscribe(tracker.update):

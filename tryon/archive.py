@@ -369,6 +369,20 @@ class Archive:
         if back != payload:
             raise ArchiveError(f"archive {self.url} did not return what was written to it. Nothing was submitted.")
 
+    # -- bookkeeping outside collections (e.g. the inbox ledger) ----------------------------------
+
+    def _meta_path(self, *parts: str) -> str:
+        # "_tryon" cannot be a collection name (ids start with a letter or digit).
+        return self._join(self.root, "_tryon", *(_safe_component(p, "record name") for p in parts))
+
+    async def write_meta(self, data: bytes, *parts: str) -> str:
+        path = self._meta_path(*parts)
+        await self._write(path, data)
+        return self.location(path)
+
+    async def read_meta(self, *parts: str) -> bytes | None:
+        return await self._read(self._meta_path(*parts))
+
     # -- items ------------------------------------------------------------------------------------
 
     async def _key(self, item: Item, key: str | None) -> str:

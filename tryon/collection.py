@@ -224,6 +224,9 @@ class CollectionSpec(BaseModel):
     models: list[ModelPhoto] = Field(default_factory=list)
     garments: list[Garment] = Field(default_factory=list)
     pairs: Literal["all"] | list[Pair] = "all"
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="Inputs set for every item over all the spec's layers (a run's "
+                                                  "mode or num_samples override).")
     base_dir: str | None = None
     source: str | None = None
     csv: str | None = None
@@ -235,7 +238,7 @@ class CollectionSpec(BaseModel):
     def _name_str(cls, value: Any) -> Any:
         return _id_to_str(value)
 
-    @field_validator("inputs", mode="before")
+    @field_validator("inputs", "overrides", mode="before")
     @classmethod
     def _inputs(cls, value: Any) -> Any:
         return _none_to_dict(value)
@@ -453,23 +456,37 @@ async def load_spec(path_or_url: str | os.PathLike[str], *, model_name_override:
         raise SpecError([Problem("spec", "", show(type(data).__name__),
                                  "must be a mapping with name, model_name, inputs, models, garments, pairs")],
                         source=location)
+    data.setdefault("name", slug(stem))
+    return await spec_from_data(data, source=location, base_dir=base_dir, name=name,
+                                model_name_override=model_name_override)
+
+
+async def spec_from_data(data: Mapping[str, Any], *, source: str = "inline spec", base_dir: str | None = None,
+                         name: str | None = None, model_name_override: str | None = None,
+                         overrides: Mapping[str, Any] | None = None) -> CollectionSpec:
+    """A spec from already parsed data (a file's content, or an inline spec from a UI form).
+
+    Raises :class:`SpecError` listing every problem of shape and every check of
+    :func:`validate_spec` it can run on what did parse.
+    """
     data = dict(data)
     if name is not None:
         data["name"] = name
-    data.setdefault("name", slug(stem))
     if model_name_override:
         data["model_name"] = model_name_override
-    data.setdefault("base_dir", base_dir)
-    data["source"] = location
+    if overrides:
+        data["overrides"] = {**(data.get("overrides") or {}), **overrides}
+    data["base_dir"] = data.get("base_dir") or base_dir
+    data["source"] = source
     data.pop("csv", None)
     try:
         return CollectionSpec.model_validate(data)
     except ValidationError as exc:
         problems = _Problems()
         _add_validation_errors(problems, exc, data)
-        partial = _lenient_spec(data, {"base_dir": base_dir, "source": location})
+        partial = _lenient_spec(data, {"base_dir": data["base_dir"], "source": source})
         await _collect_problems(partial, problems)
-        raise SpecError(problems.items, source=location, more=problems.more) from None
+        raise SpecError(problems.items, source=source, more=problems.more) from None
 
 
 # -- CSV ------------------------------------------------------------------------------------------
@@ -562,7 +579,7 @@ def _typed(model_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
 def _make_item(spec: CollectionSpec, garment_id: str, garment_image: str, model_id: str, model_image: str,
                layers: list[Mapping[str, Any]], where: str) -> Item:
     merged: dict[str, Any] = {}
-    for layer in layers:
+    for layer in (*layers, spec.overrides):
         merged.update({k: v for k, v in layer.items() if k not in IMAGE_FIELDS})
     merged["model_image"] = model_image
     merged["garment_image"] = garment_image
@@ -673,6 +690,8 @@ def _check_header(spec: CollectionSpec, problems: _Problems) -> None:
         problems.add("model_name", "", spec.model_name,
                      f"is not a known model name (known: {', '.join(sorted(INPUT_SCHEMAS))})")
     _check_inputs(problems, spec.model_name, "inputs", "", spec.inputs)
+    if spec.overrides:
+        _check_inputs(problems, spec.model_name, "overrides", "", spec.overrides)
 
 
 def _check_rows(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> None:

@@ -6,20 +6,28 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from tryon.archive import Archive
 from tryon.client import FashnClient
-from tryon.collection import CollectionSpec, item_key, iter_items, load_spec, validate_spec
+from tryon.collection import CollectionSpec, item_key, iter_items, load_spec, spec_from_data, validate_spec
 from tryon.errors import InsufficientCredits
-from tryon.models import CreditBalance
 from tryon.settings import ArchiveSettings, FashnSettings
 from tryon.steps import Plan, plan_item
 
 
-async def load_and_validate(spec: str, model_name: str | None = None) -> CollectionSpec:
-    """Load and check a spec; raises :class:`tryon.collection.SpecError` listing every problem."""
-    collection = await load_spec(spec, model_name_override=model_name)
+async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> CollectionSpec:
+    """Load (a path or URL, or already parsed data) and check a spec; raises
+    :class:`tryon.collection.SpecError` listing every problem. ``overrides`` are inputs set
+    on every item (a run's mode or num_samples)."""
+    if isinstance(spec, Mapping):
+        collection = await spec_from_data(spec, model_name_override=model_name)
+    else:
+        collection = await load_spec(spec, model_name_override=model_name)
+    if overrides:
+        collection = collection.model_copy(update={"overrides": {**collection.overrides, **overrides}})
     await validate_spec(collection)
     return collection
 
@@ -30,6 +38,7 @@ class Preview:
 
     actions: Counter[str] = field(default_factory=Counter)
     credits_needed: int = 0
+    balance: int | None = None  # the key's credits, when asked
 
     def add(self, plan: Plan, num_samples: int) -> None:
         self.actions[plan.action] += 1
@@ -40,7 +49,12 @@ class Preview:
         parts = [f"{self.actions[a]} {label}" for a, label in
                  (("submit", "to submit"), ("resume", "to resume"), ("skip", "already archived"),
                   ("failed", "failed before"))]
-        return ", ".join(parts) + f"; at most {self.credits_needed} credits"
+        balance = "" if self.balance is None else f" (balance {self.balance})"
+        return ", ".join(parts) + f"; at most {self.credits_needed} credits{balance}"
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {**{a: self.actions[a] for a in ("submit", "resume", "skip", "failed")},
+                "credits_needed": self.credits_needed, "balance": self.balance}
 
 
 async def preview(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
@@ -55,10 +69,10 @@ async def preview(collection: CollectionSpec, archive: Archive, *, force: bool =
     return result
 
 
-def require_balance(balance: CreditBalance, needed: int) -> None:
-    if balance.total < needed:
+def require_balance(balance: int, needed: int) -> None:
+    if balance < needed:
         raise InsufficientCredits(
-            f"the run needs up to {needed} credits but the balance is {balance.total}; nothing was submitted")
+            f"the run needs up to {needed} credits but the balance is {balance}; nothing was submitted")
 
 
 async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,

@@ -1,0 +1,79 @@
+"""Backfills: run (or re-render) many collections, chosen by list, prefix or glob, and date.
+
+Safe to re-run: archived items are skipped by every collection run, and deployment runs are
+started with idempotency keys (same spec content and parameters → the same run, never a
+second one; raise ``rerun`` to start fresh runs on purpose).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed
+from pydantic import Field
+
+from flows.launch import bounded, idempotency_key, launch
+from flows.params import Mode, ModelName, NumSamples
+from tryon.catalog import find_specs, in_range, spec_date, spec_digest
+
+
+@flow(name="tryon-backfill", description="Run many collections: by list, prefix or glob, and date range.")
+async def backfill(
+    collections: list[str] | None = None,
+    pattern: str | None = None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    model_name: ModelName | None = None,
+    mode: Mode | None = None,
+    num_samples: NumSamples | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2,
+    deployment: str | None = None,
+    rerun: Annotated[int, Field(ge=0)] = 0,
+    archive: str | None = None,
+    credentials_block: str | None = None,
+    archive_block: str | None = None,
+) -> dict[str, Any]:
+    """Backfill collections.
+
+    Args:
+        collections: Spec URLs or paths to run.
+        pattern: A prefix (every spec under it) or a glob (s3://bucket/specs/2026-*/*.yaml) adding specs.
+        date_from: Only specs dated on or after this day (the spec's date, else a date in its folder name).
+        date_to: Only specs dated on or before this day.
+        model_name: Re-render with this model instead of each spec's (e.g. tryon-v1.6 over a tryon-v1.5 catalogue).
+        mode: Set this mode on every item.
+        num_samples: Set this many outputs per item (1-4; each costs a credit).
+        force: Submit again items already archived (costs credits).
+        dry_run: Plan every collection and check the balance; submit nothing.
+        max_concurrent: Collections run at once.
+        deployment: Run each collection as a run of this deployment (e.g. tryon-collection/collection) on the
+            workers instead of as a subflow here. Subflows share this process's traffic control exactly.
+        rerun: Raise to start new deployment runs where an earlier backfill with the same parameters already ran.
+        archive: Archive root URL.
+        credentials_block: Name of a FashnCredentials block; default: the worker's FASHN_* settings.
+        archive_block: Name of a TryonArchive block.
+    """
+    logger = get_run_logger()
+    specs = await find_specs([*(collections or []), *([pattern] if pattern else [])])
+    chosen = [url for url in specs if in_range(await spec_date(url), date_from, date_to)]
+    logger.info("backfill: %d spec(s) found, %d in the date range", len(specs), len(chosen))
+    parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
+                  "force": force, "dry_run": dry_run, "credentials_block": credentials_block,
+                  "archive_block": archive_block}
+    parameters = {k: v for k, v in parameters.items() if v is not None}
+
+    async def run(url: str):
+        key = idempotency_key("backfill", {"spec": url, **parameters}, await spec_digest(url), rerun) \
+            if deployment else None
+        return await launch(url, parameters, deployment=deployment, idempotency=key)
+
+    runs = await bounded([lambda u=url: run(u) for url in chosen], max_concurrent)
+    failed = [r.spec for r in runs if r.outcome != "COMPLETED"]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(runs)} collection run(s) did not complete: "  # type: ignore[return-value]
+                              + ", ".join(failed))
+    return {"selected": len(chosen), "runs": [r.as_dict() for r in runs]}

@@ -1,0 +1,44 @@
+"""Typed flow parameters: what the Prefect UI renders as a form (dropdowns for ``Literal``,
+grouped fields for models, help text from ``Field(description=...)``), and what
+``enforce_parameter_schema`` checks before a run is created."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tryon.collection import Garment, ModelPhoto, Pair
+
+ModelName = Literal["tryon-v1.6", "tryon-v1.5"]
+Mode = Literal["performance", "balanced", "quality"]
+NumSamples = Annotated[int, Field(ge=1, le=4)]
+
+
+class InlineCollection(BaseModel):
+    """A collection typed into the run form instead of a spec file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Collection name: letters, digits, '-', '_', '.'; names the archive folder.")
+    model_name: ModelName = Field("tryon-v1.6", description="FASHN model that renders the try-ons.")
+    date: dt.date | None = Field(None, description="Collection date (backfills can select by it).")
+    inputs: dict[str, Any] = Field(default_factory=dict,
+                                   description='Try-on inputs for every item, e.g. {"category": "tops"}.')
+    garments: list[Garment] = Field(min_length=1, description="Garment photos: id and image URL.")
+    models: list[ModelPhoto] = Field(min_length=1, description="Model photos: id and image URL (or saved:<name>).")
+    pairs: Literal["all"] | list[Pair] = Field("all", description="'all' (every garment on every model) or pairs.")
+
+    def as_spec_data(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def input_overrides(mode: str | None, num_samples: int | None) -> dict[str, Any]:
+    """The run-level inputs set on every item (over everything the spec says)."""
+    overrides: dict[str, Any] = {}
+    if mode is not None:
+        overrides["mode"] = mode
+    if num_samples is not None:
+        overrides["num_samples"] = num_samples
+    return overrides

@@ -93,3 +93,27 @@ async def test_run_publishes_progress_table_and_summary_artifacts(prefect_server
     assert sorted((row["garment"], row["state"]) for row in table) == [("g0", "archived"), ("g1", "archived")]
     assert "2 archived" in by_type["markdown"].data and "report.json" in by_type["markdown"].data
     assert "artifacts/tryon-v1.6/index.html" in by_type["markdown"].data
+
+
+async def test_inline_spec_with_run_overrides_and_a_dry_run_that_spends_nothing(prefect_server, fashn_env, tmp_path):
+    from flows.params import InlineCollection
+
+    write_collection(tmp_path, garments=1, models=2)  # images only
+    inline = InlineCollection(name="typed-in", garments=[{"id": "g0", "image": str(tmp_path / "img/g0.png")}],
+                              models=[{"id": f"m{i}", "image": str(tmp_path / f"img/m{i}.png")} for i in range(2)])
+    archive = str(tmp_path / "archive")
+    dry = await run_flow(inline_spec=inline, archive=archive, num_samples=3, mode="performance", dry_run=True)
+    assert dry.is_completed(), dry.message
+    assert (await dry.aresult())["credits_needed"] == 6
+    assert "run" not in fashn_env.stats()["requests"]
+
+    state = await run_flow(inline_spec=inline, archive=archive, num_samples=3, mode="performance")
+    assert state.is_completed(), state.message
+    report = json.loads((tmp_path / "archive/typed-in/tryon-v1.6/report.json").read_text())
+    assert [len(e["outputs"]) for e in report["items"]] == [3, 3]
+    assert fashn_env.stats()["credits_charged"] == 6
+
+
+async def test_flow_refuses_both_or_neither_spec(prefect_server, fashn_env):
+    state = await run_flow(archive="memory://x")
+    assert state.is_failed() and "exactly one of spec" in state.message

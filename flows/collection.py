@@ -15,13 +15,14 @@ from prefect.events import emit_event
 from prefect.states import Failed
 
 from flows import artifacts
+from flows.coordination import key_membership
 from flows.config import resolve_archive, resolve_settings
 from flows.items import run_items
 from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
 from tryon import progress
 from tryon.planning import load_and_validate, preview, require_balance
 from tryon.report import RunReport
-from tryon.runtime import open_runtime
+from tryon.runtime import key_fingerprint, open_runtime
 
 
 @flow(name="tryon-collection",
@@ -61,7 +62,7 @@ async def tryon_collection(
     store = await resolve_archive(archive, archive_block)
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime:
+    async with open_runtime(settings, store) as runtime, key_membership(runtime.traffic, key_fingerprint(settings)):
         planned = await preview(collection, store, force=force, max_resubmits=runtime.max_resubmits)
         if planned.credits_needed or dry_run:
             planned.balance = (await runtime.client.credits()).total

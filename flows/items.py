@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-from flows.tasks import archive_outputs, submit_prediction, wait_for_prediction
+from flows.tasks import collect_outputs, submit_prediction
 from tryon import progress
 from tryon.archive import ItemResult
 from tryon.collection import CollectionSpec, Item, item_key, iter_items
-from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, UnauthorizedAccess
+from tryon.errors import AmbiguousSubmission, NotFound, UnauthorizedAccess
 from tryon.report import ItemReport, RunReport
 from tryon.steps import Runtime, Submission, failure_of, plan_item, resumed
 
@@ -52,7 +52,7 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
                 runtime.traffic.release_slot(slot)
                 raise
         try:
-            prediction = await wait_for_prediction(runtime, item, submission, slot)
+            collected = await collect_outputs(runtime, item, key, submission, slot)
         except NotFound:
             if flags["resubmitted_after_404"]:
                 raise
@@ -61,13 +61,14 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
             notes.append(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
             submission = None
             continue
-        if prediction.status == "completed":
-            try:
-                result = await archive_outputs(runtime, item, key, submission, prediction)
-            except OutputExpired as exc:
-                result = ItemResult.failed(item, key, submission, exc, credits_used=prediction.credits_used, **flags)
-                await runtime.archive.write_result(item, result)
-                return ItemReport.from_result(item, result, note=note())
+        prediction = collected.prediction
+        if collected.expired is not None:
+            result = ItemResult.failed(item, key, submission, collected.expired,
+                                       credits_used=prediction.credits_used, **flags)
+            await runtime.archive.write_result(item, result)
+            return ItemReport.from_result(item, result, note=note())
+        if collected.result is not None:
+            result = collected.result
             if any(flags.values()):
                 result = await runtime.archive.write_result(item, result.model_copy(update=flags))
             return ItemReport.from_result(item, result, note=note())

@@ -1,12 +1,13 @@
 """Prefect tasks: thin wrappers over :mod:`tryon.steps`, adding names, retries and logs.
 
-Submission has no Prefect retries: the client already re-sends ``POST /v1/run`` when the
-answer proves nothing was created, and any other re-send could pay twice. Polling and
-archiving are safe to repeat, so they retry.
+Two task runs per item. Submission has no Prefect retries: the client already re-sends
+``POST /v1/run`` when the answer proves nothing was created, and any other re-send could
+pay twice. Collecting (polling, then archiving) is safe to repeat, so it retries.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
@@ -41,17 +42,30 @@ async def submit_prediction(runtime: steps.Runtime, item: Item, key: str, attemp
     return await steps.submit(runtime, item, key, attempt, slot)
 
 
-@task(task_run_name="wait {item.label}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+@dataclass(frozen=True)
+class Collected:
+    """How a prediction ended: its last answer, and the archived result when it completed."""
+
+    prediction: Prediction
+    result: ItemResult | None = None
+    expired: OutputExpired | None = None
+
+
+@task(task_run_name="collect {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess))
-async def wait_for_prediction(runtime: steps.Runtime, item: Item, submission: steps.Submission,
-                              slot: Slot | None) -> Prediction:
-    """Poll (through the key's shared scheduler) until the prediction ends; failures are returned, not raised."""
-    return await steps.wait(runtime, item, submission, slot)
+async def collect_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
+                          slot: Slot | None) -> Collected:
+    """Poll (through the key's shared scheduler) until the prediction ends; when it completed,
+    download every output, write and verify it, then write result.json last.
 
-
-@task(task_run_name="archive {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_condition_fn=retry_unless(OutputExpired, UnauthorizedAccess))
-async def archive_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
-                          prediction: Prediction) -> ItemResult:
-    """Download every output, write and verify it, then write result.json last."""
-    return await steps.archive(runtime, item, key, submission, prediction)
+    One task, not two, because a task run costs about 30 ms of CPU between this process and
+    the server, and both steps are safe to repeat: a retry polls once more (the slot is
+    already free) and rewrites the same objects. Failed predictions are returned, not raised.
+    """
+    prediction = await steps.wait(runtime, item, submission, slot)
+    if prediction.status != "completed":
+        return Collected(prediction)
+    try:
+        return Collected(prediction, await steps.archive(runtime, item, key, submission, prediction))
+    except OutputExpired as exc:  # final: the provider no longer has the images
+        return Collected(prediction, expired=exc)

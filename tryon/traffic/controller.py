@@ -22,6 +22,7 @@ from tryon.traffic.polling import (
     Profile,
     consume_preadmission,
 )
+from tryon.traffic.share import KeyShare
 from tryon.traffic.slots import InFlightSlots, Slot
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class TrafficController:
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
         self._unknown_occupants: set[Slot] = set()
         self._rejected: Counter[str] = Counter()
+        self.share = KeyShare(self)  # this process's share when several use the key
 
     @classmethod
     def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,

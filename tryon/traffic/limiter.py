@@ -110,6 +110,14 @@ class SlidingWindowLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
+    def set_limit(self, limit: Limit) -> None:
+        """Change the count (a process's share of the key); the window stays. Lowering is safe
+        at once: the log still holds the admissions of the current window."""
+        if limit.seconds != self.limit.seconds or not 1 <= limit.count <= (self._log.maxlen or limit.count):
+            raise ValueError(f"{limit} must keep the window {self.limit.seconds}s and a count in 1..{self._log.maxlen}")
+        self.limit = limit
+        self._notify()
+
     # -- feedback ------------------------------------------------------------------------
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (extends, never shortens, a pause)."""

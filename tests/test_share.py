@@ -1,0 +1,111 @@
+"""Sharing one key between processes: the share policy on a fake clock, and two real
+processes on one key against the emulator, coordinated through a Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.collections import write_collection
+from tests.fixtures.emulator import TEST_KEY, TIME_SCALE
+from tryon.settings import Limit
+from tryon.traffic import FakeClock, TrafficController
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def controller() -> TrafficController:
+    return TrafficController(Limit(50, 60), Limit(50, 10), Limit(30, 10), 6, clock=FakeClock())
+
+
+def counts(c: TrafficController) -> tuple[int, int, int, int]:
+    return (*(lim.limit.count for lim in c.limiters.values()), c.slots.capacity)
+
+
+async def test_share_shrinks_at_once_and_grows_only_after_the_settle_period():
+    c = controller()
+    share = c.share
+    assert share.settle == max(lim.window for lim in c.limiters.values()) > 60
+    share.observe(2)
+    assert counts(c) == (25, 25, 15, 3)
+    share.observe(3)
+    assert counts(c) == (16, 16, 10, 2)
+    share.observe(1)
+    await c.clock.advance(share.settle - 1)
+    share.observe(1)
+    assert counts(c) == (16, 16, 10, 2), "a process that left may still own admissions in the window"
+    await c.clock.advance(1)
+    share.observe(1)
+    assert counts(c) == (50, 50, 30, 6)
+    assert share.peak_members == 3
+
+
+async def test_a_newcomer_admits_nothing_for_one_window_and_an_interruption_restarts_the_wait():
+    c = controller()
+    c.share.join(2)
+    assert counts(c) == (25, 25, 15, 3)
+    assert c.limiters["run"].next_admission() >= c.share.settle
+    alone = controller()
+    alone.share.join(1)
+    assert alone.limiters["run"].next_admission() == 0.0, "alone on the key: no wait"
+    c.share.observe(1)
+    await c.clock.advance(c.share.settle / 2)
+    c.share.observe(2)  # back to two before the wait ended
+    await c.clock.advance(c.share.settle / 2 + 1)
+    c.share.observe(1)
+    assert counts(c) == (25, 25, 15, 3)
+
+
+def test_no_more_members_than_slots_share_below_one():
+    c = controller()
+    c.share.observe(10)
+    assert counts(c) == (5, 5, 3, 1)
+
+
+CHILD = r"""
+import asyncio, json, os, sys, time
+from pathlib import Path
+go = Path(sys.argv[3])
+from flows.collection import tryon_collection
+from tryon.runtime import _controllers
+while not go.exists():
+    time.sleep(0.05)
+state = asyncio.run(tryon_collection(spec=sys.argv[1], archive=sys.argv[2], return_state=True))
+peak = max(c.share.peak_members for c in _controllers.values())
+print(json.dumps({"completed": state.is_completed(), "message": state.message, "peak_members": peak}))
+"""
+
+
+def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulator, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    emulator = make_emulator(latencies={"performance": 5.0, "balanced": 8.0, "quality": 14.0})
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FASHN_API_KEY": TEST_KEY,
+           "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(TIME_SCALE), "PYTHONPATH": str(ROOT),
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
+        env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / TIME_SCALE:g}"
+    go = tmp_path / "go"
+    children = []
+    for name in ("left", "right"):
+        spec = write_collection(tmp_path / name, name=name, garments=6, models=6, inputs={"mode": "quality"})
+        children.append(subprocess.Popen([sys.executable, "-c", CHILD, str(spec), str(tmp_path / "archive"), str(go)],
+                                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    time.sleep(4)  # both imported and waiting
+    go.touch()
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        results.append({**json.loads(out.strip().splitlines()[-1]), "stderr": err[-2000:]})
+    assert all(r["completed"] for r in results), results
+    assert [r["peak_members"] for r in results] == [2, 2], results
+    stats = emulator.stats()
+    assert stats["too_many_requests"] == {}, stats["too_many_requests"]
+    assert stats["most_in_flight"] <= 6
+    assert stats["requests"]["run"] == {"200": 72}, "each item submitted once"
+    assert stats["most_in_window"]["run"] <= 50

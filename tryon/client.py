@@ -88,6 +88,7 @@ class FashnClient:
         submit_timeout: float = 120.0,
         request_timeout: float = 30.0,
         max_attempts: int = 6,
+        max_rate_limited: int = 40,
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -95,6 +96,9 @@ class FashnClient:
         self.base_url = base_url.rstrip("/")
         self.gate = gate
         self.max_attempts = max_attempts
+        # 429s never create anything, and with a gate they are paced by it: they get their own,
+        # larger budget, so a busy key delays an item instead of failing it.
+        self.max_rate_limited = max_rate_limited
         self.backoff = backoff
         self._submit_timeout = httpx.Timeout(submit_timeout, connect=connect_timeout)
         self._request_timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
@@ -182,7 +186,6 @@ class FashnClient:
                 if attempt == self.max_attempts:
                     raise ServerError(f"download answered {response.status_code}", http_status=response.status_code)
             await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -199,7 +202,9 @@ class FashnClient:
     async def _send(self, endpoint: Endpoint, method: str, path: str, **kwargs: Any) -> httpx.Response:
         submitting = endpoint == "run"
         timeout = self._submit_timeout if submitting else self._request_timeout
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = rate_limited = 0
+        while True:
+            attempt += 1
             backoff = self.backoff * 2 ** (attempt - 1)
             if self.gate is not None:
                 await self.gate.acquire(endpoint)
@@ -225,6 +230,9 @@ class FashnClient:
                         raise error
                     # With a gate, the gate paces the next attempt; without one, honour Retry-After.
                     delay = 0.0 if self.gate is not None else (error.retry_after or backoff)
+                    rate_limited += 1
+                    if self.gate is not None and rate_limited < self.max_rate_limited:
+                        attempt -= 1  # not a failure of the request: the key is busy, the gate paces us
                 elif isinstance(error, ServerError):
                     if submitting:
                         raise AmbiguousSubmission(
@@ -233,10 +241,9 @@ class FashnClient:
                     delay = backoff
                 else:
                     raise error
-            if attempt == self.max_attempts:
+            if attempt >= self.max_attempts or rate_limited >= self.max_rate_limited:
                 raise failure
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
 
 __all__ = ["FashnClient", "Gate", "ApiError"]

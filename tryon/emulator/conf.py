@@ -47,6 +47,7 @@ class EmulatorConfig(BaseModel):
     cdn_retention: float = 72 * 3600.0
     base64_retention: float = 3600.0
     seed: int = 0
+    retry_after: bool = Field(False, description="send Retry-After on 429 RateLimitExceeded (the API may or may not)")
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     def scaled(self, seconds: float) -> float:

@@ -67,7 +67,10 @@ class Emulator:
         seconds = self.config.scaled(limit.seconds)
         if window.count(now, seconds) >= limit.count:
             self.state.requests[endpoint]["429:RateLimitExceeded"] += 1
-            return error(429, "RateLimitExceeded", f"more than {limit.count} {endpoint} requests in {limit.seconds:g} s")
+            answer = error(429, "RateLimitExceeded", f"more than {limit.count} {endpoint} requests in {limit.seconds:g} s")
+            if self.config.retry_after:  # seconds until the oldest request leaves the window (emulator time)
+                answer.headers["Retry-After"] = f"{max(0.0, window.times[0] + seconds - now):.3f}"
+            return answer
         window.add(now, seconds)
         return key, account
 

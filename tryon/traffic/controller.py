@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -94,7 +95,9 @@ class TrafficController:
                                     else float(concurrency_backoff))
         self._stopped: str | None = None
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
+        self._barrier_passes = 0  # submissions let through by releases since the barrier went up
         self._unknown_occupants: set[Slot] = set()
+        self._concurrency_strikes: tuple[float, int] = (-math.inf, 0)  # (last at, how many in a row)
         self._rejected: Counter[str] = Counter()
         self.share = KeyShare(self)  # this process's share when several use the key
 
@@ -156,18 +159,32 @@ class TrafficController:
         # (a phantom, another process, the server ending predictions later than we see
         # them) occupies a slot. Hold one slot for it, and hold back submissions until
         # one of ours ends or the backoff passes.
-        hold = retry_after if retry_after is not None and retry_after > 0 else self.concurrency_backoff
+        # Back off exponentially while the 429s keep coming (forgiven after one quiet mean
+        # latency), up to one mean latency, by when some occupant has surely finished.
+        now = self.clock.now()
+        ceiling = max(self.concurrency_backoff, self.latency.prior(DEFAULT_PROFILE))
+        last_at, strikes = self._concurrency_strikes
+        strikes = 1 if now - last_at > ceiling else strikes + 1
+        self._concurrency_strikes = (now, strikes)
+        hold = retry_after if retry_after is not None and retry_after > 0 else \
+            min(ceiling, self.concurrency_backoff * 2 ** (strikes - 1))
         self._barrier = (self.slots.releases, self.clock.now() + hold)
+        self._barrier_passes = 0
         self._unknown_occupants = {s for s in self._unknown_occupants if not s.released}
         if len(self._unknown_occupants) < self.slots.capacity:
             self._unknown_occupants.add(self.slots.hold_phantom(hold))
 
     async def _wait_concurrency_barrier(self) -> None:
+        # Each release of one of ours lets ONE submission through (a server slot came free:
+        # one, not all the waiters, can have it); the backoff's end lets everyone try again.
         while self._barrier is not None:
             releases, until = self._barrier
             now = self.clock.now()
-            if self.slots.releases != releases or now >= until:
+            if now >= until:
                 self._barrier = None
+                return
+            if self.slots.releases - releases > self._barrier_passes:
+                self._barrier_passes += 1
                 return
             await self.slots.wait_for_release(until - now)
             self._check_submissions()

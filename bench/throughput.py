@@ -1,21 +1,33 @@
 """Throughput of the real collection flow against the emulator, beside the naive SDK loop.
 
-    uv run python bench/throughput.py --items 300 --time-scale 10
+    uv run --locked python bench/throughput.py --items 300 --time-scale 10
 
-Both runs use the same emulator settings (default limits and latencies, ±25 % jitter, all
-divided by the time scale). Figures are in API time (wall time × time scale), so they compare
-directly with the real key's ceiling = min(run rate, in-flight ÷ mean latency, status rate).
-The naive baseline is the official ``fashn`` SDK: ``predictions.subscribe`` under
-``asyncio.gather`` with ``Semaphore(6)``; its default 1 s poll interval is divided by the time
-scale so that it behaves as it would at real time.
+Runs, on one emulator configuration each, in API time (wall time × time scale) so that the
+figures compare with a real key:
+
+- ``default``: the documented limits (runs 50/60 s, status 50/10 s, 6 in flight), the flow
+  in its own process against a Prefect server, then the naive baseline in the same setting:
+  the official ``fashn`` SDK's ``predictions.subscribe`` under ``asyncio.gather`` with
+  ``Semaphore(6)`` (its 1 s default poll interval divided by the time scale);
+- ``raised``: 30 in flight and 250 runs per minute, status still 50/10 s, where the status
+  budget becomes the scarce resource (at ``--raised-time-scale``, 2 by default: at 10 its
+  ceiling would need more CPU than this 2-core machine has);
+- ``two``: the default limits, two flow processes on one key at once (each half the items),
+  coordinated through the Prefect server.
+
+The ceiling of a key is min(run rate, in-flight ÷ mean latency, status rate), with the mean
+latency the emulator observed (±25 % jitter around each mode's mean). CPU per item counts the
+flow process(es) and the Prefect server together (process CPU time during the runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,73 +39,130 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tryon-bench-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from tests.collections import write_collection  # noqa: E402
-from tryon.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
-
 KEY = "fa-bench-key"
+MODES = {  # name: (run limit, status limit, in flight, processes)
+    "default": ((50, 60), (50, 10), 6, 1),
+    "raised": ((250, 60), (50, 10), 30, 1),
+    "two": ((50, 60), (50, 10), 6, 2),
+}
 
 
-def ceiling_per_min(stats: dict, run_limit=(50, 60), in_flight=6, status_limit=(50, 10)) -> float:
-    latency = stats["mean_latency"] or 8.0
-    return 60 * min(run_limit[0] / run_limit[1], in_flight / latency, status_limit[0] / status_limit[1])
+def ceiling_per_min(latency: float, run: tuple[int, float], status: tuple[int, float], in_flight: int) -> float:
+    return 60 * min(run[0] / run[1], in_flight / latency, status[0] / status[1])
 
 
-def row(name: str, items: int, wall: float, scale: float, stats: dict, cpu: float | None) -> str:
-    rate = items / (wall * scale) * 60
-    ceiling = ceiling_per_min(stats)
-    cpu_text = f"{cpu / items * 1000:6.0f}" if cpu is not None else "     -"
-    return (f"{name:<12} {items:>5} {rate:>9.1f} {ceiling:>8.1f} {rate / ceiling:>6.0%} "
-            f"{str(stats['too_many_requests'] or 0):>18} {stats['status_calls_per_prediction'] or 0:>9.2f} "
-            f"{cpu_text} {stats['duplicate_hashes']:>4}")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def naive(emulator: EmulatorServer, count: int, scale: float) -> None:
+def child_main(spec: str, archive: str) -> None:
+    """One flow run in this process; prints its timings as JSON."""
+    from flows.collection import tryon_collection
+
+    start, cpu = time.time(), time.process_time()
+    state = asyncio.run(tryon_collection(spec=spec, archive=archive, return_state=True))
+    print(json.dumps({"start": start, "end": time.time(), "cpu": time.process_time() - cpu,
+                      "completed": state.is_completed(), "message": state.message}))
+
+
+def run_flows(specs: list[Path], archive: Path, env: dict[str, str]) -> tuple[float, float, list[dict]]:
+    """The flow on each spec, each in its own process, all at once: (wall, flow CPU, results)."""
+    children = [subprocess.Popen([sys.executable, __file__, "--child", str(spec), str(archive)], env=env,
+                                 stdout=subprocess.PIPE, text=True) for spec in specs]
+    results = []
+    for child in children:
+        out, _ = child.communicate()
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["completed"] for r in results), [r["message"] for r in results]
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return wall, sum(r["cpu"] for r in results), results
+
+
+async def naive(url: str, count: int, scale: float) -> None:
     from fashn import AsyncFashn
 
-    sdk = AsyncFashn(api_key=KEY, base_url=emulator.url)
+    sdk = AsyncFashn(api_key=KEY, base_url=url)
     gate = asyncio.Semaphore(6)
 
     async def one(i: int) -> None:
         async with gate:
             await sdk.predictions.subscribe(model_name="tryon-v1.6", poll_interval=int(1000 / scale), inputs={
-                "model_image": f"{emulator.url}/_assets/m{i % 7}.jpg",
-                "garment_image": f"{emulator.url}/_assets/g{i}.png", "mode": "balanced"})
+                "model_image": f"{url}/_assets/m{i % 7}.jpg", "garment_image": f"{url}/_assets/g{i}.png",
+                "mode": "balanced"})
 
     await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def row(name: str, items: int, wall: float, scale: float, stats: dict, limits,
+        cpu: tuple[float, float] | None) -> str:
+    run, status, in_flight = limits
+    rate = items / (wall * scale) * 60
+    ceiling = ceiling_per_min(stats["mean_latency"] or 8.0, run, status, in_flight)
+    too_many = ", ".join(f"{endpoint}:{code[4:]} {n}" for endpoint, codes in stats["requests"].items()
+                         for code, n in codes.items() if code.startswith("429:")) or "0"
+    cpu_text = f"{cpu[0] / items * 1000:5.0f} +{cpu[1] / items * 1000:4.0f}" if cpu is not None else f"{'-':>11}"
+    return (f"{name:<20} {items:>5} {rate:>9.1f} {ceiling:>8.1f} {rate / ceiling:>6.0%} {too_many:>24} "
+            f"{stats['status_calls_per_prediction'] or 0:>11.2f} {cpu_text} {stats['most_in_flight']:>6}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument("--raised-time-scale", type=float, default=2.0,
+                        help="time scale of the raised mode (at 10 its ceiling needs more CPU than 2 cores have)")
+    parser.add_argument("--modes", default="default,raised,two", help="comma-separated: " + ", ".join(MODES))
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
+    parser.add_argument("--child", nargs=2, metavar=("SPEC", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    scale, models = args.time_scale, 10
-    garments = max(1, args.items // models)
-    items = garments * models
-    print(f"{'run':<12} {'items':>5} {'items/min':>9} {'ceiling':>8} {'ratio':>6} {'429 by code':>18} "
-          f"{'status/pred':>9} {'ms CPU':>6} {'dup':>4}")
-    with EmulatorServer(EmulatorConfig(time_scale=scale, keys={KEY: 10**7})) as emulator:
-        os.environ.update({"FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(scale),
-                           "FASHN_RUN_LIMIT": f"50/{60 / scale:g}", "FASHN_STATUS_LIMIT": f"50/{10 / scale:g}",
-                           "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}"})
-        from prefect.testing.utilities import prefect_test_harness
+    if args.child:
+        return child_main(*args.child)
 
-        folder = Path(tempfile.mkdtemp(prefix="tryon-bench-"))
-        spec = write_collection(folder, name="bench", garments=garments, models=models, inputs={"mode": "balanced"})
-        with prefect_test_harness(server_startup_timeout=120):
-            from flows.collection import tryon_collection
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
 
-            start, cpu = time.monotonic(), time.process_time()
-            state = asyncio.run(tryon_collection(spec=str(spec), archive=str(folder / "archive"), return_state=True))
-            wall, cpu = time.monotonic() - start, time.process_time() - cpu
-        assert state.is_completed(), state.message
-        print(row("tryon-flows", items, wall, scale, emulator.stats(), cpu))
-        emulator.reset()
-        start = time.monotonic()
-        asyncio.run(naive(emulator, items, scale))
-        print(row("naive SDK", items, time.monotonic() - start, scale, emulator.stats(), None))
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
-          "ms CPU = flow process only (the Prefect server runs in its own process)")
+    from tests.collections import write_collection
+    from tryon.emulator import EmulatorConfig, EmulatorServer
+
+    models = 10
+    print(f"{'run':<20} {'items':>5} {'items/min':>9} {'ceiling':>8} {'ratio':>6} {'429 by endpoint:code':>24} "
+          f"{'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6}")
+    with prefect_test_harness(server_startup_timeout=120):
+        server_pid = SubprocessASGIServer._instances[None].server_process.pid
+        for mode in args.modes.split(","):
+            run, status, in_flight, processes = MODES[mode]
+            scale = args.raised_time_scale if mode == "raised" else args.time_scale
+            config = EmulatorConfig(time_scale=scale, keys={KEY: 10**7}, run_limit=f"{run[0]}/{run[1]}",
+                                    status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight)
+            with EmulatorServer(config) as emulator:
+                env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
+                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(scale),
+                       "FASHN_RUN_LIMIT": f"{run[0]}/{run[1] / scale:g}",
+                       "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
+                       "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
+                folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
+                garments = max(1, args.items // models // processes)
+                specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments,
+                                          models=models, inputs={"mode": "balanced"}) for p in range(processes)]
+                items = garments * models * processes
+                server_cpu = cpu_seconds(server_pid)
+                wall, flow_cpu, _ = run_flows(specs, folder / "archive", env)
+                server_cpu = cpu_seconds(server_pid) - server_cpu
+                label = {"default": "tryon-flows", "raised": "tryon-flows raised", "two": "tryon-flows 2 procs"}[mode]
+                print(row(label, items, wall, scale, emulator.stats(), (run, status, in_flight),
+                          (flow_cpu, server_cpu)), flush=True)
+                if mode == "default" and not args.no_naive:
+                    emulator.reset()
+                    start = time.monotonic()
+                    asyncio.run(naive(emulator.url, items, scale))
+                    print(row("naive SDK", items, time.monotonic() - start, scale, emulator.stats(),
+                              (run, status, in_flight), None), flush=True)
+    print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
+          f"largest flow process {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB; "
+          "ms CPU f+s = flow process(es) + Prefect server, per item")
 
 
 if __name__ == "__main__":

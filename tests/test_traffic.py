@@ -62,10 +62,10 @@ async def test_fake_clock_fires_timers_in_order_and_detects_deadlock():
 
 # -- the limiter -------------------------------------------------------------------------------
 def test_default_margin_scales_with_the_window():
-    assert default_margin(60) == pytest.approx(1.22)
-    assert default_margin(10) == pytest.approx(0.22)
-    assert default_margin(1) == pytest.approx(0.04)
-    assert default_margin(0.1) == pytest.approx(0.007)
+    assert default_margin(60) == pytest.approx(1.3)
+    assert default_margin(10) == pytest.approx(0.3)
+    assert default_margin(1) == pytest.approx(0.12)
+    assert default_margin(0.1) == pytest.approx(0.012)
 
 
 @PROPERTY

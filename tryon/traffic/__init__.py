@@ -5,7 +5,7 @@ What it guards (all configurable, see ``FashnSettings``): ``POST /v1/run`` 50 pe
 flight. One :class:`TrafficController` per key and event loop holds:
 
 - three :class:`SlidingWindowLimiter` s. They keep an exact log of admission times and
-  never admit more than N in *any* window of W, plus a small margin (2 % + 20 ms)
+  never admit more than N in *any* window of W, plus a small margin (2 % + up to 100 ms)
   because the server stamps a request when it arrives, a little after we admit it.
   Exact sliding windows because the provider does not document whether its windows
   slide or are fixed: the sliding reading is the strictest, so it is safe under both.

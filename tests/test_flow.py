@@ -117,3 +117,4 @@ async def test_inline_spec_with_run_overrides_and_a_dry_run_that_spends_nothing(
 async def test_flow_refuses_both_or_neither_spec(prefect_server, fashn_env):
     state = await run_flow(archive="memory://x")
     assert state.is_failed() and "exactly one of spec" in state.message
+

@@ -143,3 +143,36 @@ async def test_run_killed_with_sigkill_resumes_without_paying_twice(prefect_serv
         served = emulator.prediction(entry["prediction_id"])["output_sha256"]
         assert [o["sha256"] for o in entry["outputs"]] == served
     assert sorted(p.parent.name for p in archive.rglob("result.json")) == sorted(e["label"] for e in report["items"])
+
+
+async def read_events(prefix: str, resource_id: str, want: int, timeout: float = 30.0) -> list[dict]:
+    """Events stored by the server (written asynchronously, so wait for them)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for _ in range(int(timeout / 0.5)):
+            response = await client._client.post("/events/filter", json={"filter": {
+                "event": {"prefix": [prefix]}, "resource": {"id": [resource_id]}}, "limit": 50})
+            events = response.json()["events"]
+            if len(events) >= want:
+                return events
+            await asyncio.sleep(0.5)
+    return events
+
+
+async def test_completed_and_failed_runs_emit_events_with_counts(prefect_server, make_emulator, env_for, tmp_path):
+    emulator = make_emulator(faults={"fail_inputs": {"posey": "PoseError"}})
+    env_for(emulator, 20.0)
+    good = url_collection(tmp_path, emulator, garments=["good"], models=2, name="events-good")
+    bad = url_collection(tmp_path, emulator, garments=["good", "posey"], name="events-bad")
+    assert (await run_flow(spec=str(good), archive=str(tmp_path / "archive"))).is_completed()
+    assert (await run_flow(spec=str(bad), archive=str(tmp_path / "archive"))).is_failed()
+    done = await read_events("tryon.collection", "tryon.collection.events-good.tryon-v1.6", 1)
+    failed = await read_events("tryon.collection", "tryon.collection.events-bad.tryon-v1.6", 1)
+    assert [e["event"] for e in done] == ["tryon.collection.completed"]
+    assert [e["event"] for e in failed] == ["tryon.collection.failed"]
+    assert done[0]["payload"]["archived"] == 2 and done[0]["payload"]["failed"] == 0
+    assert failed[0]["payload"]["archived"] == 1 and failed[0]["payload"]["failed"] == 1
+    assert failed[0]["payload"]["gallery"].endswith("events-bad/tryon-v1.6/index.html")

@@ -43,3 +43,14 @@ async def test_ledger_remembers_content_so_a_changed_spec_runs_again(s3, tmp_pat
     spec.write_text(spec.read_text().replace("performance", "quality"))
     assert not await ledger.is_processed(str(spec), await spec_digest(str(spec)))
     assert s3.fs().find(s3.url("archive", "_tryon", "inbox")), "kept in the archive, beside the collections"
+
+
+def test_idempotency_key_is_stable_for_the_same_work_and_changes_with_it():
+    from flows.launch import idempotency_key
+
+    params = {"spec": "s3://b/specs/a.yaml", "model_name": "tryon-v1.6", "force": False}
+    key = idempotency_key("backfill", params, "d1", 0)
+    assert key == idempotency_key("backfill", dict(reversed(list(params.items()))), "d1", 0)
+    others = {idempotency_key("backfill", params, "d2", 0), idempotency_key("backfill", params, "d1", 1),
+              idempotency_key("backfill", {**params, "force": True}, "d1", 0)}
+    assert key not in others and len(others) == 3

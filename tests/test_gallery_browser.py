@@ -1,0 +1,58 @@
+"""The gallery in a real browser: headless Chromium opens ``index.html`` from the archive, every
+thumbnail has loaded, and every failed cell shows its error name and message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from tests.browser import Browser, chromium_path
+from tests.test_flow_faults import env_for, run_flow, url_collection  # noqa: F401  (env_for is a fixture)
+
+if chromium_path() is None:  # CI must look at the page; a developer without chromium may skip
+    if os.environ.get("CI"):
+        raise RuntimeError("chromium is missing: scripts/test.sh installs it (apt-get install chromium)")
+    pytest.skip("chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
+
+CELLS = """Array.from(document.querySelectorAll('td.failed')).map(td => ({
+    error: td.querySelector('.error b').textContent, text: td.textContent}))"""
+IMAGES = """Array.from(document.images).map(i => ({src: i.getAttribute('src'), complete: i.complete,
+    width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().height}))"""
+
+
+async def test_gallery_shows_every_output_and_every_failure_reason(prefect_server, make_emulator, env_for, tmp_path):
+    emulator = make_emulator(faults={"fail_inputs": {"posey": "PoseError"}})
+    env_for(emulator, 20.0)
+    spec = url_collection(tmp_path, emulator, garments=["shirt", "posey", "coat"], models=2, name="gallery")
+    text = spec.read_text().replace("mode: performance", "mode: performance\n  num_samples: 2")
+    spec.write_text(text)
+    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
+    assert state.is_failed(), "two items fail with PoseError"
+    folder = tmp_path / "archive" / "gallery" / "tryon-v1.6"
+    report = json.loads((folder / "report.json").read_text())
+    archived_outputs = sum(len(e["outputs"]) for e in report["items"] if e["state"] == "archived")
+    failures = {e["error_name"]: e["error_message"] for e in report["items"] if e["state"] == "failed"}
+    assert archived_outputs == 8 and list(failures) == ["PoseError"]
+
+    async with Browser() as page:
+        await page.open((folder / "index.html").as_uri())
+        images = await page.evaluate(IMAGES)
+        cells = await page.evaluate(CELLS)
+        shot = await page.screenshot(tmp_path / "gallery.png")
+    if os.environ.get("TRYON_SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / "gallery.png", os.environ["TRYON_SCREENSHOT_DIR"])
+
+    assert len(images) == archived_outputs
+    broken = [i["src"] for i in images if not (i["complete"] and i["width"] > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    assert {(i["width"], i["height"]) for i in images} == {(864, 1296)}, "the archived outputs themselves"
+    assert all(i["shown"] > 100 for i in images), "shown as thumbnails"
+    assert len(cells) == 2
+    for cell in cells:
+        assert cell["error"] == "PoseError" and failures["PoseError"] in cell["text"]
+    with Image.open(tmp_path / "gallery.png") as picture:
+        assert picture.width >= 1000 and picture.height >= 400 and len(shot) > 20_000

@@ -98,7 +98,7 @@ async def run_items(runtime: Runtime, collection: CollectionSpec, report: RunRep
                     entry = await run_item(runtime, item, force=force)
                 except UnauthorizedAccess as exc:
                     stopped.append(exc)
-                    runtime.traffic.stop_submissions(str(exc))
+                    runtime.traffic.stop_submissions(str(exc), UnauthorizedAccess)
                     entry = ItemReport.failed(item, None, "UnauthorizedAccess", str(exc))
                 except Exception as exc:  # this item fails with its reason; the others go on
                     entry = ItemReport.failed(item, None, type(exc).__name__, str(exc) or repr(exc))

@@ -168,6 +168,8 @@ async def test_expired_outputs_raise_output_expired():
     script = Script(httpx.Response(404, text="gone"))
     async with client_for(script) as client:
         with pytest.raises(OutputExpired):
+            await client.download("<base64>_expired")  # what the API answers after 60 minutes
+        with pytest.raises(OutputExpired):
             await client.download("data:image/png;base64,<base64>_expired")
         with pytest.raises(OutputExpired):
             await client.download("https://cdn.test/p1/output_0.png")

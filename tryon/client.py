@@ -167,9 +167,10 @@ class FashnClient:
 
     async def download(self, output: str) -> bytes:
         """The bytes of one output: a CDN URL or a data URI."""
+        if output.endswith("_expired") and not output.startswith(("http://", "https://")):
+            # After 60 minutes the status answers the literal ``<base64>_expired`` in place of a data URI.
+            raise OutputExpired("the base64 output expired (base64 outputs are kept 60 minutes)")
         if output.startswith("data:"):
-            if output.endswith("_expired"):
-                raise OutputExpired("the base64 output expired (base64 outputs are kept 60 minutes)")
             return base64.b64decode(output.split(",", 1)[1])
         for attempt in range(1, self.max_attempts + 1):
             try:

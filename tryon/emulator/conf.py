@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from tryon.settings import Limit
 
@@ -33,6 +33,9 @@ class FaultConfig(BaseModel):
     expired_output_rate: float = Field(0.0, description="share of predictions whose outputs are already gone")
 
 
+DEFAULT_LATENCIES = {"performance": 5.0, "balanced": 8.0, "quality": 14.0}
+
+
 class EmulatorConfig(BaseModel):
     time_scale: float = Field(1.0, gt=0)
     keys: dict[str, int] = Field(default_factory=lambda: {DEFAULT_KEY: 1_000_000},
@@ -41,7 +44,8 @@ class EmulatorConfig(BaseModel):
     status_limit: LimitField = Limit(50, 10)
     credits_limit: LimitField = Limit(30, 10)
     max_in_flight: int = 6
-    latencies: dict[str, float] = Field(default_factory=lambda: {"performance": 5.0, "balanced": 8.0, "quality": 14.0})
+    latencies: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LATENCIES),
+                                        description="mean latency by mode (API seconds); modes left out keep theirs")
     legacy_speedup: float = Field(0.85, description="tryon-v1.5 latency factor")
     latency_jitter: float = Field(0.25, description="latency drawn uniformly within ± this share of the mean")
     cdn_retention: float = 72 * 3600.0
@@ -49,6 +53,11 @@ class EmulatorConfig(BaseModel):
     seed: int = 0
     retry_after: bool = Field(False, description="send Retry-After on 429 RateLimitExceeded (the API may or may not)")
     faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @field_validator("latencies")
+    @classmethod
+    def _fill_latencies(cls, given: dict[str, float]) -> dict[str, float]:
+        return {**DEFAULT_LATENCIES, **given}
 
     def scaled(self, seconds: float) -> float:
         return seconds / self.time_scale

@@ -266,8 +266,12 @@ class Emulator:
             new = EmulatorConfig.model_validate(data)
             for name in EmulatorConfig.model_fields:
                 setattr(self.config, name, getattr(new, name))
-            for key, credits in new.keys.items():
-                self.state.accounts.setdefault(key, Account(credits))
+            if "keys" in patch:  # a key left out is revoked (401 from now on); a listed key gets that balance
+                for key in set(self.state.accounts) - set(new.keys):
+                    del self.state.accounts[key]
+                for key, credits in new.keys.items():
+                    account = self.state.accounts.setdefault(key, Account(credits))
+                    account.subscription, account.on_demand = credits, 0
             return JSONResponse(self.config.model_dump(mode="json"))
         return Response("not found", status_code=404)
 

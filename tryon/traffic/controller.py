@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from tryon.errors import ConcurrencyLimitExceeded, NotFound, OutOfCredits
+from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCredits
 from tryon.models import Prediction
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock
@@ -94,6 +94,7 @@ class TrafficController:
         self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None
                                     else float(concurrency_backoff))
         self._stopped: str | None = None
+        self._stopped_by: type[ApiError] = OutOfCredits
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
         self._barrier_passes = 0  # submissions let through by releases since the barrier went up
         self._unknown_occupants: set[Slot] = set()
@@ -258,11 +259,15 @@ class TrafficController:
         """Why submissions are stopped (None while they are allowed)."""
         return self._stopped
 
-    def stop_submissions(self, reason: str) -> None:
-        """Refuse every submission from now on; polling and releases continue."""
+    def stop_submissions(self, reason: str, error: type[ApiError] = OutOfCredits) -> None:
+        """Refuse every submission from now on, raising ``error``; polling and releases continue.
+
+        Items waiting for a slot or a run token fail with the error that stopped the run
+        (``OutOfCredits``, or ``UnauthorizedAccess`` for a revoked key), so the report names it.
+        """
         if self._stopped is None:
-            self._stopped = reason
-        exc = OutOfCredits(self._stopped)
+            self._stopped, self._stopped_by = reason, error
+        exc = self._stopped_by(self._stopped)
         self.limiters["run"].fail_waiters(exc)
         self.slots.stop(exc)
 
@@ -272,7 +277,7 @@ class TrafficController:
 
     def _check_submissions(self) -> None:
         if self._stopped is not None:
-            raise OutOfCredits(self._stopped)
+            raise self._stopped_by(self._stopped)
 
     # -- observability -------------------------------------------------------------------
     def stats(self) -> TrafficStats:

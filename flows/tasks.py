@@ -21,16 +21,23 @@ from tryon.traffic import Slot
 
 
 def retry_unless(*final: type[BaseException]):
-    """A retry condition: retry a failed task run unless it raised one of ``final``."""
+    """A retry condition: retry a failed task run unless it raised one of ``final``.
 
-    def condition(task: Any, task_run: Any, state: Any) -> bool:
-        try:
-            state.result()
-        except final:
-            return False
-        except BaseException:
-            return True
-        return False
+    A coroutine function on purpose: Prefect awaits it in the async task engine. ``state.result()``
+    called from there is dispatched to ``aresult`` and returns a coroutine instead of raising, so
+    a sync condition built on it answered False every time and the tasks never retried.
+    """
+
+    async def condition(task: Any, task_run: Any, state: Any) -> bool:
+        exc = state.data if isinstance(state.data, BaseException) else None
+        if exc is None:
+            try:
+                await state.aresult()
+            except BaseException as raised:
+                exc = raised
+            else:
+                return False
+        return not isinstance(exc, final)
 
     return condition
 

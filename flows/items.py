@@ -29,7 +29,10 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
     submission: Submission | None = resumed(plan.pending) if plan.action == "resume" else None
     attempt = plan.attempts
     notes: list[str] = []
-    flags = {"resubmitted_after_404": False, "possible_duplicate_charge": False}
+    flags = {"resubmitted_after_404": False,
+             "possible_duplicate_charge": bool(plan.pending and plan.pending.possible_duplicate_charge)}
+    if flags["possible_duplicate_charge"]:
+        notes.append("an earlier run got an ambiguous answer to a submission")
 
     def note() -> str:
         return "; ".join(notes)
@@ -63,13 +66,13 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
             continue
         if prediction.status == "completed":
             try:
-                result = await archive_outputs(runtime, item, key, submission, prediction)
+                # The flags go into the one result.json write: a second write after it could fail
+                # or be killed, leaving an archived item whose possible duplicate charge is unknown.
+                result = await archive_outputs(runtime, item, key, submission, prediction, dict(flags))
             except OutputExpired as exc:
                 result = ItemResult.failed(item, key, submission, exc, credits_used=prediction.credits_used, **flags)
                 await runtime.archive.write_result(item, result)
                 return ItemReport.from_result(item, result, note=note())
-            if any(flags.values()):
-                result = await runtime.archive.write_result(item, result.model_copy(update=flags))
             return ItemReport.from_result(item, result, note=note())
         failure = failure_of(prediction)
         if failure.retryable and attempt <= runtime.max_resubmits:

@@ -59,6 +59,6 @@ async def wait_for_prediction(runtime: steps.Runtime, item: Item, submission: st
 @task(task_run_name="archive {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=retry_unless(OutputExpired, UnauthorizedAccess))
 async def archive_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
-                          prediction: Prediction) -> ItemResult:
-    """Download every output, write and verify it, then write result.json last."""
-    return await steps.archive(runtime, item, key, submission, prediction)
+                          prediction: Prediction, flags: dict[str, bool] | None = None) -> ItemResult:
+    """Download every output, write and verify it, then write result.json last (with ``flags``)."""
+    return await steps.archive(runtime, item, key, submission, prediction, flags)

@@ -49,7 +49,11 @@ KEY = "fa-soak-key-0123456789"
 COLLECTION = "soak"
 MODEL_NAME = "tryon-v1.6"
 MAX_RESUBMITS = 2
-KILL_WINDOW = 3.0  # seconds: a prediction created this close before the SIGKILL may lose its id to it
+# A prediction created up to KILL_WINDOW s before the SIGKILL may lose its id to it; so may one
+# created up to KILL_LATE s after it, from a request sent before it (the next run needs seconds
+# to start Python and Prefect: it cannot have sent anything that early).
+KILL_WINDOW = 3.0
+KILL_LATE = 1.0
 STUBBORN = "stubborn"  # a garment whose every prediction fails with PipelineError
 NOT_AN_IMAGE = "notimg"  # a garment whose image URL serves text/plain -> ImageLoadError
 
@@ -227,7 +231,7 @@ def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill
                     process.wait()
             text = log.read_text(errors="replace")
             result.runs.append({"run": run, "rc": process.returncode, "seconds": round(time.monotonic() - began, 1),
-                                "tail": text[-3000:]})
+                                "started": began, "tail": text[-3000:]})
             if run == 1 and not result.killed:
                 say("run 1 ended before the kill point: no SIGKILL this time")
             say(f"run {run}: exit {process.returncode} after {result.runs[-1]['seconds']} s")
@@ -376,8 +380,10 @@ def analyse(result: SoakResult) -> dict[str, Any]:
             failure = before["failure"][0] if before["failure"] and before["status"] == "failed" else None
             # The one window no client closes: created just before the SIGKILL, and the id (or the
             # ambiguous answer) not yet written to the archive when the process died.
+            # A request already sent when the process died may still be handled just after the kill.
             age = result.kill_time - before["created"] if result.kill_time is not None else None
-            in_kill_window = age is not None and 0 <= age <= KILL_WINDOW and after["created"] > result.kill_time
+            in_kill_window = (age is not None and -KILL_LATE <= age <= KILL_WINDOW
+                              and after["created"] > result.kill_time + KILL_LATE)
             if before["answer"] != "ok":
                 explained[f"ambiguous answer ({before['answer']})"] += 1
                 if not flagged:
@@ -425,7 +431,7 @@ def analyse(result: SoakResult) -> dict[str, Any]:
                  "after_seconds": round(result.kill_after, 1) if result.kill_after else None,
                  "predictions_created": result.created_at_kill, "items_recorded": result.recorded_at_kill,
                  "lost_to_the_kill": len(kill_ages),
-                 "their_age_at_kill_s": round(max(kill_ages), 3) if kill_ages else None},
+                 "created_s_before_kill": [round(min(kill_ages), 3), round(max(kill_ages), 3)] if kill_ages else None},
         "problems": problems,
     }
 

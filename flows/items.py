@@ -29,7 +29,10 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
     submission: Submission | None = resumed(plan.pending) if plan.action == "resume" else None
     attempt = plan.attempts
     notes: list[str] = []
-    flags = {"resubmitted_after_404": False, "possible_duplicate_charge": False}
+    flags = {"resubmitted_after_404": False,
+             "possible_duplicate_charge": bool(plan.pending and plan.pending.possible_duplicate_charge)}
+    if flags["possible_duplicate_charge"]:
+        notes.append("an earlier run got an ambiguous answer to a submission")
 
     def note() -> str:
         return "; ".join(notes)
@@ -52,7 +55,7 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
                 runtime.traffic.release_slot(slot)
                 raise
         try:
-            collected = await collect_outputs(runtime, item, key, submission, slot)
+            collected = await collect_outputs(runtime, item, key, submission, slot, dict(flags))
         except NotFound:
             if flags["resubmitted_after_404"]:
                 raise
@@ -68,10 +71,7 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
             await runtime.archive.write_result(item, result)
             return ItemReport.from_result(item, result, note=note())
         if collected.result is not None:
-            result = collected.result
-            if any(flags.values()):
-                result = await runtime.archive.write_result(item, result.model_copy(update=flags))
-            return ItemReport.from_result(item, result, note=note())
+            return ItemReport.from_result(item, collected.result, note=note())
         failure = failure_of(prediction)
         if failure.retryable and attempt <= runtime.max_resubmits:
             notes.append(f"attempt {attempt}: {failure.name}: {failure.message}; submitted again")

@@ -22,16 +22,23 @@ from tryon.traffic import Slot
 
 
 def retry_unless(*final: type[BaseException]):
-    """A retry condition: retry a failed task run unless it raised one of ``final``."""
+    """A retry condition: retry a failed task run unless it raised one of ``final``.
 
-    def condition(task: Any, task_run: Any, state: Any) -> bool:
-        try:
-            state.result()
-        except final:
-            return False
-        except BaseException:
-            return True
-        return False
+    A coroutine function on purpose: Prefect awaits it in the async task engine. ``state.result()``
+    called from there is dispatched to ``aresult`` and returns a coroutine instead of raising, so
+    a sync condition built on it answered False every time and the tasks never retried.
+    """
+
+    async def condition(task: Any, task_run: Any, state: Any) -> bool:
+        exc = state.data if isinstance(state.data, BaseException) else None
+        if exc is None:
+            try:
+                await state.aresult()
+            except BaseException as raised:
+                exc = raised
+            else:
+                return False
+        return not isinstance(exc, final)
 
     return condition
 
@@ -54,9 +61,10 @@ class Collected:
 @task(task_run_name="collect {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess))
 async def collect_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
-                          slot: Slot | None) -> Collected:
+                          slot: Slot | None, flags: dict[str, bool] | None = None) -> Collected:
     """Poll (through the key's shared scheduler) until the prediction ends; when it completed,
-    download every output, write and verify it, then write result.json last.
+    download every output, write and verify it, then write result.json last, with ``flags``
+    (in that one write: a second write could fail or be killed, losing a possible duplicate charge).
 
     One task, not two, because a task run costs about 30 ms of CPU between this process and
     the server, and both steps are safe to repeat: a retry polls once more (the slot is
@@ -66,6 +74,6 @@ async def collect_outputs(runtime: steps.Runtime, item: Item, key: str, submissi
     if prediction.status != "completed":
         return Collected(prediction)
     try:
-        return Collected(prediction, await steps.archive(runtime, item, key, submission, prediction))
+        return Collected(prediction, await steps.archive(runtime, item, key, submission, prediction, flags))
     except OutputExpired as exc:  # final: the provider no longer has the images
         return Collected(prediction, expired=exc)

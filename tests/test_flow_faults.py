@@ -176,3 +176,36 @@ async def test_completed_and_failed_runs_emit_events_with_counts(prefect_server,
     assert done[0]["payload"]["archived"] == 2 and done[0]["payload"]["failed"] == 0
     assert failed[0]["payload"]["archived"] == 1 and failed[0]["payload"]["failed"] == 1
     assert failed[0]["payload"]["gallery"].endswith("events-bad/tryon-v1.6/index.html")
+
+
+async def test_wait_and_archive_tasks_retry_unless_the_error_is_final(prefect_server):
+    """The retry condition is awaited by Prefect's async engine: ``state.result()`` there returns a
+    coroutine instead of raising, which once made every condition answer False (no retries at all)."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows.tasks import retry_unless
+    from tryon.archive import ArchiveError
+    from tryon.errors import OutputExpired
+
+    calls: list[str] = []
+
+    @task(retries=2, retry_delay_seconds=0, cache_policy=NO_CACHE, retry_condition_fn=retry_unless(OutputExpired))
+    async def flaky(name: str, fail: type[Exception], times: int) -> str:
+        calls.append(name)
+        if calls.count(name) <= times:
+            raise fail("injected")
+        return name
+
+    @flow
+    async def both() -> tuple[str, str | None]:
+        transient = await flaky("transient", ArchiveError, 2)
+        try:
+            final = await flaky("final", OutputExpired, 1)
+        except OutputExpired:
+            final = None
+        return transient, final
+
+    assert await both() == ("transient", None)
+    assert calls.count("transient") == 3, "a transient error is retried"
+    assert calls.count("final") == 1, "a final error is not"

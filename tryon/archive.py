@@ -12,11 +12,11 @@ path, ``memory://`` in tests). Layout::
             result.json                               # written last: a reader never sees half an item
 
 Every file is written whole or not at all: locally to a temporary name, flushed, fsynced and
-renamed; on object stores by one PUT. ``result.json`` and ``prediction.json`` are only trusted
-when their item key matches the item's current key, so changed inputs or images make a new
-prediction rather than reusing outputs of other inputs. Nothing written here contains a
-base64 body or a secret: data URIs become ``data:image/<fmt>;...sha256=<hex>`` and signed
-URL parameters are redacted.
+renamed; on object stores by one PUT. A failed write is sent again (``Archive.WRITE_ATTEMPTS``).
+``result.json`` and ``prediction.json`` are only trusted when their item key matches the item's
+current key, so changed inputs or images make a new prediction rather than reusing outputs of
+other inputs. Nothing written here contains a base64 body or a secret: data URIs become
+``data:image/<fmt>;...sha256=<hex>`` and signed URL parameters are redacted.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ class PendingRecord(BaseModel):
     submissions: list[SubmissionRecord] = Field(default_factory=list)
     submitted_at: dt.datetime | None = None
     attempts: int = 0
+    possible_duplicate_charge: bool = Field(False, description="A submission got an ambiguous answer (5xx, "
+                                            "dropped connection): a prediction without a recorded id may exist.")
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
     @property
@@ -236,6 +238,11 @@ class Archive:
     ``endpoint_url``...); without them s3fs reads the standard ``AWS_*`` environment.
     """
 
+    #: Attempts of each write: object stores fail transiently, and a write is idempotent (a whole
+    #: object or nothing), so a failed one is sent again after ``WRITE_BACKOFF`` × 2^n seconds.
+    WRITE_ATTEMPTS = 3
+    WRITE_BACKOFF = 0.2
+
     def __init__(self, url: str = DEFAULT_ARCHIVE_URL, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = str(url)
         self.storage_options = dict(storage_options or {})
@@ -317,9 +324,19 @@ class Archive:
         except FileNotFoundError:
             return []
 
+    async def _write_retrying(self, path: str, data: bytes) -> None:
+        for attempt in range(1, self.WRITE_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(self._write_sync, path, data)
+                return
+            except Exception:
+                if attempt == self.WRITE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(self.WRITE_BACKOFF * 2 ** (attempt - 1))
+
     async def _write(self, path: str, data: bytes) -> None:
         try:
-            await asyncio.to_thread(self._write_sync, path, data)
+            await self._write_retrying(path, data)
         except ArchiveError:
             raise
         except Exception as exc:
@@ -359,7 +376,7 @@ class Archive:
         probe = self._join(self.root, _safe_component(collection, "collection name"), f".write-probe-{uuid.uuid4().hex}")
         payload = f"tryon write probe {time.time()}".encode()
         try:
-            await asyncio.to_thread(self._write_sync, probe, payload)
+            await self._write_retrying(probe, payload)
             back = await asyncio.to_thread(self._read_sync, probe)
             await asyncio.to_thread(self._delete_sync, probe)
         except Exception as exc:
@@ -420,7 +437,24 @@ class Archive:
             submissions=[*(previous.submissions if previous else []),
                          SubmissionRecord(prediction_id=prediction_id, submitted_at=when, attempt=attempts)],
             submitted_at=when, attempts=attempts,
+            possible_duplicate_charge=bool(previous and previous.possible_duplicate_charge),
         )
+        await self._write(self._join(folder, PENDING_FILE), _dumps(record))
+        await self._delete(self._join(folder, RESULT_FILE))
+        return record
+
+    async def record_ambiguous(self, item: Item, key: str, *, attempt: int) -> PendingRecord:
+        """Write durably that submission ``attempt`` got an ambiguous answer: a prediction whose id
+        we never got may exist and be billed. A run killed before the item ends still reports the
+        item as a possible duplicate charge, and counts the attempt."""
+        folder = self.item_dir(item)
+        previous = await self.read_pending(item, key)
+        if previous is not None:
+            record = previous.model_copy(update={"possible_duplicate_charge": True, "updated_at": utcnow(),
+                                                 "attempts": max(previous.attempts, attempt)})
+        else:
+            record = PendingRecord(key=key, collection=item.collection, model_name=item.model_name, label=item.label,
+                                   attempts=attempt, possible_duplicate_charge=True)
         await self._write(self._join(folder, PENDING_FILE), _dumps(record))
         await self._delete(self._join(folder, RESULT_FILE))
         return record
@@ -457,6 +491,7 @@ class Archive:
             result = result.model_copy(update={
                 "prediction_ids": [*history, *result.prediction_ids],
                 "attempts": max(result.attempts, pending.attempts),
+                "possible_duplicate_charge": result.possible_duplicate_charge or pending.possible_duplicate_charge,
             })
         await self._write(self._join(folder, RESULT_FILE), _dumps(result))
         if result.state == "archived":

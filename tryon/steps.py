@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from tryon.archive import Archive, ItemResult, OutputRecord, PendingRecord
+from tryon.archive import Archive, ArchiveError, ItemResult, OutputRecord, PendingRecord
 from tryon.client import FashnClient
 from tryon.collection import Item
 from tryon.errors import AmbiguousSubmission, OutputExpired, PredictionFailed
 from tryon.models import Prediction
 from tryon.traffic import Slot, TrafficController
+
+logger = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -83,6 +87,8 @@ async def plan_item(archive: Archive, item: Item, key: str, *, force: bool = Fal
     pending = await archive.read_pending(item, key)
     if pending is not None and pending.prediction_id:
         return Plan("resume", key, pending=pending, reason=f"polling prediction {pending.prediction_id}")
+    if pending is not None:  # only ambiguous submissions so far
+        return Plan("submit", key, pending=pending, reason="ambiguous submission before")
     return Plan("submit", key)
 
 
@@ -104,8 +110,20 @@ async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slo
         prediction_id = await runtime.client.run(item.model_name, item.inputs, base_dir=item.base_dir)
     except AmbiguousSubmission:
         runtime.traffic.hold_phantom(item.model_name, item.mode, slot=slot)
+        try:
+            await runtime.archive.record_ambiguous(item, key, attempt=attempt)
+        except ArchiveError as exc:
+            logger.warning("%s: could not record the ambiguous submission (%s)", item.label, exc)
         raise
-    await runtime.archive.record_pending(item, key, prediction_id, attempt=attempt)
+    try:
+        await runtime.archive.record_pending(item, key, prediction_id, attempt=attempt)
+    except ArchiveError as exc:
+        # The prediction exists (and will be billed): never abandon it. Raising here used to fail
+        # the item, free its slot while the prediction still ran (a ConcurrencyLimitExceeded risk)
+        # and make the next run submit it again. Poll and archive it from memory instead; only a
+        # kill before its result.json is written can lose the id now.
+        logger.warning("%s: prediction %s is running but its id could not be recorded (%s); "
+                       "archiving it anyway", item.label, prediction_id, exc)
     return Submission(prediction_id, submitted_at, attempt)
 
 
@@ -123,8 +141,10 @@ async def wait(runtime: Runtime, item: Item, submission: Submission, slot: Slot 
     )
 
 
-async def archive(runtime: Runtime, item: Item, key: str, submission: Submission, prediction: Prediction) -> ItemResult:
-    """Copy every output into the archive, verify it, and write ``result.json`` last."""
+async def archive(runtime: Runtime, item: Item, key: str, submission: Submission, prediction: Prediction,
+                  flags: Mapping[str, bool] | None = None) -> ItemResult:
+    """Copy every output into the archive, verify it, and write ``result.json`` last (with
+    ``flags``: ``possible_duplicate_charge``, ``resubmitted_after_404``)."""
     if not prediction.output:
         raise OutputExpired(f"prediction {prediction.id} completed with no output")
     ext = "jpg" if item.output_format == "jpeg" else "png"
@@ -132,6 +152,6 @@ async def archive(runtime: Runtime, item: Item, key: str, submission: Submission
     for index, url in enumerate(prediction.output):
         data = await runtime.client.download(url)
         outputs.append(await runtime.archive.write_output(item, index, data, ext))
-    result = ItemResult.archived(item, key, submission, prediction, outputs)
+    result = ItemResult.archived(item, key, submission, prediction, outputs, **dict(flags or {}))
     await runtime.archive.write_result(item, result)
     return result

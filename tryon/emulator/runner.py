@@ -79,6 +79,12 @@ class EmulatorServer:
     def prediction(self, prediction_id: str) -> dict:
         return httpx.get(f"{self.url}/_admin/predictions/{prediction_id}", timeout=10).json()
 
+    def predictions(self) -> list[dict]:
+        """Every prediction created since the last reset, oldest first (see ``State.record``)."""
+        response = httpx.get(f"{self.url}/_admin/predictions", timeout=60)
+        response.raise_for_status()
+        return response.json()
+
 
 def _free_port(host: str) -> int:
     with socket.socket() as sock:

@@ -77,6 +77,7 @@ class Emulator:
     async def _maybe_slow(self) -> None:
         faults = self.config.faults
         if faults.slow_rate and self.state.rng.random() < faults.slow_rate:
+            self.state.injected["slow_answer"] += 1
             await asyncio.sleep(self.config.scaled(faults.slow_seconds))
 
     def _count(self, endpoint: str, response: Response) -> Response:
@@ -124,9 +125,11 @@ class Emulator:
                                             f"{in_flight} predictions in flight (limit {self.config.max_in_flight})"))
         faults, rng = self.config.faults, self.state.rng
         if faults.server_error_before_rate and rng.random() < faults.server_error_before_rate:
+            self.state.injected["500_before_create"] += 1
             return self._count("run", error(500, "InternalServerError", "injected before creating"))
         if faults.drop_before_rate and rng.random() < faults.drop_before_rate:
             self.state.requests["run"]["dropped_before"] += 1
+            self.state.injected["dropped_before_create"] += 1
             return DroppedConnection()
         prediction = self.state.create(key, str(model_name), validated, request.query_params.get("webhook_url"))
         self._spawn(self._load_inputs(prediction))
@@ -135,9 +138,13 @@ class Emulator:
         await self._maybe_slow()
         if faults.server_error_after_rate and rng.random() < faults.server_error_after_rate:
             self.state.requests["run"]["500_after_create"] += 1
+            prediction.answer = "500_after_create"
+            self.state.injected["500_after_create"] += 1
             return self._count("run", error(500, "InternalServerError", "injected after creating"))
         if faults.drop_after_rate and rng.random() < faults.drop_after_rate:
             self.state.requests["run"]["dropped_after_create"] += 1
+            prediction.answer = "dropped_after_create"
+            self.state.injected["dropped_after_create"] += 1
             return DroppedConnection()
         return self._count("run", JSONResponse({"id": prediction.id, "error": None}))
 
@@ -177,7 +184,10 @@ class Emulator:
         model_png, garment_png = prediction.thumbs or (render.PLACEHOLDER, render.PLACEHOLDER)
         seed = hashlib.sha256(f"{prediction.hash}:{index}".encode()).digest()
         data = render.render_output(seed, prediction.size, prediction.output_format, model_png, garment_png)
-        prediction.served_sha256[index] = hashlib.sha256(data).hexdigest()
+        digest = prediction.served_sha256[index] = hashlib.sha256(data).hexdigest()
+        served = prediction.served_all.setdefault(index, [])
+        if digest not in served:
+            served.append(digest)
         return data
 
     async def status(self, request: Request) -> Response:
@@ -187,6 +197,7 @@ class Emulator:
         key, account = gate
         faults = self.config.faults
         if faults.status_error_rate and self.state.rng.random() < faults.status_error_rate:
+            self.state.injected["status_500"] += 1
             return self._count("status", error(500, "InternalServerError", "injected status error"))
         prediction = self.state.predictions.get(request.path_params["id"])
         if prediction is None or prediction.key != key:
@@ -253,6 +264,9 @@ class Emulator:
         action = request.path_params["action"]
         if action == "stats":
             return JSONResponse(self.state.stats())
+        if action == "predictions":  # every prediction created since the last reset, oldest first
+            now = self.state.now()
+            return JSONResponse([self.state.record(p, now) for p in self.state.predictions.values()])
         if action == "reset" and request.method == "POST":
             self.state.reset()
             return JSONResponse({"ok": True})
@@ -281,13 +295,7 @@ class Emulator:
         prediction = self.state.predictions.get(request.path_params["id"])
         if prediction is None:
             return Response("not found", status_code=404)
-        return JSONResponse({
-            "id": prediction.id, "hash": prediction.hash, "model_name": prediction.model_name,
-            "status": prediction.status(self.state.now()), "latency": prediction.latency,
-            "failure": prediction.failure, "num_samples": prediction.num_samples,
-            "status_calls": prediction.status_calls,
-            "output_sha256": [prediction.served_sha256.get(i) for i in range(prediction.num_samples)],
-        })
+        return JSONResponse(self.state.record(prediction, self.state.now()))
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

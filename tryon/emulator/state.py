@@ -39,7 +39,11 @@ class Prediction:
     thumbs: tuple[bytes, bytes] | None = None  # model, garment thumbnails (PNG)
     settled: bool = False
     served_sha256: dict[int, str] = field(default_factory=dict)
+    served_all: dict[int, list[str]] = field(default_factory=dict)  # every distinct sha256 served per index
     status_calls: int = 0
+    # How POST /v1/run answered after creating it: "ok", or an injected "500_after_create" or
+    # "dropped_after_create" (the client cannot know the id: a resubmission is explained).
+    answer: str = "ok"
 
     @property
     def ends(self) -> float:
@@ -109,6 +113,7 @@ class State:
         self.credits_charged = 0
         self.most_in_flight: Counter[str] = Counter()
         self.final: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.latencies: list[float] = []
 
     @staticmethod
@@ -155,6 +160,8 @@ class State:
             return_base64=bool(inputs.get("return_base64", False)), webhook_url=webhook_url,
             expired=self.rng.random() < config.faults.expired_output_rate,
         )
+        if prediction.expired:
+            self.injected["expired_output"] += 1
         self._inject_failure(prediction)
         account = self.accounts[key]
         account.active.add(prediction.id)
@@ -179,8 +186,22 @@ class State:
             roll -= rate
 
     def fail(self, prediction: Prediction, name: str, message: str) -> None:
+        self.injected[f"failure:{name}"] += 1
         prediction.failure = (name, message)
         prediction.fail_at = prediction.created + prediction.latency * 0.5
+
+    def record(self, prediction: Prediction, now: float) -> dict[str, Any]:
+        """One prediction as the admin endpoints show it (no image bodies)."""
+        images = {f: str(prediction.inputs.get(f, ""))[:200] for f in ("model_image", "garment_image")}
+        return {
+            "id": prediction.id, "hash": prediction.hash, "model_name": prediction.model_name,
+            "status": prediction.status(now), "latency": prediction.latency, "created": prediction.created,
+            "ends": prediction.ends, "failure": prediction.failure, "num_samples": prediction.num_samples,
+            "status_calls": prediction.status_calls, "answer": prediction.answer, "expired": prediction.expired,
+            "images": images,
+            "output_sha256": [prediction.served_sha256.get(i) for i in range(prediction.num_samples)],
+            "served_sha256": [list(prediction.served_all.get(i, [])) for i in range(prediction.num_samples)],
+        }
 
     def stats(self) -> dict[str, Any]:
         statuses = [p.status_calls for p in self.predictions.values()]
@@ -204,6 +225,7 @@ class State:
             "status_calls": sum(statuses),
             "status_calls_per_prediction": (sum(statuses) / terminal) if terminal else None,
             "too_many_requests": dict(too_many),
+            "injected": dict(self.injected),
             "final_statuses": dict(self.final),
             "mean_latency": (sum(self.latencies) / len(self.latencies)) if self.latencies else None,
             "time_scale": self.config.time_scale,

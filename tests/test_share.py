@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from tests.collections import write_collection
-from tests.fixtures.emulator import TEST_KEY, TIME_SCALE
+from tests.fixtures.emulator import TIME_SCALE
 from tryon.settings import Limit
 from tryon.traffic import FakeClock, TrafficController
 
@@ -81,13 +82,13 @@ print(json.dumps({"completed": state.is_completed(), "message": state.message, "
 """
 
 
-async def members_of_key() -> int:
+async def members_of_key(key: str) -> int:
     from flows.coordination import count_members, limit_name
     from tryon.runtime import key_fingerprint
     from tryon.settings import FashnSettings
 
     try:
-        return await count_members(limit_name(key_fingerprint(FashnSettings(api_key=TEST_KEY))))
+        return await count_members(limit_name(key_fingerprint(FashnSettings(api_key=key))))
     except Exception:  # not created yet
         return 0
 
@@ -95,9 +96,12 @@ async def members_of_key() -> int:
 async def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulator, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
+    # A key of its own: the session's Prefect server still holds other tests' memberships of
+    # TEST_KEY for one lease, and they would count as members here.
+    key = f"fa-share-{uuid.uuid4().hex}"
     # Slow predictions (2 s each here) so that the first run is still going when the second joins.
-    emulator = make_emulator(latencies={"performance": 5.0, "balanced": 8.0, "quality": 40.0})
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FASHN_API_KEY": TEST_KEY,
+    emulator = make_emulator(latencies={"performance": 5.0, "balanced": 8.0, "quality": 40.0}, keys={key: 1_000_000})
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FASHN_API_KEY": key,
            "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(TIME_SCALE), "PYTHONPATH": str(ROOT),
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
@@ -111,7 +115,7 @@ async def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulato
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     children[0][0].touch()
     deadline = time.monotonic() + 60
-    while await members_of_key() < 1:  # the first run uses the key ...
+    while await members_of_key(key) < 1:  # the first run uses the key ...
         assert time.monotonic() < deadline and children[0][1].poll() is None, "the first run never joined"
         await asyncio.sleep(0.1)
     children[1][0].touch()  # ... when the second starts

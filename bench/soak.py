@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +377,7 @@ def analyse(result: SoakResult) -> dict[str, Any]:
                        or (entries.get(label) or {}).get("possible_duplicate_charge"))
         after_404 = bool((result.results.get(label) or {}).get("resubmitted_after_404")
                          or (entries.get(label) or {}).get("resubmitted_after_404"))
-        for before, after in zip(group, group[1:]):
+        for before, after in pairwise(group):
             failure = before["failure"][0] if before["failure"] and before["status"] == "failed" else None
             # The one window no client closes: created just before the SIGKILL, and the id (or the
             # ambiguous answer) not yet written to the archive when the process died.

@@ -15,8 +15,8 @@ from prefect.events import emit_event
 from prefect.states import Failed
 
 from flows import artifacts
-from flows.coordination import key_membership
 from flows.config import resolve_archive, resolve_settings
+from flows.coordination import key_membership
 from flows.items import run_items
 from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
 from tryon import progress

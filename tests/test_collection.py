@@ -12,8 +12,19 @@ import pytest
 from PIL import Image
 
 from tryon import images
-from tryon.collection import (CollectionSpec, Garment, Item, ModelPhoto, Pair, Problem, SpecError, item_key,
-                              iter_items, load_spec, validate_spec)
+from tryon.collection import (
+    CollectionSpec,
+    Garment,
+    Item,
+    ModelPhoto,
+    Pair,
+    Problem,
+    SpecError,
+    item_key,
+    iter_items,
+    load_spec,
+    validate_spec,
+)
 from tryon.models import INPUT_SCHEMAS
 
 

@@ -15,7 +15,6 @@ from tests.fixtures.emulator import TEST_KEY
 from tryon.client import FashnClient
 from tryon.errors import (
     AmbiguousSubmission,
-    BadRequest,
     ConcurrencyLimitExceeded,
     NotFound,
     OutOfCredits,
@@ -209,12 +208,14 @@ async def test_server_error_before_creating_is_still_ambiguous_to_the_client(mak
 
 
 async def test_webhook_receives_the_terminal_payload(emulator):
+    import threading
+
+    import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from tryon.emulator.runner import _free_port
-    import uvicorn, threading
 
     received: list[dict] = []
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from tests.fixtures.emulator import TEST_KEY
-from tests.test_flow_faults import env_for, run_flow, url_collection  # noqa: F401  (env_for is a fixture)
+from tests.test_flow_faults import run_flow, url_collection
 from tryon.archive import Archive
 from tryon.collection import iter_items, load_spec
 

@@ -12,31 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.collections import write_collection
-from tests.fixtures.emulator import TEST_KEY
+from tests.fixtures.emulator import flow_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def flow_env(emulator, time_scale: float) -> dict[str, str]:
-    env = {"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(time_scale)}
-    for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
-        env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / time_scale:g}"
-    return env
-
-
-@pytest.fixture
-def env_for(monkeypatch):
-    def apply(emulator, time_scale: float) -> dict[str, str]:
-        env = flow_env(emulator, time_scale)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return env
-
-    return apply
 
 
 def url_collection(folder: Path, emulator, *, garments: list[str], models: int = 1, name: str = "faults") -> Path:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import Browser, chromium_path
-from tests.test_flow_faults import env_for, run_flow, url_collection  # noqa: F401  (env_for is a fixture)
+from tests.test_flow_faults import run_flow, url_collection
 
 if chromium_path() is None:  # CI must look at the page; a developer without chromium may skip
     if os.environ.get("CI"):

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -327,7 +328,7 @@ def test_poll_scheduler_keeps_the_budget_and_polls_everyone_again_in_bounded_tim
     window = controller.limiters["status"].window
     bound = controller.scheduler.max_interval + math.ceil(len(jobs) / count) * window + 1e-6
     for pid, times in server.polls.items():
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in pairwise(times)]
         assert max(gaps, default=0.0) <= bound, f"{pid} waited {max(gaps)}s between polls (bound {bound}s)"
         queueing = bound - controller.scheduler.max_interval
         assert first_due[pid] - EPS <= times[0] <= first_due[pid] + queueing    # first poll as planned

@@ -7,7 +7,6 @@ never import Prefect, so they answer in well under a second.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -33,8 +32,8 @@ def validate(spec: str, /, *, model_name: str | None = None) -> int:
     model_name
         Validate for this model instead of the spec's.
     """
-    from tryon.planning import load_and_validate
     from tryon.collection import SpecError
+    from tryon.planning import load_and_validate
 
     try:
         collection = asyncio.run(load_and_validate(spec, model_name))
@@ -135,8 +134,7 @@ def emulator(
     seed
         Seed of latencies and injected faults.
     """
-    from tryon.emulator import EmulatorConfig
-    from tryon.emulator import serve
+    from tryon.emulator import EmulatorConfig, serve
 
     keys = {k: credits for k in (key or ["fa-emulator-key"])}
     serve(EmulatorConfig(time_scale=time_scale, keys=keys, seed=seed), host=host, port=port)

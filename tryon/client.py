@@ -23,7 +23,6 @@ import asyncio
 import base64
 import email.utils
 import time
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx

@@ -555,7 +555,7 @@ def _csv_rows(spec: CollectionSpec) -> Iterator[_CsvRow]:
                 if len(cells) != len(header):
                     yield _CsvRow(row, None, f"has {len(cells)} fields; the header has {len(header)}")
                     continue
-                yield _CsvRow(row, {k: v.strip() for k, v in zip(header, cells)})
+                yield _CsvRow(row, {k: v.strip() for k, v in zip(header, cells, strict=True)})
         except (csv.Error, UnicodeDecodeError) as exc:
             yield _CsvRow(reader.line_num, None, f"is not valid CSV: {exc}")
 
@@ -793,7 +793,7 @@ async def _check_images(problems: _Problems, refs: _ImageRefs, concurrency: int)
             return await images.check_image(ref if images.is_data_uri(ref) else resolved)
 
     results = await asyncio.gather(*(check(e) for e in entries))
-    for (resolved, (where, field, ref)), problem in zip(entries, results):
+    for (resolved, (where, field, ref)), problem in zip(entries, results, strict=True):
         if problem is not None:
             others = refs.uses[resolved] - 1
             also = f" (also used {others} more time{'s' if others != 1 else ''})" if others else ""

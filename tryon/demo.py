@@ -52,8 +52,7 @@ def write_sample_collection(folder: Path, garments: int, models: int) -> Path:
 
 
 def run_demo(*, archive: str, garments: int, models: int, time_scale: float) -> int:
-    from tryon.emulator import EmulatorConfig
-    from tryon.emulator import EmulatorServer
+    from tryon.emulator import EmulatorConfig, EmulatorServer
 
     spec = write_sample_collection(DEMO_DIR / "collection", garments, models)
     with EmulatorServer(EmulatorConfig(time_scale=time_scale, keys={DEMO_KEY: 10_000})) as emulator:

@@ -5,8 +5,8 @@ credits a run would cost and compare them with the balance. No Prefect here: the
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tryon.archive import Archive

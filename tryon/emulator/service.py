@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tryon.emulator import render
-from tryon.emulator.conf import EmulatorConfig, FaultConfig
+from tryon.emulator.conf import EmulatorConfig
 from tryon.emulator.state import Account, Prediction, State
 from tryon.models import LEGACY_MODEL_NAME, validate_inputs
 

@@ -207,7 +207,7 @@ class State:
         statuses = [p.status_calls for p in self.predictions.values()]
         terminal = sum(self.final.values())
         too_many = Counter()
-        for endpoint, codes in self.requests.items():
+        for codes in self.requests.values():
             for code, n in codes.items():
                 if code.startswith("429:"):
                     too_many[code[4:]] += n

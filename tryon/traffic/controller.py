@@ -84,7 +84,7 @@ class TrafficController:
         self.clock: Clock = clock or MonotonicClock()
         self.limiters: dict[str, SlidingWindowLimiter] = {
             name: SlidingWindowLimiter(Limit.parse(limit), self.clock, margin=margin, name=name)
-            for name, limit in zip(ENDPOINTS, (run_limit, status_limit, credits_limit))
+            for name, limit in zip(ENDPOINTS, (run_limit, status_limit, credits_limit), strict=True)
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
         self.latency = LatencyModel(latency_scale, priors)

@@ -61,9 +61,9 @@ def child_main(spec: str, archive: str) -> None:
     """One flow run in this process; prints its timings as JSON."""
     from flows.collection import tryon_collection
 
-    start, cpu = time.time(), time.process_time()
+    start, cpu = time.monotonic(), time.process_time()
     state = asyncio.run(tryon_collection(spec=spec, archive=archive, return_state=True))
-    print(json.dumps({"start": start, "end": time.time(), "cpu": time.process_time() - cpu,
+    print(json.dumps({"start": start, "end": time.monotonic(), "cpu": time.process_time() - cpu,
                       "completed": state.is_completed(), "message": state.message}))
 
 

@@ -14,7 +14,7 @@ from tryon.archive import ItemResult
 from tryon.collection import CollectionSpec, Item, item_key, iter_items
 from tryon.errors import AmbiguousSubmission, NotFound, UnauthorizedAccess
 from tryon.report import ItemReport, RunReport
-from tryon.steps import Runtime, Submission, failure_of, plan_item, resumed
+from tryon.steps import Runtime, Submission, failure_of, plan_item, prepare, resumed
 
 
 async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
@@ -38,11 +38,13 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
         return "; ".join(notes)
 
     while True:
+        # Encode the images before waiting for a slot, so a freed slot is reused at once.
+        request = await prepare(runtime, item) if submission is None else None
         slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
         if submission is None:
             attempt += 1
             try:
-                submission = await submit_prediction(runtime, item, key, attempt, slot)
+                submission = await submit_prediction(runtime, item, key, attempt, slot, request)
             except AmbiguousSubmission as exc:
                 # The server may have created (and will bill) a prediction whose id we never got.
                 flags["possible_duplicate_charge"] = True

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tryon import steps
 from tryon.archive import ItemResult
+from tryon.client import RunRequest
 from tryon.collection import Item
 from tryon.errors import NotFound, OutputExpired, UnauthorizedAccess
 from tryon.models import Prediction
@@ -44,9 +45,10 @@ def retry_unless(*final: type[BaseException]):
 
 
 @task(task_run_name="submit {item.label}", cache_policy=NO_CACHE, retries=0)
-async def submit_prediction(runtime: steps.Runtime, item: Item, key: str, attempt: int, slot: Slot) -> steps.Submission:
+async def submit_prediction(runtime: steps.Runtime, item: Item, key: str, attempt: int, slot: Slot,
+                            request: RunRequest | None = None) -> steps.Submission:
     """Start one prediction and write its id to the archive before anything else happens."""
-    return await steps.submit(runtime, item, key, attempt, slot)
+    return await steps.submit(runtime, item, key, attempt, slot, request)
 
 
 @dataclass(frozen=True)

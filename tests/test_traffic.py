@@ -312,7 +312,7 @@ def test_poll_scheduler_keeps_the_budget_and_polls_everyone_again_in_bounded_tim
             await clock.sleep(start)
             pid = f"p{i}"
             server.submit(pid, latency)
-            first_due[pid] = clock.now() + controller.latency.first_poll_delay(("tryon-v1.6", mode))
+            first_due[pid] = clock.now() + controller.scheduler.first_poll_delay(("tryon-v1.6", mode))
             answer = await controller.wait(pid, profile=("tryon-v1.6", mode), poll=server.poll)
             assert answer.terminal and answer.id == pid
             noticed[pid] = clock.now()
@@ -351,11 +351,11 @@ async def test_poll_scheduler_learns_latency_in_both_directions():
             pid = f"{profile[1]}-{len(server.done_at)}-{i}"
             server.submit(pid, rng.uniform(lo, hi))
             start = clock.now()
+            first = controller.scheduler.first_poll_delay(profile)  # depends on what is in flight
             await controller.wait(pid, profile=profile, poll=server.poll)
             delays.append(clock.now() - server.done_at[pid])
             assert server.polls[pid][0] - start == pytest.approx(first, abs=1e-6)
 
-        first = controller.latency.first_poll_delay(profile)
         await asyncio.gather(*(one(i) for i in range(n)))
         return delays
 
@@ -458,12 +458,14 @@ async def test_slot_is_freed_the_moment_the_prediction_ends():
     server = FakeServer(clock, controller)
     slot = await controller.acquire_slot()
     await controller.acquire("run")
-    server.submit("a", 4.3)                         # the first poll goes at 5 - 1 = 4 s
+    server.submit("a", 4.3)
+    first = controller.scheduler.first_poll_delay(("m", "performance"))
+    assert first == pytest.approx(5 - 2 * 1), "a budget this ample polls two deviations early"
     done = asyncio.ensure_future(controller.wait("a", model_name="m", mode="performance", poll=server.poll,
                                                  slot=slot))
     next_slot = await clock.run(controller.acquire_slot())
     noticed = server.polls["a"][-1]
-    assert server.polls["a"][0] == pytest.approx(4.0) and len(server.polls["a"]) == 2
+    assert server.polls["a"][0] == pytest.approx(first) and server.polls["a"][-2] < 4.3, "noticed at the first poll after"
     assert next_slot.acquired_at == noticed and slot.released_at == noticed
     assert noticed - 4.3 <= controller.scheduler.interval(("m", "performance"), 4.0) + 1e-9
     assert (await done).status == "completed"
@@ -567,3 +569,31 @@ async def test_ambiguous_submission_keeps_a_phantom_slot():
     controller.release_slot(late)
     after = await clock.run(controller.acquire_slot())
     assert after.acquired_at - start == pytest.approx(14 + 4 * 2.8) and phantom.released
+
+
+async def test_an_ample_status_budget_buys_earlier_and_closer_polls_a_scarce_one_is_saved():
+    profile = ("tryon-v1.6", "balanced")
+
+    def first_poll(status_limit: Limit) -> float:
+        return TrafficController(status_limit=status_limit, clock=FakeClock()).scheduler.first_poll_delay(profile)
+
+    est = LatencyModel().estimate(profile)
+    assert first_poll(Limit(50, 10)) == pytest.approx(est.mean - 2 * est.dev)  # ~40 polls per mean latency
+    assert first_poll(Limit(5, 10)) == pytest.approx(est.mean - est.dev)       # ~4
+    assert first_poll(Limit(2, 10)) == pytest.approx(est.mean)                  # ~1.6: poll when it is likely done
+
+    async def repoll_gaps(status_limit: Limit) -> tuple[list[float], float]:
+        clock = FakeClock()
+        controller = TrafficController(status_limit=status_limit, clock=clock)
+        server = FakeServer(clock, controller)
+        cap = controller.scheduler.interval(profile, 7.0)  # before it learns from this prediction
+        server.submit("slow", 12.0)  # overdue from 8 + 2 × 1.6 s: gaps grow after that
+        await clock.run(controller.wait("slow", profile=profile, poll=server.poll))
+        times = [t for t in server.polls["slow"] if t < 11.2]
+        return [b - a for a, b in pairwise(times)], cap
+
+    gaps, cap = await repoll_gaps(Limit(50, 10))
+    assert gaps and max(gaps) < cap / 2, (gaps, cap)   # one prediction alone: polled often
+    assert min(gaps) >= TrafficController().scheduler.min_interval - EPS
+    gaps, cap = await repoll_gaps(Limit(4, 10))
+    assert gaps and min(gaps) >= cap - EPS, (gaps, cap)  # no budget to spare: the plain interval

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import email.utils
 import time
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -72,6 +73,17 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return {"message": response.text[:500]}
+
+
+@dataclass(frozen=True, repr=False)
+class RunRequest:
+    """A ``POST /v1/run`` body ready to send: image inputs read and encoded, inputs validated."""
+
+    model_name: str
+    inputs: dict[str, Any]
+
+    def __repr__(self) -> str:  # the inputs may hold megabytes of base64
+        return f"RunRequest({self.model_name!r}, fields={sorted(self.inputs)})"
 
 
 class FashnClient:
@@ -142,8 +154,16 @@ class FashnClient:
         (downscaled when over 2000 px); URLs, data URIs and ``saved:`` names pass through.
         Inputs are validated against the model's schema before anything is sent.
         """
-        inputs = await self._prepare_inputs(model_name, inputs, base_dir)
-        body = {"model_name": model_name, "inputs": inputs}
+        return await self.start(await self.prepare_run(model_name, inputs, base_dir=base_dir), webhook_url=webhook_url)
+
+    async def prepare_run(self, model_name: str, inputs: dict[str, Any], *, base_dir: str | None = None) -> RunRequest:
+        """Everything of :meth:`run` before the request: read, downscale and encode local images,
+        validate. Done ahead of time, it keeps that work out of the moment a slot frees."""
+        return RunRequest(model_name, await self._prepare_inputs(model_name, inputs, base_dir))
+
+    async def start(self, request: RunRequest, *, webhook_url: str | None = None) -> str:
+        """Send one prepared ``POST /v1/run`` and return the prediction id."""
+        body = {"model_name": request.model_name, "inputs": request.inputs}
         params = {"webhook_url": webhook_url} if webhook_url else None
         response = await self._send("run", "POST", "/v1/run", json=body, params=params)
         answer = RunResponse.model_validate(_json(response))

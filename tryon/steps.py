@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tryon.archive import Archive, ArchiveError, ItemResult, OutputRecord, PendingRecord
-from tryon.client import FashnClient
+from tryon.client import FashnClient, RunRequest
 from tryon.collection import Item
 from tryon.errors import AmbiguousSubmission, OutputExpired, PredictionFailed
 from tryon.models import Prediction
@@ -99,15 +99,23 @@ def failure_of(prediction: Prediction) -> PredictionFailed:
     return PredictionFailed(name, message, prediction_id=prediction.id)
 
 
-async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slot) -> Submission:
+async def prepare(runtime: Runtime, item: Item) -> RunRequest:
+    """The item's request body, images encoded: built before its slot is taken."""
+    return await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
+
+
+async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slot,
+                 request: RunRequest | None = None) -> Submission:
     """Send ``POST /v1/run`` once and write the prediction id durably before returning.
 
     ``slot`` is the in-flight slot the prediction will occupy. After an ambiguous answer it
     becomes a phantom for as long as the prediction the server may have created would run.
+    ``request``: the body from :func:`prepare` (built here when not given).
     """
+    request = request or await prepare(runtime, item)
     submitted_at = time.time()
     try:
-        prediction_id = await runtime.client.run(item.model_name, item.inputs, base_dir=item.base_dir)
+        prediction_id = await runtime.client.start(request)
     except AmbiguousSubmission:
         runtime.traffic.hold_phantom(item.model_name, item.mode, slot=slot)
         try:

@@ -88,7 +88,9 @@ class TrafficController:
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
         self.latency = LatencyModel(latency_scale, priors)
-        self.scheduler = PollScheduler(self.limiters["status"].acquire, self.clock, self.latency,
+        status = self.limiters["status"]
+        self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
+                                       budget=lambda: status.limit.count / status.window,
                                        min_interval=min_poll_interval, max_interval=max_poll_interval)
         # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
         self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None

@@ -4,10 +4,14 @@ The scheduler keeps a heap of (due time, prediction). A single loop sleeps until
 earliest due time, takes one admission from the status limiter, and launches that
 status call as a task; so polls leave in due-time order and never exceed the budget.
 
-Timing comes from a :class:`LatencyModel` per ``(model_name, mode)``: the first poll
-goes a little before the expected completion (mean - one deviation), then re-polls
-come every ``max(min_interval, 10 % of the mean)``; once a prediction is overdue
-(past mean + 2 deviations) the interval grows with the overdue time, up to
+Timing comes from a :class:`LatencyModel` per ``(model_name, mode)`` and from the budget.
+The first poll goes before the expected completion: two deviations early when the budget
+affords several polls per prediction, one when it is tighter, at the mean when it is scarce
+(raised in-flight limits). Re-polls come at most ``max(min_interval, 10 % of the mean)``
+apart, and closer when the budget allows: the predictions being re-polled share about
+``target_share`` of the status rate, so a completion is noticed sooner and its slot reused
+(a poll unspent is capacity the user paid for and did not use). Once a prediction is
+overdue (past mean + 2 deviations) the interval grows with the overdue time, up to
 ``max_interval``, so a stuck prediction does not burn the budget.
 
 Bound (the test proves it on random loads): a prediction is polled again at most
@@ -108,9 +112,10 @@ class LatencyModel:
         est.dev = max(est.dev, self.min_dev_ratio * est.mean)
         est.samples += 1
 
-    def first_poll_delay(self, profile: Profile) -> float:
+    def first_poll_delay(self, profile: Profile, lead: float = 1.0) -> float:
+        """``lead`` deviations before the mean (never before a quarter of it)."""
         est = self.estimate(profile)
-        return max(0.25 * est.mean, est.mean - est.dev)
+        return max(0.25 * est.mean, est.mean - lead * est.dev)
 
     def expected_duration(self, profile: Profile) -> float:
         """A generous guess of how long a prediction of this profile occupies a slot."""
@@ -141,10 +146,14 @@ class PollScheduler:
 
     def __init__(self, acquire: Callable[[], Awaitable[None]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *, latency_scale: float = 1.0,
+                 budget: Callable[[], float] | None = None, target_share: float = 0.7,
                  min_interval: float | None = None, max_interval: float | None = None,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
         self._acquire = acquire
+        # Status calls per second this process may make (it changes when processes share a key).
+        self.budget = budget
+        self.target_share = target_share
         self.clock: Clock = clock or MonotonicClock()
         self.latency = latency or LatencyModel(latency_scale)
         scale = self.latency.latency_scale
@@ -174,8 +183,29 @@ class PollScheduler:
     def polls_per_completion(self) -> float | None:
         return self.polls_of_completed / self.completions if self.completions else None
 
+    def first_poll_delay(self, profile: Profile) -> float:
+        """When to poll a prediction submitted now for the first time (after its submission)."""
+        return self.latency.first_poll_delay(profile, self._lead(profile))
+
+    def _lead(self, profile: Profile) -> float:
+        """How many deviations before the mean the first poll goes, by polls per prediction the
+        budget affords over one mean latency: early polls catch early completions, but each
+        costs a call that a prediction closer to its end may need more."""
+        if self.budget is None:
+            return 1.0
+        spare = self.budget() * self.latency.estimate(profile).mean / (len(self._active) + 1)
+        return 2.0 if spare >= 5 else 1.0 if spare >= 2.5 else 0.0
+
+    def _repoll_interval(self, entry: _Entry, elapsed: float) -> float:
+        """:meth:`interval`, shortened while the re-polled predictions leave budget unspent."""
+        cap = self.interval(entry.profile, elapsed)
+        if self.budget is None:
+            return cap
+        repolled = sum(1 for e in self._active if e.polls)
+        return max(self.min_interval, min(cap, repolled / (self.target_share * self.budget())))
+
     def interval(self, profile: Profile, elapsed: float) -> float:
-        """Time between two polls of a prediction ``elapsed`` seconds after its submission."""
+        """The longest time between two polls of a prediction ``elapsed`` seconds after its submission."""
         est = self.latency.estimate(profile)
         base = max(self.min_interval, 0.1 * est.mean)
         overdue = elapsed - (est.mean + 2 * est.dev)
@@ -197,7 +227,7 @@ class PollScheduler:
         now = self.clock.now()
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
-        first = self.latency.first_poll_delay(profile)
+        first = self.first_poll_delay(profile)
         entry = _Entry(prediction_id, tuple(profile), poll,  # type: ignore[arg-type]
                        asyncio.get_running_loop().create_future(), t0, deadline, first, on_terminal)
         entry.learnable = t0 + first >= now
@@ -292,7 +322,7 @@ class PollScheduler:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))
             return
-        due = max(now, sent + self.interval(entry.profile, sent - entry.t0))
+        due = max(now, sent + self._repoll_interval(entry, sent - entry.t0))
         self._push(entry, min(due, entry.deadline))
 
     def _on_error(self, entry: _Entry, exc: Exception) -> None:

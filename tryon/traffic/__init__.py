@@ -18,7 +18,8 @@ flight. One :class:`TrafficController` per key and event loop holds:
   for every prediction in flight (not one polling loop per prediction, which is how
   the official SDK overruns the status limit). It learns the latency of each
   ``(model_name, mode)`` so the first poll lands near the completion, then re-polls
-  often around it, so completions are noticed quickly and slots reused.
+  around it as often as the unspent budget allows, so completions are noticed quickly
+  and slots reused.
 - 429 feedback (``on_429``): ``RateLimitExceeded`` pauses that endpoint (Retry-After
   if given, else exponential backoff) and slows it down until it recovers;
   ``ConcurrencyLimitExceeded`` holds a slot for the unknown occupant and holds back

@@ -370,7 +370,9 @@ async def test_poll_scheduler_learns_latency_in_both_directions():
 
     polls_before = controller.scheduler.polls
     delays = await clock.run(batch(fast, 6, 3.8, 4.2))
-    assert max(delays) <= controller.scheduler.interval(fast, 4.2) + 1e-6   # noticed within one re-poll
+    # Noticed within one re-poll: six predictions near their end share 85 % of 50 polls per 10 s.
+    fair = 6 / (controller.scheduler.target_share * 50 / controller.limiters["status"].window)
+    assert max(delays) <= max(controller.scheduler.interval(fast, 4.2), fair) + 1e-6
     assert (controller.scheduler.polls - polls_before) / 6 <= 4              # few polls per completion
 
 
@@ -579,8 +581,8 @@ async def test_an_ample_status_budget_buys_earlier_and_closer_polls_a_scarce_one
 
     est = LatencyModel().estimate(profile)
     assert first_poll(Limit(50, 10)) == pytest.approx(est.mean - 2 * est.dev)  # ~40 polls per mean latency
-    assert first_poll(Limit(5, 10)) == pytest.approx(est.mean - est.dev)       # ~4
-    assert first_poll(Limit(2, 10)) == pytest.approx(est.mean)                  # ~1.6: poll when it is likely done
+    assert est.mean - 2 * est.dev < first_poll(Limit(3, 10)) < est.mean         # ~2.4
+    assert first_poll(Limit(1, 20)) == pytest.approx(est.mean + est.dev)        # <1: when it is likely done
 
     async def repoll_gaps(status_limit: Limit) -> tuple[list[float], float]:
         clock = FakeClock()
@@ -596,4 +598,4 @@ async def test_an_ample_status_budget_buys_earlier_and_closer_polls_a_scarce_one
     assert gaps and max(gaps) < cap / 2, (gaps, cap)   # one prediction alone: polled often
     assert min(gaps) >= TrafficController().scheduler.min_interval - EPS
     gaps, cap = await repoll_gaps(Limit(4, 10))
-    assert gaps and min(gaps) >= cap - EPS, (gaps, cap)  # no budget to spare: the plain interval
+    assert gaps and min(gaps) > cap, (gaps, cap)  # scarce: spread out rather than queued at the limiter

@@ -1,0 +1,90 @@
+"""The traffic controller alone on a fake clock: how close its poll policy gets to the ceiling.
+
+    uv run --locked python bench/poll_policy.py
+
+No HTTP, no Prefect, no CPU limits: each run submits ``--items`` predictions through one
+:class:`TrafficController` (slots, run and status limiters, poll scheduler) against a fake
+server whose latencies are uniform within ±25 % of the mode's mean, with a fixed round trip
+per call. It isolates what the policy decides (when to poll, how often) from what the machine
+costs, and runs in seconds, so policy changes can be compared on several limit settings and
+seeds. Prints, per setting, the mean ratio to the ceiling min(run rate, in-flight ÷ mean
+latency, status rate) and status calls per prediction, for the scheduler as configured and,
+as the baseline of the same run, for the same scheduler blind to its budget (``budget=None``:
+first poll one deviation early, re-polls every 10 % of the mean, which was the policy before
+the budget-aware one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit tests use)
+from tryon.settings import Limit  # noqa: E402
+from tryon.traffic import FakeClock, TrafficController  # noqa: E402
+
+SETTINGS = {  # name: (in flight, run limit), status 50/10 s for all
+    "default": (6, Limit(50, 60)),
+    "15 in flight": (15, Limit(150, 60)),
+    "raised": (30, Limit(250, 60)),
+}
+
+
+def simulate(items: int, in_flight: int, run: Limit, *, mean: float = 8.0, seed: int = 1,
+             round_trip: float = 0.05, submit_cost: float = 0.05, blind: bool = False) -> tuple[float, float]:
+    """(ratio to the ceiling, status calls per prediction) of one simulated run."""
+    status = Limit(50, 10)
+
+    async def scenario() -> tuple[float, int]:
+        clock = FakeClock()
+        controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)
+        if blind:
+            controller.scheduler.budget = None
+        server = FakeServer(clock, controller)
+        rng = random.Random(seed)
+        queue = list(range(items))
+
+        async def poll(pid: str):
+            await clock.sleep(round_trip)
+            return await server.poll(pid)
+
+        async def worker() -> None:
+            while queue:
+                pid = f"p{queue.pop()}"
+                slot = await controller.acquire_slot()
+                await clock.sleep(submit_cost)
+                await controller.acquire("run")
+                server.submit(pid, rng.uniform(0.75, 1.25) * mean)
+                await controller.wait(pid, profile=("tryon-v1.6", "balanced"), poll=poll, slot=slot)
+
+        await clock.run(asyncio.gather(*(worker() for _ in range(2 * in_flight))))
+        return clock.now(), len(server.requests)
+
+    elapsed, polls = asyncio.run(scenario())
+    ceiling = min(run.count / run.seconds, in_flight / mean, status.count / status.seconds)
+    return items / elapsed / ceiling, polls / items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1200)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"{'setting':<14} {'in flight':>9} {'ratio':>6} {'status/pred':>11} {'blind ratio':>11} "
+          f"{'status/pred':>11} {'gain':>6}")
+    for name, (in_flight, run) in SETTINGS.items():
+        row = []
+        for blind in (False, True):
+            runs = [simulate(args.items, in_flight, run, seed=seed, blind=blind) for seed in range(1, args.seeds + 1)]
+            row += [sum(r for r, _ in runs) / len(runs), sum(p for _, p in runs) / len(runs)]
+        print(f"{name:<14} {in_flight:>9} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>11.1%} {row[3]:>11.2f} "
+              f"{row[0] / row[2]:>6.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -157,3 +157,19 @@ async def test_an_expired_base64_output_fails_the_item_with_its_reason(prefect_s
     assert calls(emulator)["run"] == {"200": 1}, "not resubmitted: a new prediction would be paid again"
     assert not any(p.name.startswith("output_") for p in (tmp_path / "archive").rglob("*"))
     assert os.environ["FASHN_API_KEY"] not in json.dumps(entry)
+
+
+async def test_without_resubmitting_ambiguous_answers_the_item_fails_flagged_after_one_post(
+        prefect_server, make_emulator, env_for, tmp_path, monkeypatch):
+    emulator = make_emulator(faults={"server_error_after_rate": 1.0})  # every POST creates, then answers 500
+    env_for(emulator, 20.0)
+    monkeypatch.setenv("FASHN_RESUBMIT_AMBIGUOUS", "false")
+    state = await run_flow(spec=str(url_collection(tmp_path, emulator, garments=["a"])),
+                           archive=str(tmp_path / "archive"))
+    assert state.is_failed()
+    [entry] = report_of(tmp_path / "archive", "faults")["items"]
+    assert entry["state"] == "failed" and entry["error_name"] == "AmbiguousSubmission"
+    assert entry["possible_duplicate_charge"] is True
+    # One POST: answered 500, which the emulator also tags as created first.
+    assert calls(emulator)["run"] == {"500": 1, "500_after_create": 1}, "sent once, never again"
+    assert emulator.stats()["predictions"] == 1

@@ -37,4 +37,5 @@ async def open_runtime(settings: FashnSettings, archive: Archive) -> AsyncIterat
     traffic = controller_for(settings)
     async with FashnClient.from_settings(settings, gate=traffic) as client:
         yield Runtime(client, traffic, archive, max_resubmits=settings.max_resubmits,
+                      resubmit_ambiguous=settings.resubmit_ambiguous,
                       prediction_timeout=settings.prediction_timeout)

@@ -58,6 +58,10 @@ class FashnSettings(BaseSettings):
     latency_scale: float = Field(1.0, gt=0, description="Divides the expected latencies the poll scheduler starts "
                                  "from (set it to the emulator's time scale); it learns real ones as it goes.")
     max_resubmits: int = Field(2, ge=0, description="Times an item is submitted again after a retryable failure.")
+    resubmit_ambiguous: bool = Field(
+        True, description="After an ambiguous answer to a submission (5xx, dropped connection after sending), submit "
+                          "once more and flag a possible duplicate charge (True), or fail the item with that reason "
+                          "(False): the API cannot find a prediction whose id never arrived.")
 
     @field_validator("run_limit", "status_limit", "credits_limit", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -14,7 +15,18 @@ from tryon.emulator.conf import EmulatorConfig
 from tryon.emulator.service import create_app
 
 
+class _QuietDrops(logging.Filter):
+    """Drops uvicorn's traceback for a connection the emulator dropped on purpose (an injected
+    fault, not an error of the emulator): a soak injects dozens and they buried its output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionAbortedError))
+
+
 def _server(config: EmulatorConfig, host: str, port: int) -> uvicorn.Server:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDrops) for f in logger.filters):
+        logger.addFilter(_QuietDrops())
     app = create_app(config)
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                          lifespan="on", timeout_keep_alive=30))

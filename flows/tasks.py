@@ -15,10 +15,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tryon import steps
 from tryon.archive import ItemResult
-from tryon.client import RunRequest
 from tryon.collection import Item
 from tryon.errors import NotFound, OutputExpired, UnauthorizedAccess
-from tryon.models import Prediction
+from tryon.models import Prediction, RunRequest
 from tryon.traffic import Slot
 
 

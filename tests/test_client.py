@@ -1,9 +1,12 @@
-"""The client's retry rules, over httpx.MockTransport (fast); tests/test_client_emulator.py covers real HTTP."""
+"""The client's retry rules, over httpx.MockTransport (fast); tests/test_emulator.py covers real HTTP."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
+from PIL import Image
 
 from tryon.client import FashnClient
 from tryon.errors import (
@@ -185,3 +188,14 @@ async def test_connection_never_opened_exhausts_into_transport_error():
 
 def test_error_classes_follow_the_reference_table():
     assert RateLimitExceeded.retry_safe and ConcurrencyLimitExceeded.retry_safe and not OutOfCredits.retry_safe
+
+
+async def test_a_prepared_run_sends_the_encoded_image_once_and_never_shows_it(tmp_path):
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "g.png")
+    script = Script(ok_run("p7"))
+    async with client_for(script) as client:
+        request = await client.prepare_run("tryon-v1.6", {**INPUTS, "garment_image": "g.png"}, base_dir=str(tmp_path))
+        assert request.inputs["garment_image"].startswith("data:image/png;base64,")
+        assert "base64" not in repr(request) and "base64" not in str(request)
+        assert await client.start(request) == "p7"
+    assert json.loads(script.requests[0].content) == {"model_name": "tryon-v1.6", "inputs": request.inputs}

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import email.utils
 import time
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -39,7 +38,15 @@ from tryon.errors import (
     TransportError,
     api_error_from_response,
 )
-from tryon.models import IMAGE_FIELDS, CreditBalance, CreditsResponse, Prediction, RunResponse, validate_inputs
+from tryon.models import (
+    IMAGE_FIELDS,
+    CreditBalance,
+    CreditsResponse,
+    Prediction,
+    RunRequest,
+    RunResponse,
+    validate_inputs,
+)
 from tryon.settings import DEFAULT_BASE_URL, FashnSettings
 
 Endpoint = Literal["run", "status", "credits"]
@@ -73,17 +80,6 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return {"message": response.text[:500]}
-
-
-@dataclass(frozen=True, repr=False)
-class RunRequest:
-    """A ``POST /v1/run`` body ready to send: image inputs read and encoded, inputs validated."""
-
-    model_name: str
-    inputs: dict[str, Any]
-
-    def __repr__(self) -> str:  # the inputs may hold megabytes of base64
-        return f"RunRequest({self.model_name!r}, fields={sorted(self.inputs)})"
 
 
 class FashnClient:
@@ -159,11 +155,11 @@ class FashnClient:
     async def prepare_run(self, model_name: str, inputs: dict[str, Any], *, base_dir: str | None = None) -> RunRequest:
         """Everything of :meth:`run` before the request: read, downscale and encode local images,
         validate. Done ahead of time, it keeps that work out of the moment a slot frees."""
-        return RunRequest(model_name, await self._prepare_inputs(model_name, inputs, base_dir))
+        return RunRequest(model_name=model_name, inputs=await self._prepare_inputs(model_name, inputs, base_dir))
 
     async def start(self, request: RunRequest, *, webhook_url: str | None = None) -> str:
         """Send one prepared ``POST /v1/run`` and return the prediction id."""
-        body = {"model_name": request.model_name, "inputs": request.inputs}
+        body = request.model_dump()
         params = {"webhook_url": webhook_url} if webhook_url else None
         response = await self._send("run", "POST", "/v1/run", json=body, params=params)
         answer = RunResponse.model_validate(_json(response))

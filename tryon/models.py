@@ -75,8 +75,15 @@ def validate_inputs(model_name: str, inputs: dict[str, Any]) -> TryonV16Inputs:
 
 
 class RunRequest(BaseModel):
+    """A ``POST /v1/run`` body; from :meth:`FashnClient.prepare_run`, images already encoded."""
+
     model_name: str
     inputs: dict[str, Any]
+
+    def __repr__(self) -> str:  # the inputs may hold megabytes of base64
+        return f"RunRequest({self.model_name!r}, fields={sorted(self.inputs)})"
+
+    __str__ = __repr__
 
 
 class RunResponse(BaseModel):

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tryon.archive import Archive, ArchiveError, ItemResult, OutputRecord, PendingRecord
-from tryon.client import FashnClient, RunRequest
+from tryon.client import FashnClient
 from tryon.collection import Item
 from tryon.errors import AmbiguousSubmission, OutputExpired, PredictionFailed
-from tryon.models import Prediction
+from tryon.models import Prediction, RunRequest
 from tryon.traffic import Slot, TrafficController
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from tryon.emulator.conf import EmulatorConfig
-from tryon.emulator.service import create_app
+from tryon.emulator.service import DroppedOnPurpose, create_app
 
 
 class _QuietDrops(logging.Filter):
@@ -20,7 +20,7 @@ class _QuietDrops(logging.Filter):
     fault, not an error of the emulator): a soak injects dozens and they buried its output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionAbortedError))
+        return not (record.exc_info and isinstance(record.exc_info[1], DroppedOnPurpose))
 
 
 def _server(config: EmulatorConfig, host: str, port: int) -> uvicorn.Server:

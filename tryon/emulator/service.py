@@ -23,12 +23,16 @@ from tryon.emulator.state import Account, Prediction, State
 from tryon.models import LEGACY_MODEL_NAME, validate_inputs
 
 
+class DroppedOnPurpose(ConnectionAbortedError):
+    """An injected fault, not an error of the emulator (its traceback is not logged)."""
+
+
 class DroppedConnection(Response):
     """Starts an answer, then drops the connection: the client sees no HTTP status."""
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"64")]})
-        raise ConnectionAbortedError("emulator dropped the connection on purpose")
+        raise DroppedOnPurpose("emulator dropped the connection on purpose")
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:

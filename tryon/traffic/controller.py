@@ -90,7 +90,7 @@ class TrafficController:
         self.latency = LatencyModel(latency_scale, priors)
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
-                                       budget=lambda: status.limit.count / status.window,
+                                       budget=lambda: status.effective_count() / status.window,
                                        min_interval=min_poll_interval, max_interval=max_poll_interval)
         # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
         self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None

@@ -208,16 +208,21 @@ class PollScheduler:
         if self.budget is None:
             return base
         fair = sum(1 for e in self._active if e.polls) / (self.target_share * self.budget())
-        est = self.latency.estimate(entry.profile)
-        if elapsed > est.mean + 2 * est.dev:
+        if self._overdue(entry.profile, elapsed) > 0:
             fair = max(fair, base)
         return max(self.min_interval, min(self.max_interval, fair))
 
+    def _overdue(self, profile: Profile, elapsed: float) -> float:
+        """Seconds past mean + 2 deviations (negative while not overdue)."""
+        est = self.latency.estimate(profile)
+        return elapsed - (est.mean + 2 * est.dev)
+
     def interval(self, profile: Profile, elapsed: float) -> float:
-        """The longest time between two polls of a prediction ``elapsed`` seconds after its submission."""
+        """The plain re-poll interval ``elapsed`` seconds after submission: 10 % of the mean, growing
+        once overdue (the budget-aware :meth:`_repoll_interval` starts from it)."""
         est = self.latency.estimate(profile)
         base = max(self.min_interval, 0.1 * est.mean)
-        overdue = elapsed - (est.mean + 2 * est.dev)
+        overdue = self._overdue(profile, elapsed)
         if overdue > 0:
             base *= 1 + overdue / est.mean
         return max(self.min_interval, min(self.max_interval, base))

@@ -100,8 +100,24 @@ async def naive(url: str, count: int, scale: float) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def slot_turn(predictions: list[dict], in_flight: int, scale: float) -> tuple[float, float]:
+    """Where a slot's time goes between two predictions, in API seconds: (detect, resubmit).
+
+    detect: a prediction's end to the status call that first answered it; resubmit: that answer
+    to the next creation (the k-th noticed end frees the slot of the (k + in_flight)-th creation).
+    """
+    noticed = sorted((p["noticed"], p["ends"]) for p in predictions if p["noticed"] is not None)
+    created = sorted(p["created"] for p in predictions)[in_flight:]
+    pairs = list(zip(noticed, created, strict=False))
+    if not pairs:
+        return 0.0, 0.0
+    detect = sum(seen - end for (seen, end), _ in pairs) / len(pairs)
+    resubmit = sum(next_created - seen for (seen, _), next_created in pairs) / len(pairs)
+    return detect * scale, resubmit * scale
+
+
 HEADER = (f"{'run':<20} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} "
-          f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6}")
+          f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
 
 
 def row(name: str, items: int, wall: float, scale: float, emulator, limits,
@@ -114,10 +130,11 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
     api = len(predictions) / (span * scale) * 60
     too_many = ", ".join(f"{endpoint}:{code[4:]} {n}" for endpoint, codes in stats["requests"].items()
                          for code, n in codes.items() if code.startswith("429:")) or "0"
+    detect, resubmit = slot_turn(predictions, in_flight, scale)
     cpu_text = f"{cpu[0] / items * 1000:5.0f} +{cpu[1] / items * 1000:4.0f}" if cpu is not None else f"{'-':>11}"
     return (f"{name:<20} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.0%} "
             f"{too_many:>22} {stats['status_calls_per_prediction'] or 0:>11.2f} {cpu_text} "
-            f"{stats['most_in_flight']:>6}")
+            f"{stats['most_in_flight']:>6} {detect:>5.2f}+{resubmit:.2f}")
 
 
 def main() -> None:

@@ -38,13 +38,12 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
         return "; ".join(notes)
 
     while True:
-        # Encode the images before waiting for a slot, so a freed slot is reused at once.
-        request = await prepare(runtime, item) if submission is None else None
-        slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
         if submission is None:
+            # Encode the images before waiting for a slot, so a freed slot is reused at once.
+            request = await prepare(runtime, item)
             attempt += 1
             try:
-                submission = await submit_prediction(runtime, item, key, attempt, slot, request)
+                submission, slot = await submit_prediction(runtime, item, key, attempt, request)
             except AmbiguousSubmission as exc:
                 # The server may have created (and will bill) a prediction whose id we never got.
                 flags["possible_duplicate_charge"] = True
@@ -53,9 +52,8 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
                     continue
                 return ItemReport.failed(item, key, "AmbiguousSubmission", str(exc), attempts=attempt,
                                          possible_duplicate_charge=True, note=note())
-            except BaseException:
-                runtime.traffic.release_slot(slot)
-                raise
+        else:  # resumed: the recorded prediction may still run on the server, in one of its slots
+            slot = await runtime.traffic.acquire_slot()
         try:
             collected = await collect_outputs(runtime, item, key, submission, slot, dict(flags))
         except NotFound:

@@ -104,15 +104,19 @@ async def prepare(runtime: Runtime, item: Item) -> RunRequest:
     return await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
 
 
-async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slot,
-                 request: RunRequest | None = None) -> Submission:
-    """Send ``POST /v1/run`` once and write the prediction id durably before returning.
+async def submit(runtime: Runtime, item: Item, key: str, attempt: int,
+                 request: RunRequest | None = None) -> tuple[Submission, Slot]:
+    """Take an in-flight slot, send ``POST /v1/run`` once and write the prediction id durably
+    before returning it with the slot the prediction now occupies.
 
-    ``slot`` is the in-flight slot the prediction will occupy. After an ambiguous answer it
-    becomes a phantom for as long as the prediction the server may have created would run.
+    The slot is taken here, inside the submit step, so that whatever runs before the step (a
+    Prefect task run's start) is paid while waiting for a slot, not after one frees. After an
+    ambiguous answer the slot becomes a phantom for as long as the prediction the server may
+    have created would run; after any other error it is freed.
     ``request``: the body from :func:`prepare` (built here when not given).
     """
     request = request or await prepare(runtime, item)
+    slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
     submitted_at = time.time()
     try:
         prediction_id = await runtime.client.start(request)
@@ -123,6 +127,9 @@ async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slo
         except ArchiveError as exc:
             logger.warning("%s: could not record the ambiguous submission (%s)", item.label, exc)
         raise
+    except BaseException:
+        runtime.traffic.release_slot(slot)
+        raise
     try:
         await runtime.archive.record_pending(item, key, prediction_id, attempt=attempt)
     except ArchiveError as exc:
@@ -132,7 +139,7 @@ async def submit(runtime: Runtime, item: Item, key: str, attempt: int, slot: Slo
         # kill before its result.json is written can lose the id now.
         logger.warning("%s: prediction %s is running but its id could not be recorded (%s); "
                        "archiving it anyway", item.label, prediction_id, exc)
-    return Submission(prediction_id, submitted_at, attempt)
+    return Submission(prediction_id, submitted_at, attempt), slot
 
 
 def resumed(pending: PendingRecord) -> Submission:

@@ -209,6 +209,8 @@ class Emulator:
         now = self.state.now()
         self.state.settle(account, now)
         prediction.status_calls += 1
+        if prediction.noticed is None and now >= prediction.ends:
+            prediction.noticed = now
         await self._maybe_slow()
         body, headers = self._payload(prediction, str(request.base_url), now)
         return self._count("status", JSONResponse(body, headers=headers))

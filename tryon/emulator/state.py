@@ -41,6 +41,7 @@ class Prediction:
     served_sha256: dict[int, str] = field(default_factory=dict)
     served_all: dict[int, list[str]] = field(default_factory=dict)  # every distinct sha256 served per index
     status_calls: int = 0
+    noticed: float | None = None  # when a status call first answered with the terminal status
     # How POST /v1/run answered after creating it: "ok", or an injected "500_after_create" or
     # "dropped_after_create" (the client cannot know the id: a resubmission is explained).
     answer: str = "ok"
@@ -197,7 +198,7 @@ class State:
             "id": prediction.id, "hash": prediction.hash, "model_name": prediction.model_name,
             "status": prediction.status(now), "latency": prediction.latency, "created": prediction.created,
             "ends": prediction.ends, "failure": prediction.failure, "num_samples": prediction.num_samples,
-            "status_calls": prediction.status_calls, "answer": prediction.answer, "expired": prediction.expired,
+            "status_calls": prediction.status_calls, "noticed": prediction.noticed, "answer": prediction.answer, "expired": prediction.expired,
             "images": images,
             "output_sha256": [prediction.served_sha256.get(i) for i in range(prediction.num_samples)],
             "served_sha256": [list(prediction.served_all.get(i, [])) for i in range(prediction.num_samples)],

@@ -1,15 +1,18 @@
-"""Several processes on one API key: counted through Prefect, each taking an equal share.
+"""Several processes on one API key: counted and introduced through Prefect.
 
 Every process that runs items on a key holds one slot of the global concurrency limit
 ``tryon-key-<fingerprint>`` for as long as it does, under a lease that Prefect renews in the
-background and lets lapse if the process dies. The number of slots held is the number of
-processes using the key; :class:`tryon.traffic.share.KeyShare` scales this process's
-limiters and in-flight slots to its share. Per-call decisions stay in the process (exact,
-no round trip); Prefect is asked once at start and then every ``interval`` seconds.
+background and lets lapse if the process dies: the number of slots held is the number of
+processes using the key. Each member also keeps a record in a Prefect variable of its own
+(``tryon-key-<fingerprint>-<member>``, tagged ``tryon-key-<fingerprint>``): what the others
+need to know of its recent admissions when one joins or leaves. What the count and the records
+mean is :class:`tryon.traffic.share.KeyShare`'s policy; this module only carries them.
 
-Flow runs of one process share one controller and so count once (reference counted).
-If the Prefect API cannot be reached, the process runs alone on its full share and says so
-in a warning: the controller still backs off on any 429 it draws.
+Per-call decisions stay in the process (exact, no round trip). Prefect is asked once at start,
+then every ``interval`` seconds, and more often only while a newcomer waits to be acknowledged
+or a member left (a variable read or write each). Flow runs of one process share one controller
+and so count once (reference counted). If the Prefect API cannot be reached, the process runs
+alone on its full share and says so in a warning: the controller still backs off on any 429.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tryon.traffic import TrafficController
+from tryon.traffic.share import KeyShare, Record
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
 LEASE_SECONDS = 60.0
+STALE_SECONDS = 3600.0  # a record not refreshed for this long belongs to a process long dead
 log = logging.getLogger("tryon.coordination")
 
 
@@ -44,37 +52,101 @@ def limit_name(fingerprint: str) -> str:
     return f"tryon-key-{fingerprint}"
 
 
-async def count_members(name: str) -> int:
-    async with get_client() as client:
-        return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+async def count_members(name: str, client: PrefectClient | None = None) -> int:
+    if client is None:
+        async with get_client() as client:
+            return await count_members(name, client)
+    return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+
+
+class Records:
+    """The members' records of one key, one Prefect variable each, found by their tag."""
+
+    def __init__(self, client: PrefectClient, name: str) -> None:
+        self.client, self.tag = client, name
+        self._created = False
+
+    def _variable(self, member: str) -> str:
+        return f"{self.tag}-{member}"
+
+    async def write(self, record: Record) -> None:
+        name = self._variable(record["member"])
+        if not self._created:
+            try:
+                await self.client.create_variable(VariableCreate(name=name, value=record, tags=[self.tag]))
+                self._created = True
+                return
+            except ObjectAlreadyExists:
+                self._created = True
+        await self.client.update_variable(VariableUpdate(name=name, value=record))
+
+    async def read(self) -> list[Record]:
+        response = await self.client.request(
+            "POST", "/variables/filter", json={"variables": {"tags": {"all_": [self.tag]}}, "limit": 200})
+        return [v["value"] for v in response.json() if isinstance(v.get("value"), dict)]
+
+    async def prune(self, records: list[Record], settle: float) -> None:
+        """Delete records nobody needs: members that left over a settle period ago, or silent for an hour."""
+        now = time.time()
+        for record in records:
+            age = now - float(record.get("at", 0))
+            if age > (settle if record.get("left") else STALE_SECONDS):
+                with contextlib.suppress(ObjectNotFound):
+                    await self.client.delete_variable_by_name(self._variable(str(record.get("member"))))
 
 
 async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, joined: asyncio.Future) -> None:
     """Hold our slot (entered and left in this one task, as Prefect's lease renewal needs),
-    and keep the share in step with the count until ``stop``."""
+    keep the share in step with the count and the records until ``stop``, then leave a record."""
+    share: KeyShare = controller.share
     try:
         async with get_client() as client:
+            records = Records(client, name)
             await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
-        async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
-                               raise_on_lease_renewal_failure=False):
-            members = await count_members(name)
-            controller.share.join(members)
-            joined.set_result(members)
-            # Often enough that the others shrink well within a newcomer's settle period.
-            interval = min(5.0, max(0.25, controller.share.settle / 6))
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-                    break
-                try:
-                    controller.share.observe(await count_members(name))
-                except Exception as exc:  # keep the last share; try again next time
-                    log.warning("could not count the processes using this key (%s: %s)", type(exc).__name__, exc)
+            share.start()  # before we are counted: every record taken after this one counts us
+            await _publish(records, share.record(), share)
+            async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
+                                   raise_on_lease_renewal_failure=False):
+                members = await count_members(name, client)
+                share.join(members)
+                joined.set_result(members)
+                with contextlib.suppress(Exception):
+                    await records.prune(await records.read(), share.settle)
+                await _follow(share, records, name, stop)
+                await _publish(records, share.record(left=True), share)  # before the slot goes
     except Exception as exc:
         if not joined.done():
             joined.set_exception(exc)
         else:
             log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
+
+
+async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event) -> None:
+    # Often enough that the others shrink well within a newcomer's settle period; ten times as
+    # often while someone waits on us or we on them (those waits cost slots on the key).
+    interval = min(5.0, max(0.25, share.settle / 6))
+    next_count = time.monotonic()
+    while not stop.is_set():
+        urgent = share.waiting or share.members > share.published_members or \
+            (share.members > 1 and share.latest == 1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval / 10 if urgent else interval)
+            return
+        try:
+            if time.monotonic() >= next_count:
+                share.observe(await count_members(name, records.client))
+                next_count = time.monotonic() + interval
+            if share.record_due:
+                await _publish(records, share.record(), share)
+            if share.waiting or (share.members > 1 and share.latest == 1):
+                share.on_records(await records.read())
+        except Exception as exc:  # keep the last share; try again next time
+            log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
+
+
+async def _publish(records: Records, record: Record, share: KeyShare) -> None:
+    await records.write(record)
+    share.published(record)
 
 
 @contextlib.asynccontextmanager
@@ -89,8 +161,8 @@ async def key_membership(controller: TrafficController, fingerprint: str) -> Asy
             try:
                 members = await joined
                 if members > 1:
-                    log.info("%d processes use this key: this one takes 1/%d of it, starting in %.1fs",
-                             members, members, controller.share.settle)
+                    log.info("%d processes use this key: this one takes 1/%d of it once the others "
+                             "acknowledge it (at most %.1fs)", members, members, controller.share.settle)
             except Exception as exc:
                 log.warning("running alone on the key: cannot register with Prefect (%s: %s)",
                             type(exc).__name__, exc)

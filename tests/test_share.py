@@ -131,3 +131,76 @@ async def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulato
     assert stats["most_in_flight"] <= 6
     assert stats["requests"]["run"] == {"200": 60}, "each item submitted once"
     assert stats["most_in_window"]["run"] <= 50
+
+
+# -- the protocol: members acknowledge newcomers and hand over when they leave (fake clock) --------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.share_sim import IN_FLIGHT, RUN, Key, Member  # noqa: E402
+
+
+async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> None:
+    """Each member joins at its start, and leaves (or is killed) at its end."""
+    async def life(member: Member, start: float, end: float, killed: bool) -> None:
+        await key.clock.sleep(start)
+        run = asyncio.ensure_future(member.run(end if not killed else float("inf")))
+        if killed:
+            await key.clock.sleep(end - start)
+            member.kill()
+        await run
+
+    await key.clock.run(asyncio.gather(*(life(*p) for p in plan)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=3),
+    fast=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins, fast, seed):
+    # Fast predictions make the run limit bind, slow ones the in-flight limit.
+    latency = (0.5, 2.0) if fast else (6.0, 10.0)
+    key = Key(FakeClock())
+    plan = [(Member(key, "first", seed, latency), 0.0, 300.0, False)]
+    plan += [(Member(key, f"m{i}", seed + i + 1, latency), start, start + length, killed)
+             for i, (start, length, killed) in enumerate(joins)]
+    asyncio.run(_scenario(key, plan))
+    assert key.most_in_window(RUN.seconds) <= RUN.count
+    assert key.most_in_flight <= IN_FLIGHT
+    lived = [m for m, start, end, _ in plan if end - start > m.share.settle + 12]
+    assert all(m.first_created is not None for m in lived), "every member that stayed got to submit"
+
+
+def test_a_newcomer_starts_once_acknowledged_and_the_one_left_takes_the_whole_key_at_once():
+    key = Key(FakeClock())
+    first, second = Member(key, "first", 1), Member(key, "second", 2)
+    asyncio.run(_scenario(key, [(first, 0.0, 200.0, False), (second, 30.0, 100.0, False)]))
+    settle = first.share.settle
+    # The first drains to its share (3 in flight: one latency at most) and acknowledges within a tick.
+    assert second.first_created - second.joined_at < 12.0 < settle
+    after_leave = [t for t, m in key.created if m == "first" and t > 100.0]
+    busy = sum(1 for t, m in key.created if m == "first" and 100.0 < t < 110.0)
+    assert after_leave and busy >= IN_FLIGHT - 1, "six in flight again right after the other left"
+    assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT
+
+
+def test_the_one_left_grows_late_when_the_other_was_killed():
+    key = Key(FakeClock())
+    first, second = Member(key, "first", 1), Member(key, "second", 2)
+    grew: list[float] = []
+
+    async def watch() -> None:
+        while first.share.members != 1 or not grew:
+            if key.clock.now() > 100 and first.controller.slots.capacity == IN_FLIGHT:
+                grew.append(key.clock.now())
+                return
+            await key.clock.sleep(0.5)
+
+    async def both() -> None:
+        await asyncio.gather(_scenario(key, [(first, 0.0, 250.0, False), (second, 30.0, 100.0, True)]), watch())
+
+    asyncio.run(both())
+    assert grew and grew[0] - 100.0 >= first.share.settle, "a killed member's admissions stay in the window"
+    assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT

@@ -35,6 +35,12 @@ class SlidingWindowLimiter:
     the server sends one, else an exponential backoff starting at one slot interval) and
     slows down: each strike lowers the effective count by ``slowdown`` (never below 1);
     one strike is forgiven per quiet window, so the limiter recovers by itself.
+
+    When processes share a key (:mod:`tryon.traffic.share`), :meth:`seed` adds admissions that
+    another process made to the log, so they count against this one's windows until they
+    expire, and :meth:`hold` stops admission until the share protocol lifts it
+    (:meth:`release_hold`), independently of 429 pauses. :meth:`recent` is what this process
+    publishes for the others: its admissions and the seeded ones it now answers for.
     """
 
     def __init__(self, limit: Limit | tuple[int, float] | str, clock: Clock | None = None, *,
@@ -49,7 +55,8 @@ class SlidingWindowLimiter:
         self.name = name
         self.slowdown = slowdown
         self.max_backoff = self.window if max_backoff is None else float(max_backoff)
-        self._log: deque[float] = deque(maxlen=self.limit.count)
+        self._log: deque[float] = deque(maxlen=self.limit.count)  # ours and seeded ones, in order
+        self._held_until = -math.inf
         self._lock = asyncio.Lock()
         self._wake: asyncio.Future[None] | None = None
         self._paused_until = -math.inf
@@ -78,7 +85,7 @@ class SlidingWindowLimiter:
     def next_admission(self, now: float | None = None) -> float:
         """The earliest time >= now at which one more request may be admitted."""
         now = self.clock.now() if now is None else now
-        at = max(now, self._paused_until)
+        at = max(now, self._paused_until, self._held_until)
         n = self.effective_count(now)
         k = len(self._log)
         return at if k < n else max(at, self._log[k - n] + self.window)
@@ -119,6 +126,31 @@ class SlidingWindowLimiter:
             raise ValueError(f"{limit} must keep the window {self.limit.seconds}s and a count in 1..{self._log.maxlen}")
         self.limit = limit
         self._notify()
+
+    def recent(self, now: float | None = None) -> list[float]:
+        """Admission times inside one window of ``now``: ours, and the seeded ones we answer for."""
+        now = self.clock.now() if now is None else now
+        return [t for t in self._log if t > now - self.window]
+
+    def seed(self, times: list[float]) -> None:
+        """Count another process's admissions (times on this clock) in our windows until they
+        expire: one more is admitted only while ours and these together stay under the count."""
+        if times:
+            self._log = deque(sorted([*self._log, *times]), maxlen=self._log.maxlen)
+            self._notify()
+
+    def hold(self, seconds: float) -> None:
+        """Admit nothing for ``seconds`` (the share protocol's wait; 429 pauses are separate)."""
+        self._held_until = max(self._held_until, self.clock.now() + max(0.0, seconds))
+        self._notify()
+
+    def release_hold(self) -> None:
+        self._held_until = -math.inf
+        self._notify()
+
+    @property
+    def held(self) -> bool:
+        return self._held_until > self.clock.now()
 
     # -- feedback ------------------------------------------------------------------------
     def pause(self, seconds: float) -> None:

@@ -70,6 +70,10 @@ class InFlightSlots:
         return len(self._held)
 
     @property
+    def held(self) -> tuple[Slot, ...]:
+        return tuple(self._held)
+
+    @property
     def phantoms(self) -> int:
         return sum(1 for s in self._held if s.phantom)
 

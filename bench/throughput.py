@@ -20,7 +20,9 @@ latency the emulator observed (±25 % jitter around each mode's mean). Two rates
 ``e2e``, items over the whole flow run (Prefect's flow-run start, validation, planning and
 the report included), and ``api``, items over the span in which the key was used (the first
 prediction created to the last one ended, as the emulator saw them): that is what traffic
-control decides. The fixed start-up cost (≈2 s) is not scaled by the time scale, so at 10×
+control decides. ``turn s d+r`` splits the time a slot stays idle between two predictions (API
+seconds, from the emulator's records): ``d`` from a prediction's end to the status call that
+first saw it, ``r`` from that answer to the next creation. The fixed start-up cost (≈2 s) is not scaled by the time scale, so at 10×
 it weighs ten times what it would at real time. CPU per item counts the flow process(es)
 and the Prefect server together (process CPU time during the runs).
 """

@@ -80,10 +80,10 @@ class KeyShare:
         members = self.latest = max(1, members)
         if self.joined_at is None:
             self.start()
-        if members < self.members:  # fewer than when this process last used the key: grow late
-            self.observe(members)
+        if members == 1 < self.members:  # alone now, not when we last used the key: grow late
+            self.observe(members)  # (or at once, once the others' records show they left)
             return
-        self._apply(members)
+        self._apply(members)  # a stale larger count would only delay the acknowledgements
         if members > 1:
             self.waiting = True
             for limiter in self.controller.limiters.values():

@@ -66,7 +66,12 @@ def cpu_seconds(pid: int) -> float:
 
 def child_main(spec: str, archive: str) -> None:
     """One flow run in this process; prints its timings as JSON."""
+    import logging
+
     from flows.collection import tryon_collection
+
+    logging.basicConfig(format="%(relativeCreated)8.0f ms %(process)d %(name)s: %(message)s")
+    logging.getLogger("tryon.coordination").setLevel(logging.INFO)  # joins, acknowledgements, leaves
 
     start, cpu = time.monotonic(), time.process_time()
     state = asyncio.run(tryon_collection(spec=spec, archive=archive, return_state=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from prefect.artifacts import (
@@ -15,6 +17,7 @@ from tryon.planning import Preview
 from tryon.report import RunReport
 
 MAX_TABLE_ROWS = 500
+log = logging.getLogger("tryon.artifacts")
 
 
 def artifact_key(collection: str, suffix: str) -> str:
@@ -24,14 +27,18 @@ def artifact_key(collection: str, suffix: str) -> str:
 
 
 class ProgressTracker:
-    """A progress artifact updated as items finish, at most once per ``interval`` seconds."""
+    """A progress artifact updated as items finish, at most once per ``interval`` seconds.
+
+    Updates run in the background, one at a time: a slow Prefect server (on SQLite a write can
+    wait seconds behind others) must never hold up the item that finished, or its worker.
+    """
 
     def __init__(self, artifact_id, total: int, interval: float = 1.0) -> None:
         self.artifact_id = artifact_id
         self.total = max(total, 1)
         self.interval = interval
         self._last = 0.0
-        self._pending: set = set()
+        self._running: asyncio.Task | None = None
 
     @classmethod
     async def create(cls, collection: str, total: int) -> "ProgressTracker":
@@ -40,12 +47,23 @@ class ProgressTracker:
         return cls(artifact_id, total)
 
     async def update(self, report: RunReport, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        """Send the progress now if due (``force``: wait for it, e.g. the final one)."""
+        busy = self._running is not None and not self._running.done()
+        if not force and (busy or time.monotonic() - self._last < self.interval):
             return
-        self._last = now
-        await aupdate_progress_artifact(self.artifact_id, 100.0 * report.total / self.total,
-                                        description=report.summary_line())
+        if busy:
+            await asyncio.gather(self._running, return_exceptions=True)
+        self._last = time.monotonic()
+        self._running = asyncio.ensure_future(aupdate_progress_artifact(
+            self.artifact_id, 100.0 * report.total / self.total, description=report.summary_line()))
+        self._running.add_done_callback(_log_failure)
+        if force:
+            await asyncio.gather(self._running, return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not update the progress artifact (%s)", task.exception())
 
 
 async def publish_results(report: RunReport, location: str, gallery: str | None = None) -> None:

@@ -110,10 +110,10 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                 members = await count_members(name, client)
                 share.join(members)
                 joined.set_result(members)
-                with contextlib.suppress(Exception):
-                    await records.prune(await records.read(), share.settle)
                 await _follow(share, records, name, stop)
                 await _publish(records, share.record(left=True), share)  # before the slot goes
+            with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
+                await records.prune(await records.read(), share.settle)
     except Exception as exc:
         if not joined.done():
             joined.set_exception(exc)
@@ -125,23 +125,31 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
     # Often enough that the others shrink well within a newcomer's settle period; ten times as
     # often while someone waits on us or we on them (those waits cost slots on the key).
     interval = min(5.0, max(0.25, share.settle / 6))
-    next_count = time.monotonic()
+    next_count = time.monotonic() + interval  # the join just counted
     while not stop.is_set():
-        urgent = share.waiting or share.members > share.published_members or \
-            (share.members > 1 and share.latest == 1)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval / 10 if urgent else interval)
-            return
         try:
-            if time.monotonic() >= next_count:
+            counted = time.monotonic() >= next_count
+            if counted:
                 share.observe(await count_members(name, records.client))
                 next_count = time.monotonic() + interval
+            # Read before writing: a waiting newcomer needs the others' records, not its own sent;
+            # and at every count, to see a newcomer waiting for a record newer than ours.
+            if counted or share.waiting or (share.members > 1 and share.latest == 1):
+                waiting, members = share.waiting, share.members
+                share.on_records(await records.read())
+                if waiting and not share.waiting:
+                    log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on 1/%d",
+                             members - 1, time.time() - (share.joined_at or 0), share.members)
+                elif members > 1 == share.members:
+                    log.info("the other process(es) left this key: taking all of it")
             if share.record_due:
                 await _publish(records, share.record(), share)
-            if share.waiting or (share.members > 1 and share.latest == 1):
-                share.on_records(await records.read())
         except Exception as exc:  # keep the last share; try again next time
             log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
+            if share.waiting:
+                share.on_records([])  # unreadable: start once a settle period has passed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval / 10 if share.urgent else interval)
 
 
 async def _publish(records: Records, record: Record, share: KeyShare) -> None:

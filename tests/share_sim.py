@@ -24,8 +24,18 @@ class Key:
     members: set[str] = field(default_factory=set)
     records: dict[str, dict] = field(default_factory=dict)
     created: list[tuple[float, str]] = field(default_factory=list)  # (time, member) of each prediction
+    history: list[tuple[float, int]] = field(default_factory=list)  # (time, count) at each change
     in_flight: int = 0
     most_in_flight: int = 0
+
+    def count(self, lag: float = 0.0) -> int:
+        """The count as it was ``lag`` seconds ago (a member whose Prefect calls are slow)."""
+        at = self.clock.now() - lag
+        seen = [n for t, n in self.history if t <= at]
+        return seen[-1] if seen else 1
+
+    def changed(self) -> None:
+        self.history.append((self.clock.now(), len(self.members)))
 
     def wall(self) -> float:
         return 1_000_000.0 + self.clock.now()
@@ -41,8 +51,9 @@ class Key:
 
 
 class Member:
-    def __init__(self, key: Key, name: str, seed: int, latency: tuple[float, float] = (6.0, 10.0)) -> None:
-        self.key, self.name, self.latency = key, name, latency
+    def __init__(self, key: Key, name: str, seed: int, latency: tuple[float, float] = (6.0, 10.0),
+                 lag: float = 0.0) -> None:
+        self.key, self.name, self.latency, self.lag = key, name, latency, lag
         self.controller = TrafficController(RUN, Limit(50, 10), Limit(30, 10), IN_FLIGHT, clock=key.clock)
         self.share = self.controller.share = KeyShare(self.controller, wall=key.wall, member=name)
         self.rng = random.Random(seed)
@@ -62,26 +73,28 @@ class Member:
         share.start()
         self._publish(share.record())
         self.key.members.add(self.name)
+        self.key.changed()
         share.join(len(self.key.members))
         self._tasks = [asyncio.ensure_future(self._submit(until))]
-        while self.alive and self.key.clock.now() < until:
-            urgent = share.waiting or share.members > share.published_members or \
-                (share.members > 1 and share.latest == 1)
-            await self.key.clock.sleep(TICK / 10 if urgent else TICK)
-            share.observe(len(self.key.members))
+        while self.alive and not self._tasks[0].done():  # followed until the work is done
+            await self.key.clock.sleep(TICK / 10 if share.urgent else TICK)
+            if not self.alive:
+                break
+            share.observe(self.key.count(self.lag))
+            share.on_records(list(self.key.records.values()))
             if share.record_due:
                 self._publish(share.record())
-            if share.waiting or (share.members > 1 and share.latest == 1):
-                share.on_records(list(self.key.records.values()))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.alive:
             self._publish(share.record(left=True))
             self.key.members.discard(self.name)
+            self.key.changed()
 
     def kill(self) -> None:
         """Dies without a word: its predictions run on, its count goes at once (the worst case)."""
         self.alive = False
         self.key.members.discard(self.name)
+        self.key.changed()
         for task in self._tasks:
             task.cancel()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -118,3 +119,32 @@ async def test_flow_refuses_both_or_neither_spec(prefect_server, fashn_env):
     state = await run_flow(archive="memory://x")
     assert state.is_failed() and "exactly one of spec" in state.message
 
+
+
+async def test_progress_updates_never_hold_up_the_item_that_finished(monkeypatch):
+    # On SQLite a Prefect write can wait seconds behind others: the worker must not wait with it.
+    from types import SimpleNamespace
+
+    from flows import artifacts
+
+    release, calls = asyncio.Event(), []
+
+    async def slow_update(artifact_id, progress, description=None):
+        calls.append(progress)
+        await release.wait()
+
+    monkeypatch.setattr(artifacts, "aupdate_progress_artifact", slow_update)
+    tracker = artifacts.ProgressTracker("artifact", total=4, interval=0.0)
+    report = SimpleNamespace(total=1, summary_line=lambda: "1 of 4")
+    await asyncio.wait_for(tracker.update(report), timeout=1)  # returns while the update is pending
+    await asyncio.sleep(0)
+    report.total = 2
+    await tracker.update(report)  # one in flight already: skipped, not queued
+    assert calls == [25.0]
+    report.total = 4
+    final = asyncio.ensure_future(tracker.update(report, force=True))  # the last one is waited for
+    await asyncio.sleep(0.01)
+    assert not final.done()
+    release.set()
+    await asyncio.wait_for(final, timeout=1)
+    assert calls == [25.0, 100.0]

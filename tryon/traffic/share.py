@@ -8,21 +8,27 @@ of the in-flight slots, and:
 
 - **shrinks at once** when more processes use the key: our sliding windows already hold our
   recent admissions, so a lower count just admits less from now on;
-- **acknowledges** the newcomer: once its in-flight predictions fit its new share, it
-  publishes a :meth:`record` with its *excess*, the admissions of the current windows beyond
-  the ``s`` newest (``s`` its share of that limit). From then on it admits only while its
-  window holds fewer than ``s``, so in any later window it has at most ``max(s, admissions
-  before the record)``, which is ``s`` plus the excess still in that window;
-- **a newcomer** holds every limiter until each other member has acknowledged it (a record
-  taken after it joined, with a count that includes it), then seeds its limiters with their
-  excess and starts: the members together stay within the key's limits in every window, and
-  in flight (each fits its share). If an acknowledgement does not come (a member died, or
-  records cannot be read) the hold ends after one settle period (the longest window), the
-  safe wait without any knowledge;
-- **a member that leaves** publishes its own admissions of the current windows and what it
-  may still have running (phantoms); the one left alone seeds them and takes the whole key at
-  once. When a member vanished without a record (killed) or another may still be joining,
-  the larger share is taken only after the lower count has held for one settle period.
+- **acknowledges** a newcomer: once its in-flight predictions fit its share, it publishes a
+  :meth:`record` with its *excess*, the admissions of the current windows beyond the ``s``
+  newest (``s`` its share of that limit; seeded admissions it answers for included). From then
+  on it admits only while its window holds fewer than ``s``, so in any later window it has at
+  most ``max(s, admissions before the record)``, which is ``s`` plus the excess still in that
+  window. It publishes when the count grows, when a waiting newcomer's record is newer than its
+  own (the count may not have changed: one left as another came), and every heartbeat;
+- **a newcomer** holds every limiter until every member that may be alive (a record that is
+  not a leave and is younger than heartbeat + settle) has acknowledged it with a record taken
+  after it joined, fitting, and with shares that fit in the key together with its own. It then
+  seeds their excess, and takes over members that left within a window (their admissions and
+  phantoms), and starts: together the members stay within every limit in every window, and in
+  flight. The settle period alone never ends the wait while such a member may be alive: one
+  whose Prefect calls are slow may not have seen the newcomer yet (measured: 6.8 s late at a
+  10x time scale, 429s followed). With nobody known (records unreadable, members that keep
+  none) the hold ends after one settle period, the wait that needs no knowledge;
+- **a member that leaves** publishes its admissions of the current windows and what it may
+  still have running (phantoms); the one left alone takes them over and the whole key at once.
+  Otherwise (a member vanished without a record, or others remain) a larger share is taken
+  only once the count has not changed for a settle period: a member that left during it may
+  still own admissions in the window even if another took its place.
 
 Records are plain JSON (times as milliseconds before the record's wall-clock time, so they
 fit a Prefect variable); clocks of the processes are assumed to agree within the limiter's
@@ -31,9 +37,9 @@ margin (100 ms), as NTP keeps them.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
@@ -56,11 +62,13 @@ class KeyShare:
         self.peak_members = 1
         self.joined_at: float | None = None  # wall time, taken before our membership was counted
         self.waiting = False  # a newcomer, until every other member has acknowledged it
+        self._waiting_since = 0.0
+        self._refresh = False  # a newcomer published after our latest record: it needs a newer one
         self.published_members = 0  # the count our latest record acknowledged
         self.published_at = -float("inf")  # wall time of our latest record
         self.heartbeat = self.settle  # a live member publishes at least this often
         self.latest = 1  # the latest count seen
-        self._counts: deque[tuple[float, int]] = deque()  # (time, count) while fewer than our share's
+        self._steady: tuple[float, int] = (-math.inf, 1)  # since when the count has been what it is
 
     # -- counting ------------------------------------------------------------------------
     def _apply(self, members: int) -> None:
@@ -80,35 +88,30 @@ class KeyShare:
         members = self.latest = max(1, members)
         if self.joined_at is None:
             self.start()
+        self._steady = (self.controller.clock.now(), members)
         if members == 1 < self.members:  # alone now, not when we last used the key: grow late
             self.observe(members)  # (or at once, once the others' records show they left)
             return
         self._apply(members)  # a stale larger count would only delay the acknowledgements
         if members > 1:
             self.waiting = True
+            self._waiting_since = self.controller.clock.now()
             for limiter in self.controller.limiters.values():
-                limiter.hold(self.settle)
+                limiter.hold(math.inf)  # until on_records lifts it
 
     def observe(self, members: int) -> None:
         """The latest count of users of the key (us included)."""
         members = self.latest = max(1, members)
         now = self.controller.clock.now()
-        if members >= self.members:
-            self._counts.clear()
-            if members > self.members:
-                self._apply(members)
-            return
-        # Grow late: to the largest count seen over the last settle period, once we have seen
-        # all of it. A member that left at any moment of it may still own admissions in it.
-        self._counts.append((now, members))
-        while len(self._counts) > 1 and self._counts[1][0] <= now - self.settle:
-            self._counts.popleft()
-        if self._counts[0][0] <= now - self.settle:
-            target = max(count for _, count in self._counts)
-            if target < self.members:
-                self._apply(target)
-            if target == members:
-                self._counts.clear()
+        if members != self._steady[1]:
+            self._steady = (now, members)
+        if members > self.members:
+            self._apply(members)
+        # Grow late: only once the count has not changed for a settle period. Any member that
+        # left before then has no admissions in the window any more; one that left during it
+        # may, even if another took its place (the largest count over the period is not enough).
+        elif members < self.members and now - self._steady[0] >= self.settle:
+            self._apply(members)
 
     # -- records -------------------------------------------------------------------------
     @property
@@ -117,11 +120,18 @@ class KeyShare:
         return self.controller.slots.busy <= self.controller.slots.capacity
 
     @property
+    def urgent(self) -> bool:
+        """Someone waits: we for acknowledgements, a newcomer for our record, or we are alone
+        and the others' records may let us take the whole key."""
+        return self.waiting or self.members > self.published_members or self._refresh or \
+            (self.members > 1 and self.latest == 1)
+
+    @property
     def record_due(self) -> bool:
         """A record should go out: the count grew since our last one and our in-flight fits the
         new share (a newcomer waits for it), or the heartbeat is due (the others tell a live
         member from a dead one by it)."""
-        return (self.members > self.published_members and self.fits) or \
+        return ((self.members > self.published_members or self._refresh) and self.fits) or \
             self.wall() - self.published_at >= self.heartbeat
 
     def record(self, *, left: bool = False) -> Record:
@@ -136,7 +146,8 @@ class KeyShare:
             # Rounded down to the millisecond: a later time than the truth, so it expires later.
             excess[name] = [int((now - t) * 1000) for t in own[: max(0, len(own) - keep)]]
         record: Record = {"member": self.member, "members": 0 if left else self.members, "at": wall,
-                          "left": left, "fits": self.fits and not left, "excess": excess}
+                          "left": left, "fits": self.fits and not left, "waiting": self.waiting and not left,
+                          "excess": excess}
         if left:
             record["in_flight"] = [round(self._remaining(slot, now), 3) for slot in self.controller.slots.held]
         return record
@@ -146,6 +157,7 @@ class KeyShare:
         self.published_at = record["at"]
         if record["fits"] or record["left"]:
             self.published_members = record["members"]
+            self._refresh = False
 
     def _remaining(self, slot, now: float) -> float:
         if slot.expires_at is not None:
@@ -157,19 +169,41 @@ class KeyShare:
         for name, limiter in self.controller.limiters.items():
             limiter.seed([min(now, now - age - ms / 1000) for ms in record.get("excess", {}).get(name, [])])
 
+    def _take_over(self, record: Record) -> None:
+        """Answer for a leaver's admissions and what it may still have running."""
+        self._seed(record)
+        age = max(0.0, self.wall() - record["at"])
+        for seconds in record.get("in_flight", []):
+            if seconds > age:
+                self.controller.slots.hold_phantom(seconds - age)
+
     def on_records(self, records: Iterable[Record]) -> None:
         """The records of the key's members as read now: start a waiting newcomer once every
         other member has acknowledged it; take the whole key when alone and the others left."""
         others = [r for r in records if r.get("member") != self.member]
+        if any(r.get("waiting") and self._recent(r) and r.get("at", 0) > self.published_at for r in others):
+            self._refresh = True  # it accepts only records taken after it joined
         if self.waiting and self.joined_at is not None:
             # Every member that may be alive must have acknowledged us, not just as many as the
             # count says: a dead member's acknowledgement must not stand in for a live one's.
+            # The settle period alone is not enough while one of them may be alive: a member whose
+            # Prefect calls are slow may not have seen us yet, and still use its whole share.
             alive = [r for r in others if not r.get("left") and self._recent(r)]
-            acks = [r for r in alive
-                    if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) >= self.members]
-            if len(acks) == len(alive) and len(acks) >= self.members - 1:
+            acks = [r for r in alive if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
+            # Each keeps to its share from its record on, so the shares must fit in the key.
+            shares = sum(1 / r["members"] for r in acks) + 1 / self.members
+            acknowledged = len(acks) == len(alive) and len(acks) >= self.latest - 1 and shares <= 1 + 1e-9
+            # Nobody known to wait for (records unreadable, or members without records): after one
+            # settle period every member has had a window to see us and shrink.
+            unknown = not alive and self.controller.clock.now() - self._waiting_since >= self.settle
+            if acknowledged or unknown:
+                # A member that left within a window still has admissions in it, and nobody else
+                # answers for them unless it took them over (then its excess holds them too).
                 for record in acks:
                     self._seed(record)
+                for record in others:
+                    if record.get("left") and self.wall() - record.get("at", 0) < self.settle:
+                        self._take_over(record)
                 self.waiting = False
                 for limiter in self.controller.limiters.values():
                     limiter.release_hold()
@@ -193,10 +227,7 @@ class KeyShare:
             elif self._recent(record):
                 return  # alive, joining, or killed recently: grow late
         for record in gone:
-            self._seed(record)
-            for seconds in record.get("in_flight", []):
-                self.controller.slots.hold_phantom(max(0.0, seconds - max(0.0, wall - record["at"])))
-        self._counts.clear()
+            self._take_over(record)
         self._apply(1)
 
     def __repr__(self) -> str:

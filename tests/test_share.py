@@ -154,9 +154,9 @@ async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> 
     await key.clock.run(asyncio.gather(*(life(*p) for p in plan)))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=3),
+    joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=4),
     fast=st.booleans(),
     seed=st.integers(0, 1000),
 )

@@ -28,17 +28,18 @@ from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit
 from tryon.settings import Limit  # noqa: E402
 from tryon.traffic import FakeClock, TrafficController  # noqa: E402
 
-SETTINGS = {  # name: (in flight, run limit), status 50/10 s for all
-    "default": (6, Limit(50, 60)),
-    "15 in flight": (15, Limit(150, 60)),
-    "raised": (30, Limit(250, 60)),
+SETTINGS = {  # name: (in flight, run limit, status limit)
+    "default": (6, Limit(50, 60), Limit(50, 10)),
+    "15 in flight": (15, Limit(150, 60), Limit(50, 10)),
+    "raised": (30, Limit(250, 60), Limit(50, 10)),
+    "half a key": (3, Limit(25, 60), Limit(25, 10)),  # one of two processes sharing the default key
 }
 
 
-def simulate(items: int, in_flight: int, run: Limit, *, mean: float = 8.0, seed: int = 1,
-             round_trip: float = 0.05, submit_cost: float = 0.05, blind: bool = False) -> tuple[float, float]:
+def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 10), *, mean: float = 8.0,
+             seed: int = 1, round_trip: float = 0.05, submit_cost: float = 0.05,
+             blind: bool = False) -> tuple[float, float]:
     """(ratio to the ceiling, status calls per prediction) of one simulated run."""
-    status = Limit(50, 10)
 
     async def scenario() -> tuple[float, int]:
         clock = FakeClock()
@@ -77,10 +78,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'setting':<14} {'in flight':>9} {'ratio':>6} {'status/pred':>11} {'blind ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
-    for name, (in_flight, run) in SETTINGS.items():
+    for name, (in_flight, run, status) in SETTINGS.items():
         row = []
         for blind in (False, True):
-            runs = [simulate(args.items, in_flight, run, seed=seed, blind=blind) for seed in range(1, args.seeds + 1)]
+            runs = [simulate(args.items, in_flight, run, status, seed=seed, blind=blind)
+                    for seed in range(1, args.seeds + 1)]
             row += [sum(r for r, _ in runs) / len(runs), sum(p for _, p in runs) / len(runs)]
         print(f"{name:<14} {in_flight:>9} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>11.1%} {row[3]:>11.2f} "
               f"{row[0] / row[2]:>6.3f}", flush=True)

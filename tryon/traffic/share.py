@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
 
-Record = dict  # JSON: member, members, at, left, fits, excess {endpoint: [ms before at]}, in_flight [s]
+Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoint: [ms before at]}, in_flight [s]
 
 
 class KeyShare:

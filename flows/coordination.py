@@ -30,11 +30,10 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tryon.traffic import TrafficController
-from tryon.traffic.share import KeyShare, Record
+from tryon.traffic.share import FORGOTTEN, KeyShare, Record
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
 LEASE_SECONDS = 60.0
-STALE_SECONDS = 3600.0  # a record not refreshed for this long belongs to a process long dead
 log = logging.getLogger("tryon.coordination")
 
 
@@ -90,7 +89,7 @@ class Records:
         now = time.time()
         for record in records:
             age = now - float(record.get("at", 0))
-            if age > (settle if record.get("left") else STALE_SECONDS):
+            if age > (settle if record.get("left") else FORGOTTEN):
                 with contextlib.suppress(ObjectNotFound):
                     await self.client.delete_variable_by_name(self._variable(str(record.get("member"))))
 

@@ -52,8 +52,10 @@ class Key:
 
 class Member:
     def __init__(self, key: Key, name: str, seed: int, latency: tuple[float, float] = (6.0, 10.0),
-                 lag: float = 0.0) -> None:
-        self.key, self.name, self.latency, self.lag = key, name, latency, lag
+                 lag: float = 0.0, writes_every: float = 0.0) -> None:
+        # lag: sees the count that late; writes_every: its record writes get through only that often
+        self.key, self.name, self.latency, self.lag, self.writes_every = key, name, latency, lag, writes_every
+        self._last_write = -float("inf")
         self.controller = TrafficController(RUN, Limit(50, 10), Limit(30, 10), IN_FLIGHT, clock=key.clock)
         self.share = self.controller.share = KeyShare(self.controller, wall=key.wall, member=name)
         self.rng = random.Random(seed)
@@ -63,6 +65,9 @@ class Member:
         self._tasks: list[asyncio.Task] = []
 
     def _publish(self, record: dict) -> None:
+        if not record["left"] and self.key.clock.now() - self._last_write < self.writes_every:
+            return  # lost in a slow server; published() not called, so it is tried again
+        self._last_write = self.key.clock.now()
         self.key.records[self.name] = record
         self.share.published(record)
 

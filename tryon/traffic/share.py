@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
 
+FORGOTTEN = 3600.0  # a record silent this long is from a process long gone (pruned on leaving)
 Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoint: [ms before at]}, in_flight [s]
 
 
@@ -188,14 +189,19 @@ class KeyShare:
             # count says: a dead member's acknowledgement must not stand in for a live one's.
             # The settle period alone is not enough while one of them may be alive: a member whose
             # Prefect calls are slow may not have seen us yet, and still use its whole share.
-            alive = [r for r in others if not r.get("left") and self._recent(r)]
-            acks = [r for r in alive if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
-            # Each keeps to its share from its record on, so the shares must fit in the key.
+            # A record's age alone does not prove its member dead: one whose Prefect calls are slow
+            # publishes late (seconds, on a loaded SQLite server) while it is still counted.
+            staying = [r for r in others if not r.get("left")]
+            acks = [r for r in staying if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
+            # Each keeps to its share from its record on, so the shares must fit in the key; every
+            # member active lately must be among them, and as many as the count says.
             shares = sum(1 / r["members"] for r in acks) + 1 / self.members
-            acknowledged = len(acks) == len(alive) and len(acks) >= self.latest - 1 and shares <= 1 + 1e-9
-            # Nobody known to wait for (records unreadable, or members without records): after one
+            acknowledged = all(r in acks for r in staying if self._recent(r)) and \
+                len(acks) >= self.latest - 1 and shares <= 1 + 1e-9
+            # Nobody known to wait for (records unreadable, or members that keep none): after one
             # settle period every member has had a window to see us and shrink.
-            unknown = not alive and self.controller.clock.now() - self._waiting_since >= self.settle
+            unknown = not any(self.wall() - r.get("at", 0) < FORGOTTEN for r in staying) and \
+                self.controller.clock.now() - self._waiting_since >= self.settle
             if acknowledged or unknown:
                 # A member that left within a window still has admissions in it, and nobody else
                 # answers for them unless it took them over (then its excess holds them too).

@@ -98,6 +98,7 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
     """Hold our slot (entered and left in this one task, as Prefect's lease renewal needs),
     keep the share in step with the count and the records until ``stop``, then leave a record."""
     share: KeyShare = controller.share
+    share.lease = LEASE_SECONDS  # how long a dead member may still be counted
     try:
         async with get_client() as client:
             records = Records(client, name)

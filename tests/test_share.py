@@ -216,6 +216,7 @@ def test_a_newcomer_waits_for_a_member_slow_to_see_it_even_past_the_settle_perio
     # it is alive and counted (an earlier rule took such a record for a dead member's: 13 x 429).
     first = Member(key, "first", 1, lag=150.0, writes_every=200.0)
     second = Member(key, "second", 2)
+    second.share.lease = 300.0  # its membership would be counted that long if it had died
     asyncio.run(_scenario(key, [(first, 0.0, 400.0, False), (second, 30.0, 300.0, False)]))
     assert second.first_created - second.joined_at >= 150.0 > second.share.settle
     assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT

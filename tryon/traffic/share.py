@@ -70,6 +70,7 @@ class KeyShare:
         self.published_members = 0  # the count our latest record acknowledged
         self.published_at = -float("inf")  # wall time of our latest record
         self.heartbeat = self.settle  # a live member publishes at least this often
+        self.lease = 60.0  # seconds a dead member may still be counted (the membership lease)
         self.latest = 1  # the latest count seen
         self._steady: tuple[float, int] = (-math.inf, 1)  # since when the count has been what it is
 
@@ -191,20 +192,20 @@ class KeyShare:
             # count says: a dead member's acknowledgement must not stand in for a live one's.
             # The settle period alone is not enough while one of them may be alive: a member whose
             # Prefect calls are slow may not have seen us yet, and still use its whole share.
-            # A record's age alone does not prove its member dead: one whose Prefect calls are slow
-            # publishes late (seconds, on a loaded SQLite server) while it is still counted.
-            staying = [r for r in others if not r.get("left")]
-            acks = [r for r in staying if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
-            # Each keeps to its share from its record on, so the shares must fit in the key; every
-            # member active lately must be among them, and as many as the count says.
+            # A record's age proves its member dead only once it is older than the membership
+            # lease too: a live member whose Prefect writes are slow publishes late (seconds, on a
+            # loaded SQLite server) while it is still counted; a killed one is no longer counted,
+            # or, if the server is slow to expire its lease, is outwaited after one lease.
+            dead_after = max(self.heartbeat + self.settle, self.lease)
+            alive = [r for r in others if not r.get("left") and self.wall() - r.get("at", 0) < dead_after]
+            acks = [r for r in alive if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
+            # Each keeps to its share from its record on, so the shares must fit in the key.
             shares = sum(1 / r["members"] for r in acks) + 1 / self.members
-            acknowledged = all(r in acks for r in staying if self._recent(r)) and \
-                len(acks) >= self.latest - 1 and shares <= 1 + 1e-9
-            # Nobody known to wait for (records unreadable, or members that keep none): after one
-            # settle period every member has had a window to see us and shrink.
-            unknown = not any(self.wall() - r.get("at", 0) < FORGOTTEN for r in staying) and \
+            # As many as the count says; or, with members the records do not show (records
+            # unreadable, members that keep none), once every member has had a window to see us.
+            counted = len(acks) >= self.latest - 1 or \
                 self.controller.clock.now() - self._waiting_since >= self.settle
-            if acknowledged or unknown:
+            if len(acks) == len(alive) and shares <= 1 + 1e-9 and counted:
                 # A member that left within a window still has admissions in it, and nobody else
                 # answers for them unless it took them over (then its excess holds them too).
                 for record in acks:

@@ -22,10 +22,11 @@ of the in-flight slots, and:
   phantoms), and starts: together the members stay within every limit in every window, and in
   flight. The settle period alone never ends the wait while such a member may be alive: one
   whose Prefect calls are slow may not have seen the newcomer yet (measured: 6.8 s late at a
-  10x time scale, 429s followed), and a record's age alone does not prove its member dead while
-  the count still includes it (its writes may be slow: 13 x 429 in CI at 20x). With no record
-  from anyone in the last hour (records unreadable, members that keep none) the hold ends after
-  one settle period, the wait that needs no knowledge;
+  10x time scale, 429s followed), and a record proves its member dead only once it is older than
+  heartbeat + settle and than the membership lease (its writes may be slow: 13 x 429 in CI at
+  20x when a window-scaled age was enough). When the count shows members no record does
+  (records unreadable, members that keep none) the hold ends after one settle period, the wait
+  that needs no knowledge;
 - **a member that leaves** publishes its admissions of the current windows and what it may
   still have running (phantoms); the one left alone takes them over and the whole key at once.
   Otherwise (a member vanished without a record, or others remain) a larger share is taken

@@ -30,10 +30,11 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tryon.traffic import TrafficController
-from tryon.traffic.share import FORGOTTEN, KeyShare, Record
+from tryon.traffic.share import KeyShare, Record
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
 LEASE_SECONDS = 60.0
+FORGOTTEN = 3600.0  # a record silent this long is from a process long gone: pruned
 log = logging.getLogger("tryon.coordination")
 
 

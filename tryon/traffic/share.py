@@ -16,7 +16,7 @@ of the in-flight slots, and:
   window. It publishes when the count grows, when a waiting newcomer's record is newer than its
   own (the count may not have changed: one left as another came), and every heartbeat;
 - **a newcomer** holds every limiter until every member that may be alive (a record that is
-  not a leave and is younger than heartbeat + settle) has acknowledged it with a record taken
+  not a leave and is younger than heartbeat + settle and the lease) has acknowledged it with a record taken
   after it joined, fitting, and with shares that fit in the key together with its own. It then
   seeds their excess, and takes over members that left within a window (their admissions and
   phantoms), and starts: together the members stay within every limit in every window, and in
@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
 
-FORGOTTEN = 3600.0  # a record silent this long is from a process long gone (pruned on leaving)
 Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoint: [ms before at]}, in_flight [s]
 
 
@@ -197,8 +196,7 @@ class KeyShare:
             # lease too: a live member whose Prefect writes are slow publishes late (seconds, on a
             # loaded SQLite server) while it is still counted; a killed one is no longer counted,
             # or, if the server is slow to expire its lease, is outwaited after one lease.
-            dead_after = max(self.heartbeat + self.settle, self.lease)
-            alive = [r for r in others if not r.get("left") and self.wall() - r.get("at", 0) < dead_after]
+            alive = [r for r in others if not r.get("left") and self._recent(r)]
             acks = [r for r in alive if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
             # Each keeps to its share from its record on, so the shares must fit in the key.
             shares = sum(1 / r["members"] for r in acks) + 1 / self.members
@@ -221,9 +219,10 @@ class KeyShare:
             self._grow_if_the_others_left(others)
 
     def _recent(self, record: Record) -> bool:
-        """Its member may still be alive, or died too recently for its admissions to have expired
-        (a live member publishes at least every heartbeat)."""
-        return self.wall() - record.get("at", 0) < self.heartbeat + self.settle
+        """Its member may still be alive, or died too recently for its admissions to have expired:
+        a live member publishes every heartbeat unless its writes are slow, and a dead one may be
+        counted for one membership lease."""
+        return self.wall() - record.get("at", 0) < max(self.heartbeat + self.settle, self.lease)
 
     def _grow_if_the_others_left(self, others: list[Record]) -> None:
         # Only when alone (the count fell to 1): no other member can be mid-way through a

@@ -152,6 +152,7 @@ def main() -> None:
                         help="time scale of the raised mode (at 10 its ceiling needs more CPU than 2 cores have)")
     parser.add_argument("--modes", default="default,raised,two", help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
+    parser.add_argument("--dump", type=Path, help="write each mode's emulator records (JSON) to this folder")
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -190,6 +191,10 @@ def main() -> None:
                 label = {"default": "tryon-flows", "raised": "tryon-flows raised", "two": "tryon-flows 2 procs"}[mode]
                 print(row(label, items, wall, scale, emulator, (run, status, in_flight), (flow_cpu, server_cpu)),
                       flush=True)
+                if args.dump:
+                    args.dump.mkdir(parents=True, exist_ok=True)
+                    (args.dump / f"{mode}.json").write_text(json.dumps(
+                        {"scale": scale, "in_flight": in_flight, "predictions": emulator.predictions()}))
                 if mode == "default" and not args.no_naive:
                     emulator.reset()
                     start = time.monotonic()

@@ -62,20 +62,23 @@ async def tryon_collection(
     store = await resolve_archive(archive, archive_block)
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime, key_membership(runtime.traffic, key_fingerprint(settings)):
-        planned = await preview(collection, store, force=force, max_resubmits=runtime.max_resubmits)
-        if planned.credits_needed or dry_run:
-            planned.balance = (await runtime.client.credits()).total
-        logger.info("%s: %s", collection.name, planned.line())
-        if dry_run:
-            await artifacts.publish_plan(collection.name, planned)
-            return {"dry_run": True, **planned.as_dict()}
-        if planned.credits_needed:
-            require_balance(planned.balance or 0, planned.credits_needed)
-        report = RunReport.start(collection.name, collection.model_name)
-        tracker = await artifacts.ProgressTracker.create(collection.name, total=sum(planned.actions.values()))
-        with progress.subscribe(tracker.update):
-            await run_items(runtime, collection, report, force=force)
+    async with open_runtime(settings, store) as runtime:
+        # Joined early (a newcomer's wait for the others overlaps the planning), left as soon as
+        # the key is no longer needed (the others take our share at once).
+        async with key_membership(runtime.traffic, key_fingerprint(settings)):
+            planned = await preview(collection, store, force=force, max_resubmits=runtime.max_resubmits)
+            if planned.credits_needed or dry_run:
+                planned.balance = (await runtime.client.credits()).total
+            logger.info("%s: %s", collection.name, planned.line())
+            if dry_run:
+                await artifacts.publish_plan(collection.name, planned)
+                return {"dry_run": True, **planned.as_dict()}
+            if planned.credits_needed:
+                require_balance(planned.balance or 0, planned.credits_needed)
+            report = RunReport.start(collection.name, collection.model_name)
+            tracker = await artifacts.ProgressTracker.create(collection.name, total=sum(planned.actions.values()))
+            with progress.subscribe(tracker.update):
+                await run_items(runtime, collection, report, force=force)
         await tracker.update(report, force=True)
         report.finish()
         location = await store.write_report(collection.name, collection.model_name, report)

@@ -21,13 +21,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from tryon.traffic import TrafficController
 from tryon.traffic.share import KeyShare, Record
@@ -36,6 +38,7 @@ MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wai
 LEASE_SECONDS = 60.0
 FORGOTTEN = 3600.0  # a record silent this long is from a process long gone: pruned
 log = logging.getLogger("tryon.coordination")
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,7 +59,25 @@ async def count_members(name: str, client: PrefectClient | None = None) -> int:
     if client is None:
         async with get_client() as client:
             return await count_members(name, client)
-    return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+    return (await _quickly(lambda: client.read_global_concurrency_limit_by_name(name))).active_slots
+
+
+QUICK_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds between our own attempts
+
+
+async def _quickly(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, retried at short intervals where the client's own retries are off (see
+    :func:`_hold`): Prefect's client waits 2 s, then 4 s, after an HTTP 503 (``database is locked``
+    on a loaded SQLite server; measured: record writes of 2 s and 6 s), while a newcomer waits on
+    the others' records, or the one left on a leaver's, with slots idle."""
+    for delay in QUICK_RETRIES:
+        try:
+            return await call()
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code not in (502, 503, 429):
+                raise
+        await asyncio.sleep(delay)
+    return await call()  # the last try: the caller tries again later
 
 
 class Records:
@@ -73,16 +94,17 @@ class Records:
         name = self._variable(record["member"])
         if not self._created:
             try:
-                await self.client.create_variable(VariableCreate(name=name, value=record, tags=[self.tag]))
+                await _quickly(lambda: self.client.create_variable(
+                    VariableCreate(name=name, value=record, tags=[self.tag])))
                 self._created = True
                 return
             except ObjectAlreadyExists:
                 self._created = True
-        await self.client.update_variable(VariableUpdate(name=name, value=record))
+        await _quickly(lambda: self.client.update_variable(VariableUpdate(name=name, value=record)))
 
     async def read(self) -> list[Record]:
-        response = await self.client.request(
-            "POST", "/variables/filter", json={"variables": {"tags": {"all_": [self.tag]}}, "limit": 200})
+        response = await _quickly(lambda: self.client.request(
+            "POST", "/variables/filter", json={"variables": {"tags": {"all_": [self.tag]}}, "limit": 200}))
         return [v["value"] for v in response.json() if isinstance(v.get("value"), dict)]
 
     async def prune(self, records: list[Record], settle: float) -> None:
@@ -103,16 +125,24 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
     try:
         async with get_client() as client:
             records = Records(client, name)
-            await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
+            try:
+                await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
+            except ObjectAlreadyExists:  # another process created it between our read and our create
+                await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
             share.start()  # before we are counted: every record taken after this one counts us
-            await _publish(records, share.record(), share)
+            first = share.record()
+            await records.write(first)  # every member counted has a record (KeyShare relies on it)
+            share.published(first)
             async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
                                    raise_on_lease_renewal_failure=False):
                 members = await count_members(name, client)
                 share.join(members)
                 joined.set_result(members)
-                await _follow(share, records, name, stop)
-                await _publish(records, share.record(left=True), share)  # before the slot goes
+                # Our own quick retries for the records and the count (the lease renewal, started
+                # above, keeps the client's: it runs in a context of its own).
+                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                    await _follow(share, records, name, stop)
+                    await _publish(records, share.record(left=True), share)  # before the slot goes
             with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                 await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -123,38 +153,52 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
 
 
 async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event) -> None:
-    # Often enough that the others shrink well within a newcomer's settle period; ten times as
+    # Often enough that the others shrink well within a newcomer's settle period (5 s at the
+    # provider's 60 s window, as often in API time on a time-scaled emulator); ten times as
     # often while someone waits on us or we on them (those waits cost slots on the key).
-    interval = min(5.0, max(0.25, share.settle / 6))
+    interval = min(5.0, max(0.1, share.settle / 12))
     next_count = time.monotonic() + interval  # the join just counted
-    while not stop.is_set():
-        try:
-            counted = time.monotonic() >= next_count
-            if counted:
-                share.observe(await count_members(name, records.client))
-                next_count = time.monotonic() + interval
-            # Read before writing: a waiting newcomer needs the others' records, not its own sent;
-            # and at every count, to see a newcomer waiting for a record newer than ours.
-            if counted or share.waiting or (share.members > 1 and share.latest == 1):
-                waiting, members = share.waiting, share.members
-                share.on_records(await records.read())
-                if waiting and not share.waiting:
-                    log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on 1/%d",
-                             members - 1, time.time() - (share.joined_at or 0), share.members)
-                elif members > 1 == share.members:
-                    log.info("the other process(es) left this key: taking all of it")
-            if share.record_due:
-                await _publish(records, share.record(), share)
-        except Exception as exc:  # keep the last share; try again next time
-            log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
-            if share.waiting:
-                share.on_records([])  # unreadable: start once a settle period has passed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval / 10 if share.urgent else interval)
+    writing: asyncio.Task | None = None  # one record write at a time, beside the reads
+    try:
+        while not stop.is_set():
+            try:
+                counted = time.monotonic() >= next_count
+                if counted:
+                    share.observe(await count_members(name, records.client))
+                    next_count = time.monotonic() + interval
+                # Read at every count, to see a newcomer waiting for a record newer than ours.
+                if counted or share.waiting or (share.members > 1 and share.latest == 1):
+                    waiting, members = share.waiting, share.members
+                    share.on_records(await records.read())
+                    if waiting and not share.waiting:
+                        log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on "
+                                 "1/%d", members - 1, time.time() - (share.joined_at or 0), share.members)
+                    elif members > 1 == share.members:
+                        log.info("the other process(es) left this key: taking all of it")
+                # In the background: a write on a loaded SQLite server can wait seconds (measured:
+                # 2 s, 6 s), and a waiting newcomer must go on reading the others' records meanwhile.
+                if share.record_due and (writing is None or writing.done()):
+                    writing = asyncio.create_task(_publish(records, share.record(), share))
+            except Exception as exc:  # keep the last share; try again next time
+                log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
+                if share.waiting:
+                    share.on_records([])  # unreadable: start once a settle period has passed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval / 10 if share.urgent else interval)
+    finally:
+        if writing is not None:  # the left record must come after it
+            with contextlib.suppress(Exception):
+                await writing
 
 
 async def _publish(records: Records, record: Record, share: KeyShare) -> None:
-    await records.write(record)
+    try:
+        await records.write(record)
+    except Exception as exc:  # tried again when due (published() not called)
+        log.warning("could not publish this process's record for the key (%s: %s)", type(exc).__name__, exc)
+        if record["left"]:
+            raise
+        return
     share.published(record)
 
 

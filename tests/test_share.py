@@ -154,7 +154,8 @@ async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> 
     await key.clock.run(asyncio.gather(*(life(*p) for p in plan)))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# More cases: TRYON_SHARE_EXAMPLES=1000 (about a minute); each failure the search ever found became a rule.
+@settings(max_examples=int(os.environ.get("TRYON_SHARE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=4),
     fast=st.booleans(),
@@ -220,3 +221,31 @@ def test_a_newcomer_waits_for_a_member_slow_to_see_it_even_past_the_settle_perio
     asyncio.run(_scenario(key, [(first, 0.0, 400.0, False), (second, 30.0, 300.0, False)]))
     assert second.first_created - second.joined_at >= 150.0 > second.share.settle
     assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT
+
+
+async def test_processes_registering_on_a_new_key_at_the_same_moment_are_all_counted(prefect_server, caplog):
+    # The benchmark once started both on a key nobody had used: one lost the race to create the
+    # key's limit (ObjectAlreadyExists), ran alone on the whole key, and drew 150 x 429.
+    import logging
+
+    from flows.coordination import count_members, key_membership, limit_name
+
+    fingerprint = f"race-{uuid.uuid4().hex[:12]}"
+    members = [controller() for _ in range(4)]
+    entered = asyncio.Event()
+    counted: list[int] = []
+
+    async def member(c: TrafficController) -> None:
+        async with key_membership(c, fingerprint):
+            counted.append(c.share.latest)
+            await entered.wait()
+
+    with caplog.at_level(logging.WARNING, logger="tryon.coordination"):
+        tasks = [asyncio.create_task(member(c)) for c in members]
+        while len(counted) < len(members) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.05)
+        total = await count_members(limit_name(fingerprint))
+        entered.set()
+        await asyncio.gather(*tasks)
+    assert "running alone" not in caplog.text, caplog.text
+    assert total == len(members)

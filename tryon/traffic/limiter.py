@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
+from collections import Counter, deque
 
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
@@ -137,6 +137,20 @@ class SlidingWindowLimiter:
         expire: one more is admitted only while ours and these together stay under the count."""
         if times:
             self._log = deque(sorted([*self._log, *times]), maxlen=self._log.maxlen)
+            self._notify()
+
+    def forget(self, times: list[float]) -> None:
+        """Stop counting these admissions (exact times from :meth:`recent`): another process
+        answers for them now. Times no longer in the log (expired) are ignored."""
+        gone = Counter(times)  # one entry each: several admissions may share a time
+        if gone:
+            kept = []
+            for t in self._log:
+                if gone[t] > 0:
+                    gone[t] -= 1
+                else:
+                    kept.append(t)
+            self._log = deque(kept, maxlen=self._log.maxlen)
             self._notify()
 
     def hold(self, seconds: float) -> None:

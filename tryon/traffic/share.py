@@ -9,12 +9,15 @@ of the in-flight slots, and:
 - **shrinks at once** when more processes use the key: our sliding windows already hold our
   recent admissions, so a lower count just admits less from now on;
 - **acknowledges** a newcomer: once its in-flight predictions fit its share, it publishes a
-  :meth:`record` with its *excess*, the admissions of the current windows beyond the ``s``
-  newest (``s`` its share of that limit; seeded admissions it answers for included). From then
-  on it admits only while its window holds fewer than ``s``, so in any later window it has at
-  most ``max(s, admissions before the record)``, which is ``s`` plus the excess still in that
-  window. It publishes when the count grows, when a waiting newcomer's record is newer than its
-  own (the count may not have changed: one left as another came), and every heartbeat;
+  :meth:`record` with its *excess*, the admissions of the current windows beyond ``s`` (``s``
+  its share of that limit; seeded admissions it answers for included), and hands them over:
+  they leave its windows (the newcomer seeds them), and every later record of its repeats them
+  while they may be in a window, so whoever reads any of them counts them. The excess is spread
+  evenly over the window, not the oldest, so that both keep admissions expiring all through it
+  at about their share's rate (handing over the oldest left the incumbent none expiring, and its
+  slots idle, for a third of a window). From then on it admits only while its window holds fewer
+  than ``s``. It publishes when the count grows, when a waiting newcomer's record is newer than
+  its own (the count may not have changed: one left as another came), and every heartbeat;
 - **a newcomer** holds every limiter until every member that may be alive (a record that is
   not a leave and is younger than heartbeat + settle and the lease) has acknowledged it with a record taken
   after it joined, fitting, and with shares that fit in the key together with its own. It then
@@ -28,7 +31,9 @@ of the in-flight slots, and:
   (records unreadable, members that keep none) the hold ends after one settle period, the wait
   that needs no knowledge;
 - **a member that leaves** publishes its admissions of the current windows and what it may
-  still have running (phantoms); the one left alone takes them over and the whole key at once.
+  still have running (phantoms) before its membership goes; the one left alone takes them over
+  and the whole key at once, as soon as every other member counted has such a record (it need
+  not wait for the count to fall: every member writes a record before it is counted).
   Otherwise (a member vanished without a record, or others remain) a larger share is taken
   only once the count has not changed for a settle period: a member that left during it may
   still own admissions in the window even if another took its place.
@@ -48,6 +53,16 @@ from collections.abc import Callable, Iterable
 from tryon.settings import Limit
 
 Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoint: [ms before at]}, in_flight [s]
+
+
+def _spread(times: list[float], n: int) -> list[float]:
+    """``n`` of ``times`` (oldest first), evenly spread over them: what we hand over, so that
+    both we and the newcomer have admissions expiring all through the window, each at about its
+    share's rate (handing over the oldest would leave us none expiring for a while, and our
+    share of slots idle; measured: the key a quarter idle for 20 s of API time at each join)."""
+    if n >= len(times):
+        return list(times)
+    return [t for i, t in enumerate(times) if (i + 1) * n // len(times) > i * n // len(times)]
 
 
 class KeyShare:
@@ -72,6 +87,10 @@ class KeyShare:
         self.heartbeat = self.settle  # a live member publishes at least this often
         self.lease = 60.0  # seconds a dead member may still be counted (the membership lease)
         self.latest = 1  # the latest count seen
+        # Admissions handed over in an acknowledgement: no longer in our windows (a newcomer seeds
+        # them and answers for them), still in every record of ours while they may be in a window.
+        self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
+        self._handing: tuple[float, dict[str, list[float]]] | None = None  # (record time, times)
         self._steady: tuple[float, int] = (-math.inf, 1)  # since when the count has been what it is
 
     # -- counting ------------------------------------------------------------------------
@@ -143,15 +162,19 @@ class KeyShare:
         admissions when leaving) and, when leaving, how long what we may have running lasts."""
         now, wall = self.controller.clock.now(), self.wall()
         excess: dict[str, list[int]] = {}
+        handing: dict[str, list[float]] = {}
         for name, limiter in self.controller.limiters.items():
             # Seeded admissions too: a member that took over a leaver's window answers for it.
             own = limiter.recent(now)
             keep = 0 if left else limiter.limit.count
+            handing[name] = _spread(own, max(0, len(own) - keep))
+            self._handed[name] = [t for t in self._handed[name] if t > now - limiter.window]
             # Rounded down to the millisecond: a later time than the truth, so it expires later.
-            excess[name] = [int((now - t) * 1000) for t in own[: max(0, len(own) - keep)]]
+            excess[name] = [int((now - t) * 1000) for t in sorted(self._handed[name] + handing[name])]
         record: Record = {"member": self.member, "members": 0 if left else self.members, "at": wall,
                           "left": left, "fits": self.fits and not left, "waiting": self.waiting and not left,
                           "excess": excess}
+        self._handing = (wall, handing) if record["fits"] else None
         if left:
             record["in_flight"] = [round(self._remaining(slot, now), 3) for slot in self.controller.slots.held]
         return record
@@ -159,6 +182,13 @@ class KeyShare:
     def published(self, record: Record) -> None:
         """``record`` reached the others."""
         self.published_at = record["at"]
+        if self._handing is not None and self._handing[0] == record["at"]:
+            # An acknowledgement: we keep to our share from now on, and whoever starts on it seeds
+            # our excess, so our windows drop it (else both would count it).
+            for name, times in self._handing[1].items():
+                self.controller.limiters[name].forget(times)
+                self._handed[name] += times
+        self._handing = None
         if record["fits"] or record["left"]:
             self.published_members = record["members"]
             self._refresh = False
@@ -215,7 +245,7 @@ class KeyShare:
                 self.waiting = False
                 for limiter in self.controller.limiters.values():
                     limiter.release_hold()
-        if self.members > 1 and self.latest == 1:
+        if self.members > 1:
             self._grow_if_the_others_left(others)
 
     def _recent(self, record: Record) -> bool:
@@ -225,8 +255,11 @@ class KeyShare:
         return self.wall() - record.get("at", 0) < max(self.heartbeat + self.settle, self.lease)
 
     def _grow_if_the_others_left(self, others: list[Record]) -> None:
-        # Only when alone (the count fell to 1): no other member can be mid-way through a
-        # shrink, so the leavers' admissions and phantoms are all there is to account for.
+        # Only when alone: every other member counted left a record saying so (a leaver writes it
+        # before its membership goes, so we need not wait for the count to fall; a newcomer writes
+        # its first record before it is counted, and these records were read after the count).
+        # No other member can then be mid-way through a shrink, so the leavers' admissions and
+        # phantoms are all there is to account for.
         wall = self.wall()
         gone = []
         for record in others:
@@ -235,6 +268,8 @@ class KeyShare:
                     gone.append(record)
             elif self._recent(record):
                 return  # alive, joining, or killed recently: grow late
+        if self.latest - 1 > len(gone):
+            return  # counted members we have no record of: grow late
         for record in gone:
             self._take_over(record)
         self._apply(1)

@@ -249,3 +249,16 @@ async def test_processes_registering_on_a_new_key_at_the_same_moment_are_all_cou
         await asyncio.gather(*tasks)
     assert "running alone" not in caplog.text, caplog.text
     assert total == len(members)
+
+
+def test_an_incumbent_that_used_more_than_its_share_keeps_submitting_after_a_newcomer_starts():
+    # Alone, the first fills its window with ~45 runs; its share is now 25. Had it kept its newest
+    # 25 (or counted them all) it would admit nothing until they began to expire, ~25 s later.
+    key = Key(FakeClock())
+    first, second = Member(key, "first", 1), Member(key, "second", 2)
+    asyncio.run(_scenario(key, [(first, 0.0, 200.0, False), (second, 70.0, 200.0, False)]))
+    started = second.first_created
+    first_after = [t for t, m in key.created if m == "first" and t > started]
+    assert first_after and first_after[0] - started < 10.0, first_after[:3]
+    assert sum(1 for t in first_after if t < started + 30) >= 6, "its three slots kept busy"
+    assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT

@@ -16,7 +16,7 @@ from prefect.states import Failed
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
-from flows.coordination import key_membership
+from flows.coordination import key_membership, leaves_in_background
 from flows.items import run_items
 from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
 from tryon import progress
@@ -62,7 +62,8 @@ async def tryon_collection(
     store = await resolve_archive(archive, archive_block)
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime:
+    # Leaving the key goes on while the report and the artifacts are written (Prefect writes).
+    async with leaves_in_background(), open_runtime(settings, store) as runtime:
         # Joined early (a newcomer's wait for the others overlaps the planning), left as soon as
         # the key is no longer needed (the others take our share at once).
         async with key_membership(runtime.traffic, key_fingerprint(settings)):
@@ -82,16 +83,16 @@ async def tryon_collection(
         await tracker.update(report, force=True)
         report.finish()
         location = await store.write_report(collection.name, collection.model_name, report)
-    gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
-    await artifacts.publish_results(report, location, gallery)
-    logger.info("%s; report at %s", report.summary_line(), location)
-    failed = report.totals.get("failed", 0)
-    emit_event(  # for automations, e.g. notify on tryon.collection.failed
-        event=f"tryon.collection.{'failed' if failed else 'completed'}",
-        resource={"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
-                  "prefect.resource.name": collection.name},
-        payload={**report.totals_dict(location), "gallery": gallery},
-    )
-    if failed:
-        return Failed(message=f"{report.summary_line()}; report at {location}")  # type: ignore[return-value]
-    return report.totals_dict(location)
+        gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
+        await artifacts.publish_results(report, location, gallery)
+        logger.info("%s; report at %s", report.summary_line(), location)
+        failed = report.totals.get("failed", 0)
+        emit_event(  # for automations, e.g. notify on tryon.collection.failed
+            event=f"tryon.collection.{'failed' if failed else 'completed'}",
+            resource={"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
+                      "prefect.resource.name": collection.name},
+            payload={**report.totals_dict(location), "gallery": gallery},
+        )
+        if failed:
+            return Failed(message=f"{report.summary_line()}; report at {location}")  # type: ignore[return-value]
+        return report.totals_dict(location)

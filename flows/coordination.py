@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -49,6 +50,8 @@ class _Membership:
 
 
 _memberships: dict[int, _Membership] = {}
+_leaving: dict[int, asyncio.Task] = {}  # by controller: memberships still writing their last record
+_background_leaves: ContextVar[list[asyncio.Task] | None] = ContextVar("tryon_background_leaves", default=None)
 
 
 def limit_name(fingerprint: str) -> str:
@@ -203,12 +206,36 @@ async def _publish(records: Records, record: Record, share: KeyShare) -> None:
 
 
 @contextlib.asynccontextmanager
+async def leaves_in_background() -> AsyncIterator[None]:
+    """Within this block a key's membership ends in the background (its last record and the
+    release of its slot are Prefect writes: seconds on a loaded SQLite server) and the block's
+    end waits for it: a flow writes its report meanwhile."""
+    leaves: list[asyncio.Task] = []
+    token = _background_leaves.set(leaves)
+    try:
+        yield
+    finally:
+        _background_leaves.reset(token)
+        await asyncio.gather(*leaves, return_exceptions=True)
+
+
+async def _leave(controller: TrafficController, membership: _Membership) -> None:
+    membership.stop.set()
+    if membership.task is not None:
+        with contextlib.suppress(BaseException):
+            await membership.task
+    controller.share.observe(1)  # grows back only after the settle period
+
+
+@contextlib.asynccontextmanager
 async def key_membership(controller: TrafficController, fingerprint: str) -> AsyncIterator[None]:
     """Count this process among the users of the key while the block runs."""
     membership = _memberships.setdefault(id(controller), _Membership())
     membership.users += 1
     try:
         if membership.users == 1:
+            if (leaving := _leaving.get(id(controller))) is not None:  # our last record comes first
+                await asyncio.gather(leaving, return_exceptions=True)
             joined: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             membership.task = asyncio.create_task(_hold(controller, limit_name(fingerprint), membership.stop, joined))
             try:
@@ -224,8 +251,11 @@ async def key_membership(controller: TrafficController, fingerprint: str) -> Asy
         membership.users -= 1
         if membership.users == 0:
             _memberships.pop(id(controller), None)
-            membership.stop.set()
-            if membership.task is not None:
-                with contextlib.suppress(BaseException):
-                    await membership.task
-            controller.share.observe(1)  # grows back only after the settle period
+            leave = _leaving[id(controller)] = asyncio.ensure_future(_leave(controller, membership))
+            leave.add_done_callback(lambda done: _leaving.pop(id(controller), None) if _leaving.get(
+                id(controller)) is done else None)
+            background = _background_leaves.get()
+            if background is None:
+                await leave
+            else:
+                background.append(leave)

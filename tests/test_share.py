@@ -262,3 +262,32 @@ def test_an_incumbent_that_used_more_than_its_share_keeps_submitting_after_a_new
     assert first_after and first_after[0] - started < 10.0, first_after[:3]
     assert sum(1 for t in first_after if t < started + 30) >= 6, "its three slots kept busy"
     assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT
+
+
+async def test_leaving_in_the_background_is_over_before_the_same_process_joins_the_key_again(prefect_server,
+                                                                                             monkeypatch):
+    # A flow leaves the key while it writes its report; a next flow run in the same process (a
+    # backfill's subflows) must not join before that leave's last record, or it would read "left".
+    from prefect.client.orchestration import get_client
+
+    from flows import coordination
+    from flows.coordination import Records, count_members, key_membership, leaves_in_background, limit_name
+
+    write = coordination.Records.write
+
+    async def slow_leave(self, record):
+        if record["left"]:
+            await asyncio.sleep(0.5)  # a loaded server
+        await write(self, record)
+
+    monkeypatch.setattr(coordination.Records, "write", slow_leave)
+    fingerprint = f"again-{uuid.uuid4().hex[:12]}"
+    c = controller()
+    async with leaves_in_background():
+        async with key_membership(c, fingerprint):
+            pass
+        async with key_membership(c, fingerprint), get_client() as client:
+            ours = [r for r in await Records(client, limit_name(fingerprint)).read() if r["member"] == c.share.member]
+            assert ours and not ours[0]["left"], ours
+            assert await count_members(limit_name(fingerprint)) == 1
+    assert await count_members(limit_name(fingerprint)) == 0, "the last leave was waited for"

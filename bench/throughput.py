@@ -11,7 +11,8 @@ figures compare with a real key:
   ``Semaphore(6)`` (its 1 s default poll interval divided by the time scale);
 - ``raised``: 30 in flight and 250 runs per minute, status still 50/10 s, where the status
   budget becomes the scarce resource (at ``--raised-time-scale``, 2 by default: at 10 its
-  ceiling would need more CPU than this 2-core machine has);
+  ceiling would need more CPU than this 2-core machine has; ``--raised-items``, 900 by default:
+  with 30 slots 300 items are only ten rounds, and the ramp and the tail weigh a fifth);
 - ``two``: the default limits, two flow processes on one key at once (each half the items),
   coordinated through the Prefect server.
 
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--raised-time-scale", type=float, default=2.0,
                         help="time scale of the raised mode (at 10 its ceiling needs more CPU than 2 cores have)")
+    parser.add_argument("--raised-items", type=int, default=900,
+                        help="items of the raised mode (30 slots make 300 items only ten rounds: ramp and tail weigh)")
     parser.add_argument("--modes", default="default,raised,two", help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
     parser.add_argument("--dump", type=Path, help="write each mode's emulator records (JSON) to this folder")
@@ -181,7 +184,8 @@ def main() -> None:
                        "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
                        "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
                 folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
-                garments = max(1, args.items // models // processes)
+                wanted = args.raised_items if mode == "raised" else args.items
+                garments = max(1, wanted // models // processes)
                 specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments,
                                           models=models, inputs={"mode": "balanced"}) for p in range(processes)]
                 items = garments * models * processes

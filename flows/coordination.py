@@ -252,9 +252,14 @@ async def key_membership(controller: TrafficController, fingerprint: str) -> Asy
         membership.users -= 1
         if membership.users == 0:
             _memberships.pop(id(controller), None)
-            leave = _leaving[id(controller)] = asyncio.ensure_future(_leave(controller, membership))
-            leave.add_done_callback(lambda done: _leaving.pop(id(controller), None) if _leaving.get(
-                id(controller)) is done else None)
+            key = id(controller)
+            leave = _leaving[key] = asyncio.ensure_future(_leave(controller, membership))
+
+            def forget(done: asyncio.Task) -> None:
+                if _leaving.get(key) is done:  # not a later membership's leave
+                    del _leaving[key]
+
+            leave.add_done_callback(forget)
             background = _background_leaves.get()
             if background is None:
                 await leave

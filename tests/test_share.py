@@ -291,3 +291,22 @@ async def test_leaving_in_the_background_is_over_before_the_same_process_joins_t
             assert ours and not ours[0]["left"], ours
             assert await count_members(limit_name(fingerprint)) == 1
     assert await count_members(limit_name(fingerprint)) == 0, "the last leave was waited for"
+
+
+def test_a_member_whose_membership_lapsed_while_it_runs_is_still_counted_by_its_records():
+    # Its lease renewal failed (the server lost it, a long pause): the count drops while it goes
+    # on at its share and keeps publishing. Growing on the count alone put both on the whole key.
+    key = Key(FakeClock())
+    first, second = Member(key, "first", 1), Member(key, "second", 2)
+
+    async def lapse() -> None:
+        await key.clock.sleep(60.0)
+        key.members.discard("second")  # uncounted, still running
+        key.changed()
+
+    async def both() -> None:
+        await asyncio.gather(_scenario(key, [(first, 0.0, 300.0, False), (second, 20.0, 300.0, False)]), lapse())
+
+    asyncio.run(both())
+    assert key.most_in_flight <= IN_FLIGHT, key.most_in_flight
+    assert key.most_in_window() <= RUN.count

@@ -36,7 +36,8 @@ of the in-flight slots, and:
   not wait for the count to fall: every member writes a record before it is counted).
   Otherwise (a member vanished without a record, or others remain) a larger share is taken
   only once the count has not changed for a settle period: a member that left during it may
-  still own admissions in the window even if another took its place.
+  still own admissions in the window even if another took its place; and never for fewer
+  members than the records show running (one whose lease lapsed is not counted, but runs).
 
 Records are plain JSON (times as milliseconds before the record's wall-clock time, so they
 fit a Prefect variable); clocks of the processes are assumed to agree within the limiter's
@@ -87,6 +88,7 @@ class KeyShare:
         self.heartbeat = self.settle  # a live member publishes at least this often
         self.lease = 60.0  # seconds a dead member may still be counted (the membership lease)
         self.latest = 1  # the latest count seen
+        self._alive_others = 0  # other members whose records say they may be running
         # Admissions handed over in an acknowledgement: no longer in our windows (a newcomer seeds
         # them and answers for them), still in every record of ours while they may be in a window.
         self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
@@ -134,7 +136,9 @@ class KeyShare:
         # left before then has no admissions in the window any more; one that left during it
         # may, even if another took its place (the largest count over the period is not enough).
         elif members < self.members and now - self._steady[0] >= self.settle:
-            self._apply(members)
+            # Never below what the records show running: a member whose lease lapsed (its renewal
+            # failed) is no longer counted but goes on at its share, and publishes.
+            self._apply(min(self.members, max(members, 1 + self._alive_others)))
 
     # -- records -------------------------------------------------------------------------
     @property
@@ -215,6 +219,7 @@ class KeyShare:
         """The records of the key's members as read now: start a waiting newcomer once every
         other member has acknowledged it; take the whole key when alone and the others left."""
         others = [r for r in records if r.get("member") != self.member]
+        self._alive_others = sum(1 for r in others if not r.get("left") and self._recent(r))
         if any(r.get("waiting") and self._recent(r) and r.get("at", 0) > self.published_at for r in others):
             self._refresh = True  # it accepts only records taken after it joined
         if self.waiting and self.joined_at is not None:

@@ -133,9 +133,8 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
             except ObjectAlreadyExists:  # another process created it between our read and our create
                 await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
             share.start()  # before we are counted: every record taken after this one counts us
-            first = share.record()
-            await records.write(first)  # every member counted has a record (KeyShare relies on it)
-            share.published(first)
+            # Every member counted has a record (KeyShare relies on it): no record, no membership.
+            await _publish(records, share.record(), share, required=True)
             async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
                                    raise_on_lease_renewal_failure=False):
                 members = await count_members(name, client)
@@ -145,7 +144,7 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                 # above, keeps the client's: it runs in a context of its own).
                 with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
                     await _follow(share, records, name, stop)
-                    await _publish(records, share.record(left=True), share)  # before the slot goes
+                    await _publish(records, share.record(left=True), share, required=True)  # before the slot goes
             with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                 await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -194,11 +193,12 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 await writing
 
 
-async def _publish(records: Records, record: Record, share: KeyShare) -> None:
+async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False) -> None:
+    """Write ``record``; a failure raises if ``required``, else the record is tried again when due."""
     try:
         await records.write(record)
-    except Exception as exc:  # tried again when due (published() not called)
-        if record["left"]:
+    except Exception as exc:
+        if required:
             raise
         # Expected now and then on a loaded server; the others wait for it or fall back safely.
         log.info("could not publish this process's record for the key yet (%s)", type(exc).__name__)

@@ -120,7 +120,6 @@ async def test_flow_refuses_both_or_neither_spec(prefect_server, fashn_env):
     assert state.is_failed() and "exactly one of spec" in state.message
 
 
-
 async def test_progress_updates_never_hold_up_the_item_that_finished(monkeypatch):
     # On SQLite a Prefect write can wait seconds behind others: the worker must not wait with it.
     from types import SimpleNamespace

@@ -57,10 +57,8 @@ Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoin
 
 
 def _spread(times: list[float], n: int) -> list[float]:
-    """``n`` of ``times`` (oldest first), evenly spread over them: what we hand over, so that
-    both we and the newcomer have admissions expiring all through the window, each at about its
-    share's rate (handing over the oldest would leave us none expiring for a while, and our
-    share of slots idle; measured: the key a quarter idle for 20 s of API time at each join)."""
+    """``n`` of ``times`` (oldest first), evenly spread over them: the excess we hand over (why
+    spread, not the oldest: see the module docstring)."""
     if n >= len(times):
         return list(times)
     return [t for i, t in enumerate(times) if (i + 1) * n // len(times) > i * n // len(times)]
@@ -219,7 +217,8 @@ class KeyShare:
         """The records of the key's members as read now: start a waiting newcomer once every
         other member has acknowledged it; take the whole key when alone and the others left."""
         others = [r for r in records if r.get("member") != self.member]
-        self._alive_others = sum(1 for r in others if not r.get("left") and self._recent(r))
+        alive = [r for r in others if not r.get("left") and self._recent(r)]
+        self._alive_others = len(alive)
         if any(r.get("waiting") and self._recent(r) and r.get("at", 0) > self.published_at for r in others):
             self._refresh = True  # it accepts only records taken after it joined
         if self.waiting and self.joined_at is not None:
@@ -231,7 +230,6 @@ class KeyShare:
             # lease too: a live member whose Prefect writes are slow publishes late (seconds, on a
             # loaded SQLite server) while it is still counted; a killed one is no longer counted,
             # or, if the server is slow to expire its lease, is outwaited after one lease.
-            alive = [r for r in others if not r.get("left") and self._recent(r)]
             acks = [r for r in alive if r.get("fits") and r.get("at", 0) >= self.joined_at and r.get("members", 0) > 0]
             # Each keeps to its share from its record on, so the shares must fit in the key.
             shares = sum(1 / r["members"] for r in acks) + 1 / self.members
@@ -245,13 +243,17 @@ class KeyShare:
                 for record in acks:
                     self._seed(record)
                 for record in others:
-                    if record.get("left") and self.wall() - record.get("at", 0) < self.settle:
+                    if self._left_recently(record):
                         self._take_over(record)
                 self.waiting = False
                 for limiter in self.controller.limiters.values():
                     limiter.release_hold()
         if self.members > 1:
-            self._grow_if_the_others_left(others)
+            self._grow_if_the_others_left(others, alive)
+
+    def _left_recently(self, record: Record) -> bool:
+        """A leave within a window: its admissions may still be in one."""
+        return bool(record.get("left")) and self.wall() - record.get("at", 0) < self.settle
 
     def _recent(self, record: Record) -> bool:
         """Its member may still be alive, or died too recently for its admissions to have expired:
@@ -259,20 +261,15 @@ class KeyShare:
         counted for one membership lease."""
         return self.wall() - record.get("at", 0) < max(self.heartbeat + self.settle, self.lease)
 
-    def _grow_if_the_others_left(self, others: list[Record]) -> None:
+    def _grow_if_the_others_left(self, others: list[Record], alive: list[Record]) -> None:
         # Only when alone: every other member counted left a record saying so (a leaver writes it
         # before its membership goes, so we need not wait for the count to fall; a newcomer writes
         # its first record before it is counted, and these records were read after the count).
         # No other member can then be mid-way through a shrink, so the leavers' admissions and
         # phantoms are all there is to account for.
-        wall = self.wall()
-        gone = []
-        for record in others:
-            if record.get("left"):
-                if wall - record.get("at", 0) < self.settle:
-                    gone.append(record)
-            elif self._recent(record):
-                return  # alive, joining, or killed recently: grow late
+        if alive:
+            return  # alive, joining, or killed recently: grow late
+        gone = [record for record in others if self._left_recently(record)]
         if self.latest - 1 > len(gone):
             return  # counted members we have no record of: grow late
         for record in gone:

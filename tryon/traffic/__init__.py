@@ -14,12 +14,13 @@ flight. One :class:`TrafficController` per key and event loop holds:
   handed to the next waiter the moment it does. "Phantom" slots cover predictions that
   may exist behind an ambiguous answer (5xx, dropped connection after sending): the
   server counts them until they would have finished, so we do too.
-- one :class:`PollScheduler`: a single due-time-ordered loop spends the status budget
-  for every prediction in flight (not one polling loop per prediction, which is how
-  the official SDK overruns the status limit). It learns the latency of each
-  ``(model_name, mode)`` so the first poll lands near the completion, then re-polls
-  around it as often as the unspent budget allows, so completions are noticed quickly
-  and slots reused.
+- one :class:`PollScheduler`: a single loop spends the status budget for every
+  prediction in flight (not one polling loop per prediction, which is how the official
+  SDK overruns the status limit). It learns the latency distribution of each
+  ``(model_name, mode)`` from the brackets its polls put around each completion
+  (:class:`LatencyModel`), and gives each paced status call to the prediction most
+  likely to have ended since it was last seen running, so completions are noticed
+  quickly and slots reused.
 - 429 feedback (``on_429``): ``RateLimitExceeded`` pauses that endpoint (Retry-After
   if given, else exponential backoff) and slows it down until it recovers;
   ``ConcurrencyLimitExceeded`` holds a slot for the unknown occupant and holds back
@@ -42,8 +43,9 @@ HTTP attempt, ``gate.on_429(endpoint, code, retry_after)`` on every 429);
 
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
 from tryon.traffic.controller import ENDPOINTS, Gate, TrafficController, TrafficStats
+from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
 from tryon.traffic.limiter import SlidingWindowLimiter, default_margin
-from tryon.traffic.polling import DEFAULT_PRIORS, LatencyEstimate, LatencyModel, PollScheduler, consume_preadmission
+from tryon.traffic.polling import PollScheduler, consume_preadmission
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "FakeClock",
     "Gate",
     "InFlightSlots",
+    "LatencyDistribution",
     "LatencyEstimate",
     "LatencyModel",
     "MonotonicClock",

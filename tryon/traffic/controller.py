@@ -14,15 +14,9 @@ from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCred
 from tryon.models import Prediction
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock
+from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
 from tryon.traffic.limiter import SlidingWindowLimiter
-from tryon.traffic.polling import (
-    DEFAULT_MODE,
-    LatencyModel,
-    PollFn,
-    PollScheduler,
-    Profile,
-    consume_preadmission,
-)
+from tryon.traffic.polling import PollFn, PollScheduler, consume_preadmission
 from tryon.traffic.share import KeyShare
 from tryon.traffic.slots import InFlightSlots, Slot
 

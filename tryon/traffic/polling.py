@@ -1,33 +1,36 @@
 """One poll scheduler per key: spends the status budget where completions are likely.
 
-The scheduler keeps a heap of (due time, prediction). A single loop sleeps until the
-earliest due time, takes one admission from the status limiter, and launches that
-status call as a task; so polls leave in due-time order and never exceed the budget.
+Every time the budget allows a status call, the scheduler polls the prediction most likely
+to have ended since it was last seen running: ``P(latency <= age | latency > last seen
+running)``, from the :class:`~tryon.traffic.latency.LatencyModel` of its ``(model_name,
+mode)``. A prediction is not polled before that chance reaches ``likelihood`` (5 %), so
+while the budget is ample every prediction near its end is polled every few hundred ms, and
+when it is scarce (raised in-flight limits) each call goes where it most likely finds a
+finished prediction and frees its slot. Calls are paced evenly at the budget's rate
+(``window / count`` apart): the sliding-window limiter would let a burst of ``count`` through
+and then nothing for the rest of the window, and during that gap completions go unnoticed.
 
-Timing comes from a :class:`LatencyModel` per ``(model_name, mode)`` and from the budget
-(status calls per second, shared by the predictions in flight). The first poll goes two
-deviations before the expected completion when the budget affords several polls per
-prediction, and later as it gets scarcer, down to one deviation after the mean (raised
-in-flight limits, where the status budget binds). The predictions being re-polled share
-``target_share`` of the status rate: closer together than the plain interval
-(``max(min_interval, 10 % of the mean)``) while the budget is ample, so a completion is
-noticed sooner and its slot reused; further apart when it is scarce, spread out rather than
-queued behind the limiter. Once a prediction is overdue (past mean + 2 deviations) the
-interval grows with the overdue time, up to ``max_interval``, so a stuck prediction does not
-burn the budget. The limiter, not this policy, is what guarantees the budget is never exceeded.
+Why greedy on that probability: a finished prediction nobody has noticed costs one slot for
+as long as it stays unnoticed, whichever prediction it is; the poll that finds the most of
+them per call frees the most slot time. On the fake clock (``bench/poll_policy.py``, 1 200
+predictions, 3 seeds) it gives 95.9 % of the ceiling at the default limits and 85.9 % at raised
+ones, where the deadline-ordered policy it replaced gave 95.2 % and 84.7 %.
 
+Three rules bound it, so no prediction is starved or burns the budget:
+- a prediction not polled for ``max_interval`` goes before every one that was (oldest first);
+- past what the model has seen (fewer than 2 % of predictions still running at the age it was
+  last seen running: a stuck one) it is re-polled every :meth:`PollScheduler.interval`, which
+  grows with the overdue time up to ``max_interval``, and only after every likelier one;
+- at its deadline it is polled once more, then times out.
 Bound (the test proves it on random loads): a prediction is polled again at most
-``max(max_interval, poll duration) + ceil(P / N) * W'`` after its previous poll,
-with ``P`` predictions waiting and the status limit ``N`` per ``W'`` (window +
-margin), because the loop serves due entries strictly in due order and each
-prediction has at most one entry.
+``max_interval + ceil(P / N) * W' + W / N`` after its previous poll, with ``P`` predictions
+waiting and the status limit ``N`` per ``W`` (``W'``: window + margin). The limiter, not
+this policy, is what guarantees the budget is never exceeded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -36,13 +39,12 @@ from dataclasses import dataclass, field
 from tryon.errors import OutOfCredits, ServerError, TooManyRequests, TransportError
 from tryon.models import Prediction
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
+from tryon.traffic.latency import LatencyModel, Profile
 
-Profile = tuple[str, str]  # (model_name, mode)
 PollFn = Callable[[str], Awaitable[Prediction]]
 
-DEFAULT_PRIORS: dict[str, float] = {"performance": 5.0, "balanced": 8.0, "quality": 14.0}
-DEFAULT_MODE = "balanced"
 TRANSIENT_POLL_ERRORS: tuple[type[BaseException], ...] = (TooManyRequests, ServerError, TransportError)
+STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a prediction is stuck
 
 
 # -- pre-admission: a status call the scheduler already paid for ------------------------------
@@ -70,61 +72,6 @@ def consume_preadmission(endpoint: str) -> bool:
     return True
 
 
-# -- latency model --------------------------------------------------------------------------
-@dataclass
-class LatencyEstimate:
-    mean: float
-    dev: float  # mean absolute deviation
-    samples: int = 0
-
-
-class LatencyModel:
-    """Per-profile EWMA of completion latency, starting from the provider's published times."""
-
-    def __init__(self, latency_scale: float = 1.0, priors: dict[str, float] | None = None, *,
-                 alpha: float = 0.2, prior_dev_ratio: float = 0.2, min_dev_ratio: float = 0.05) -> None:
-        if latency_scale <= 0:
-            raise ValueError("latency_scale must be > 0")
-        self.latency_scale = latency_scale
-        self.priors = dict(DEFAULT_PRIORS if priors is None else priors)
-        self.alpha = alpha
-        self.prior_dev_ratio = prior_dev_ratio
-        self.min_dev_ratio = min_dev_ratio
-        self._estimates: dict[Profile, LatencyEstimate] = {}
-
-    def prior(self, profile: Profile) -> float:
-        mode = profile[1] if len(profile) > 1 else DEFAULT_MODE
-        base = self.priors.get(mode, self.priors.get(DEFAULT_MODE, 8.0))
-        return base / self.latency_scale
-
-    def estimate(self, profile: Profile) -> LatencyEstimate:
-        est = self._estimates.get(profile)
-        if est is None:
-            mean = self.prior(profile)
-            est = self._estimates[profile] = LatencyEstimate(mean, mean * self.prior_dev_ratio)
-        return est
-
-    def observe(self, profile: Profile, seconds: float, *, censored: bool = False) -> None:
-        """Learn one latency. ``censored``: only an upper-side guess, so the spread is left alone."""
-        est = self.estimate(profile)
-        weight = max(self.alpha, 1.0 / (est.samples + 2))  # the prior counts as one sample
-        if not censored:
-            est.dev += weight * (abs(seconds - est.mean) - est.dev)
-        est.mean = max(1e-3, est.mean + weight * (seconds - est.mean))
-        est.dev = max(est.dev, self.min_dev_ratio * est.mean)
-        est.samples += 1
-
-    def first_poll_delay(self, profile: Profile, lead: float = 1.0) -> float:
-        """``lead`` deviations before the mean (never before a quarter of it)."""
-        est = self.estimate(profile)
-        return max(0.25 * est.mean, est.mean - lead * est.dev)
-
-    def expected_duration(self, profile: Profile) -> float:
-        """A generous guess of how long a prediction of this profile occupies a slot."""
-        est = self.estimate(profile)
-        return est.mean + 4 * est.dev
-
-
 # -- the scheduler --------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Entry:
@@ -134,28 +81,33 @@ class _Entry:
     future: asyncio.Future[Prediction]
     t0: float
     deadline: float
-    first_delay: float
+    first_due: float  # planned at submission: when the chance it has ended reaches the likelihood
     on_terminal: Callable[[Prediction], None] | None = None
-    last_pending: float | None = None  # send time of the latest non-terminal answer
+    last_sent: float | None = None  # send time of the latest poll
+    last_pending: float | None = None  # send time of the latest "still running" answer
+    not_before: float = 0.0  # no poll before this (backoff after an error, min_interval)
+    busy: bool = False  # a poll of it is on the wire
     polls: int = 0
     errors: int = 0
-    learnable: bool = True  # False when the first poll could not be on time (old submitted_at)
     poll_times: list[float] = field(default_factory=list)
 
 
 class PollScheduler:
-    """Polls many predictions through one status budget, in due-time order."""
+    """Polls many predictions through one status budget, the most likely finished first."""
 
     def __init__(self, acquire: Callable[[], Awaitable[None]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *, latency_scale: float = 1.0,
-                 budget: Callable[[], float] | None = None, target_share: float = 0.85,
+                 budget: Callable[[], float] | None = None, likelihood: float = 0.05,
                  min_interval: float | None = None, max_interval: float | None = None,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
         self._acquire = acquire
-        # Status calls per second this process may make (it changes when processes share a key).
+        # Status calls per second this process may make (it changes when processes share a key);
+        # None: no pacing, the limiter alone.
         self.budget = budget
-        self.target_share = target_share
+        if not 0 < likelihood < 1:
+            raise ValueError("likelihood must be within (0, 1)")
+        self.likelihood = likelihood
         self.clock: Clock = clock or MonotonicClock()
         self.latency = latency or LatencyModel(latency_scale)
         scale = self.latency.latency_scale
@@ -166,8 +118,7 @@ class PollScheduler:
         self.transient_errors = transient_errors
         self.max_transient_errors = max_transient_errors
         self.endpoint = endpoint
-        self._heap: list[tuple[float, int, _Entry]] = []
-        self._seq = itertools.count()
+        self._next_send = -math.inf
         self._wake: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,45 +137,16 @@ class PollScheduler:
         return self.polls_of_completed / self.completions if self.completions else None
 
     def first_poll_delay(self, profile: Profile) -> float:
-        """When to poll a prediction submitted now for the first time (after its submission)."""
-        return self.latency.first_poll_delay(profile, self._lead(profile))
-
-    def _lead(self, profile: Profile) -> float:
-        """How many deviations before the mean the first poll goes, by polls per prediction the
-        budget affords over one mean latency: early polls catch early completions, but each
-        costs a call that a prediction closer to its end may need more."""
-        if self.budget is None:
-            return 1.0
-        spare = self.budget() * self.latency.estimate(profile).mean / (len(self._active) + 1)
-        # From one deviation after the mean (one poll each or fewer to spare) to two before it
-        # (3.5 or more); chosen on a fake-clock simulation of 6, 15 and 30 in flight.
-        return max(-1.0, min(2.0, spare - 1.5))
-
-    def _repoll_interval(self, entry: _Entry, elapsed: float) -> float:
-        """The re-polled predictions share ``target_share`` of the budget: closer than
-        :meth:`interval` while it is ample, further apart when it is scarce (spread out rather
-        than queued behind the limiter); never closer than :meth:`interval` once overdue."""
-        base = self.interval(entry.profile, elapsed)
-        if self.budget is None:
-            return base
-        fair = sum(1 for e in self._active if e.polls) / (self.target_share * self.budget())
-        if self._overdue(entry.profile, elapsed) > 0:
-            fair = max(fair, base)
-        return max(self.min_interval, min(self.max_interval, fair))
-
-    def _overdue(self, profile: Profile, elapsed: float) -> float:
-        """Seconds past mean + 2 deviations (negative while not overdue)."""
-        est = self.latency.estimate(profile)
-        return elapsed - (est.mean + 2 * est.dev)
+        """When a prediction submitted now is first polled (at the earliest): once the chance
+        that it has ended reaches ``likelihood``."""
+        return self.latency.quantile(profile, self.likelihood)
 
     def interval(self, profile: Profile, elapsed: float) -> float:
-        """The plain re-poll interval ``elapsed`` seconds after submission: 10 % of the mean, growing
-        once overdue (the budget-aware :meth:`_repoll_interval` starts from it)."""
+        """The re-poll interval of a stuck prediction ``elapsed`` seconds after submission: 10 %
+        of the mean latency, growing with the time past mean + 2 deviations."""
         est = self.latency.estimate(profile)
-        base = max(self.min_interval, 0.1 * est.mean)
-        overdue = self._overdue(profile, elapsed)
-        if overdue > 0:
-            base *= 1 + overdue / est.mean
+        overdue = max(0.0, elapsed - (est.mean + 2 * est.dev))
+        base = max(self.min_interval, 0.1 * est.mean) * (1 + overdue / est.mean)
         return max(self.min_interval, min(self.max_interval, base))
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
@@ -241,13 +163,12 @@ class PollScheduler:
         now = self.clock.now()
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
-        first = self.first_poll_delay(profile)
+        first_due = min(t0 + self.first_poll_delay(profile), deadline)
         entry = _Entry(prediction_id, tuple(profile), poll,  # type: ignore[arg-type]
-                       asyncio.get_running_loop().create_future(), t0, deadline, first, on_terminal)
-        entry.learnable = t0 + first >= now
+                       asyncio.get_running_loop().create_future(), t0, deadline, first_due, on_terminal)
         self._active.add(entry)
         entry.future.add_done_callback(lambda _: self._active.discard(entry))
-        self._push(entry, min(t0 + first, deadline))
+        self._kick()
         return await entry.future
 
     async def aclose(self) -> None:
@@ -257,41 +178,81 @@ class PollScheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_all(RuntimeError("poll scheduler closed"))
 
-    # -- heap and loop -------------------------------------------------------------------
-    def _push(self, entry: _Entry, due: float) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), entry))
+    # -- choosing ------------------------------------------------------------------------
+    def _urgency(self, entry: _Entry, now: float) -> tuple[float, float]:
+        """(score, when it is ready): ready ones score >= ``likelihood``; the highest goes next."""
+        if now < entry.not_before:
+            return -1.0, entry.not_before
+        if now >= entry.deadline:
+            return 3.0, now  # one last poll, then the timeout
+        since = entry.last_sent if entry.last_sent is not None else entry.first_due
+        if now - since >= self.max_interval:
+            return 2.0 + (now - since), now  # starved: oldest first
+        ready_by = min(entry.deadline, since + self.max_interval)
+        if entry.last_sent is None and now < entry.first_due:
+            return -1.0, entry.first_due
+        seen = 0.0 if entry.last_pending is None else entry.last_pending - entry.t0
+        ended_before = self.latency.cdf(entry.profile, seen)  # share ended before it was seen running
+        if ended_before > 1.0 - STUCK_TAIL:  # past what the model has seen: back off, after likelier ones
+            due = since + self.interval(entry.profile, now - entry.t0)
+            return (self.likelihood, now) if now >= due else (-1.0, min(due, ready_by))
+        chance = (self.latency.cdf(entry.profile, now - entry.t0) - ended_before) / (1.0 - ended_before)
+        if chance >= self.likelihood:
+            return chance, now
+        ready_at = entry.t0 + self.latency.quantile(entry.profile, ended_before + self.likelihood * (1 - ended_before))
+        return chance, min(ready_by, ready_at)
+
+    def _choose(self, now: float) -> tuple[_Entry | None, _Entry | None, float]:
+        """(the most urgent ready entry, the most urgent idle one at all, when the next is ready)."""
+        ready: tuple[float, _Entry] | None = None
+        idle: tuple[float, _Entry] | None = None
+        wake_at = math.inf
+        for entry in self._active:
+            if entry.busy or entry.future.done():
+                continue
+            score, at = self._urgency(entry, now)
+            if idle is None or score > idle[0]:
+                idle = (score, entry)
+            if score >= self.likelihood or at <= now:  # (at <= now: the grid's rounding)
+                if ready is None or score > ready[0]:
+                    ready = (score, entry)
+            else:
+                wake_at = min(wake_at, at)
+        return (ready[1] if ready else None), (idle[1] if idle else None), wake_at
+
+    # -- the loop ------------------------------------------------------------------------
+    def _kick(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.ensure_future(self._run())
 
-    def _peek(self) -> tuple[float, _Entry] | None:
-        while self._heap and self._heap[0][2].future.done():  # cancelled or failed waiters
-            heapq.heappop(self._heap)
-        return (self._heap[0][0], self._heap[0][2]) if self._heap else None
-
     def _fail_all(self, exc: BaseException) -> None:
-        while self._heap:
-            entry = heapq.heappop(self._heap)[2]
+        for entry in list(self._active):
             if not entry.future.done():
                 entry.future.set_exception(exc)
 
     async def _run(self) -> None:
         try:
-            while (head := self._peek()) is not None:
-                due = head[0]
+            while self._active:
                 now = self.clock.now()
-                if due > now:
-                    if self._wake is None or self._wake.done():
-                        self._wake = asyncio.get_running_loop().create_future()
-                    await sleep_or_wake(self.clock, due - now, self._wake)
+                ready, _, wake_at = self._choose(now)
+                if ready is None:
+                    self._wake = asyncio.get_running_loop().create_future()
+                    await sleep_or_wake(self.clock, min(wake_at - now, 3600.0), self._wake)
+                    continue
+                if now < self._next_send:  # paced: one call every window / count
+                    await self.clock.sleep(self._next_send - now)
                     continue
                 await self._acquire()
-                # The earliest live entry now (the old head may have been cancelled meanwhile;
-                # polling its successor a little early is harmless, holding the admission is not).
-                if (head := self._peek()) is not None:
-                    heapq.heappop(self._heap)
-                    self._launch(head[1])
+                now = self.clock.now()
+                if self.budget is not None and (rate := self.budget()) > 0:
+                    self._next_send = now + 1.0 / rate
+                # The best one now; if none is ready any more, the idle one closest to it
+                # (polling it a little early is harmless, wasting the admission is not).
+                ready, idle, _ = self._choose(now)
+                if (chosen := ready or idle) is not None:
+                    self._launch(chosen)
         except asyncio.CancelledError:
             self._fail_all(RuntimeError("poll scheduler closed"))
             raise
@@ -300,6 +261,8 @@ class PollScheduler:
 
     def _launch(self, entry: _Entry) -> None:
         sent = self.clock.now()
+        entry.busy = True
+        entry.last_sent = sent
         entry.polls += 1
         entry.poll_times.append(sent)
         self.polls += 1
@@ -312,8 +275,10 @@ class PollScheduler:
         try:
             answer = await entry.poll(entry.prediction_id)
         except Exception as exc:
+            entry.busy = False
             self._on_error(entry, exc)
             return
+        entry.busy = False
         if entry.future.done():
             return
         entry.errors = 0
@@ -321,8 +286,9 @@ class PollScheduler:
         if answer.terminal:
             self.completions += 1
             self.polls_of_completed += entry.polls
-            if answer.status == "completed" and entry.learnable:
-                self._learn(entry, sent)
+            if answer.status == "completed":
+                seen = 0.0 if entry.last_pending is None else entry.last_pending - entry.t0
+                self.latency.observe(entry.profile, seen, sent - entry.t0)
             if entry.on_terminal is not None:
                 try:
                     entry.on_terminal(answer)
@@ -336,8 +302,8 @@ class PollScheduler:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))
             return
-        due = max(now, sent + self._repoll_interval(entry, sent - entry.t0))
-        self._push(entry, min(due, entry.deadline))
+        entry.not_before = sent + self.min_interval
+        self._kick()
 
     def _on_error(self, entry: _Entry, exc: Exception) -> None:
         if entry.future.done():
@@ -355,15 +321,5 @@ class PollScheduler:
         entry.errors += 1
         retry_after = getattr(exc, "retry_after", None) or 0.0
         delay = min(self.max_interval, self.min_interval * 2 ** (entry.errors - 1))
-        self._push(entry, min(now + max(delay, retry_after), entry.deadline))
-
-    def _learn(self, entry: _Entry, sent: float) -> None:
-        hi = sent - entry.t0
-        if entry.last_pending is not None:  # completed between two polls: take the midpoint
-            self.latency.observe(entry.profile, (entry.last_pending - entry.t0 + hi) / 2)
-            return
-        # Done at the first poll: we only know it took <= the planned first delay.
-        # Guess one deviation earlier, so a too-late first poll moves earlier next time.
-        bound = min(hi, entry.first_delay)
-        est = self.latency.estimate(entry.profile)
-        self.latency.observe(entry.profile, max(bound / 2, bound - est.dev), censored=True)
+        entry.not_before = min(now + max(delay, retry_after), entry.deadline)
+        self._kick()

@@ -21,7 +21,10 @@ latency the emulator observed (±25 % jitter around each mode's mean). Two rates
 ``e2e``, items over the whole flow run (Prefect's flow-run start, validation, planning and
 the report included), and ``api``, items over the span in which the key was used (the first
 prediction created to the last one ended, as the emulator saw them): that is what traffic
-control decides. ``turn s d+r`` splits the time a slot stays idle between two predictions (API
+control decides. ``steady`` is the ratio in that span without its first and last two mean
+latencies: the filling of the slots at the start and their draining at the end (the last
+predictions end up to ±25 % apart, and nothing is left to submit) are the collection's size, not
+the controller; the ceiling is a steady rate. ``turn s d+r`` splits the time a slot stays idle between two predictions (API
 seconds, from the emulator's records): ``d`` from a prediction's end to the status call that
 first saw it, ``r`` from that answer to the next creation. The fixed start-up cost (≈2 s) is not scaled by the time scale, so at 10×
 it weighs ten times what it would at real time. CPU per item counts the flow process(es)
@@ -124,8 +127,20 @@ def slot_turn(predictions: list[dict], in_flight: int, scale: float) -> tuple[fl
     return detect * scale, resubmit * scale
 
 
-HEADER = (f"{'run':<20} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} "
+HEADER = (f"{'run':<20} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} {'steady':>6} "
           f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
+
+
+def steady_rate(predictions: list[dict], mean_latency: float, scale: float) -> float:
+    """Completions per API minute between the first creation + 2 mean latencies and the last
+    end - 2 mean latencies (the whole span if that leaves nothing)."""
+    first = min(p["created"] for p in predictions)
+    last = max(p["ends"] for p in predictions)
+    lo, hi = first + 2 * mean_latency / scale, last - 2 * mean_latency / scale
+    if hi <= lo:
+        lo, hi = first, last
+    ended = sum(1 for p in predictions if lo <= p["ends"] < hi)
+    return ended / ((hi - lo) * scale) * 60
 
 
 def row(name: str, items: int, wall: float, scale: float, emulator, limits,
@@ -136,11 +151,12 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
     e2e = items / (wall * scale) * 60
     span = max(p["ends"] for p in predictions) - min(p["created"] for p in predictions)
     api = len(predictions) / (span * scale) * 60
+    steady = steady_rate(predictions, stats["mean_latency"] or 8.0, scale)
     too_many = ", ".join(f"{endpoint}:{code[4:]} {n}" for endpoint, codes in stats["requests"].items()
                          for code, n in codes.items() if code.startswith("429:")) or "0"
     detect, resubmit = slot_turn(predictions, in_flight, scale)
     cpu_text = f"{cpu[0] / items * 1000:5.0f} +{cpu[1] / items * 1000:4.0f}" if cpu is not None else f"{'-':>11}"
-    return (f"{name:<20} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.0%} "
+    return (f"{name:<20} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.1%} {steady / ceiling:>6.1%} "
             f"{too_many:>22} {stats['status_calls_per_prediction'] or 0:>11.2f} {cpu_text} "
             f"{stats['most_in_flight']:>6} {detect:>5.2f}+{resubmit:.2f}")
 

@@ -133,7 +133,7 @@ def slot_turn(predictions: list[dict], in_flight: int, scale: float) -> tuple[fl
     return detect * scale, resubmit * scale
 
 
-HEADER = (f"{'run':<20} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} {'steady':>6} "
+HEADER = (f"{'run':<23} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} {'steady':>6} "
           f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
 
 
@@ -162,7 +162,7 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
                          for code, n in codes.items() if code.startswith("429:")) or "0"
     detect, resubmit = slot_turn(predictions, in_flight, scale)
     cpu_text = f"{cpu[0] / items * 1000:5.0f} +{cpu[1] / items * 1000:4.0f}" if cpu is not None else f"{'-':>11}"
-    return (f"{name:<20} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.1%} {steady / ceiling:>6.1%} "
+    return (f"{name:<23} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.1%} {steady / ceiling:>6.1%} "
             f"{too_many:>22} {stats['status_calls_per_prediction'] or 0:>11.2f} {cpu_text} "
             f"{stats['most_in_flight']:>6} {detect:>5.2f}+{resubmit:.2f}")
 

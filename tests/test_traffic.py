@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -294,7 +295,9 @@ class FakeServer:
 MODES = ("performance", "balanced", "quality")
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# More cases: TRYON_POLL_EXAMPLES=1000 (about half a minute).
+@settings(max_examples=int(os.environ.get("TRYON_POLL_EXAMPLES", "30")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     count=st.integers(1, 10),
     seconds=st.floats(0.5, 5),
@@ -651,3 +654,12 @@ def test_latency_estimate_follows_a_provider_far_from_its_published_time():
         assert estimate.mean == pytest.approx((low + high) / 2, rel=0.05)
         assert low * 0.9 <= estimate.quantile(0.05) and estimate.quantile(0.95) <= high * 1.1
         assert estimate.width * estimate.bins >= 2 * estimate.mean  # the grid moved to cover it
+
+
+def test_the_latency_docstring_example_runs():
+    import doctest
+
+    import tryon.traffic.latency as module
+
+    result = doctest.testmod(module)
+    assert result.attempted >= 3 and result.failed == 0

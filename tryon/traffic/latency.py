@@ -11,7 +11,8 @@ most recent brackets, on a grid; the poll scheduler asks it how likely a predict
 have ended since it was last seen running.
 
 The prior is the provider's published time per mode, spread uniformly within ±25 % (the
-provider's variation), worth two observations, so the first real ones outweigh it at once.
+provider's variation), worth two observations, so the first real ones outweigh it at once; it
+is dropped after 20, when it could only bias the estimate.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class LatencyEstimate:
 class LatencyDistribution:
     """Turnbull's estimate of one profile's latency over its ``keep`` most recent brackets.
 
-    The grid covers four times the current mean in ``bins`` steps; it is rebuilt when the
-    learned mean leaves the middle of it (a provider much faster or slower than published).
+    The grid covers four times the current mean in ``bins`` steps; it is laid again around the
+    learned mean when that leaves a third to a sixth of it (a provider faster or slower than
+    published), so a cell stays about 3 % of the mean.
 
     >>> d = LatencyDistribution(8.0)
     >>> for lo, hi in [(7.0, 7.4), (7.4, 7.8), (7.8, 8.2)] * 20:
@@ -47,10 +49,12 @@ class LatencyDistribution:
     """
 
     def __init__(self, prior_mean: float, *, spread: float = 0.25, prior_weight: float = 2.0,
-                 keep: int = 200, bins: int = 128, span: float = 4.0, iterations: int = 3) -> None:
+                 prior_until: int = 20, keep: int = 200, bins: int = 128, span: float = 4.0,
+                 iterations: int = 3) -> None:
         if prior_mean <= 0:
             raise ValueError("prior_mean must be > 0")
         self.bins, self.span, self.iterations = bins, span, iterations
+        self.prior_until = prior_until
         self.samples = 0
         self._brackets: deque[tuple[float, float, float]] = deque(maxlen=keep)  # (lo, hi, weight)
         self._cells: deque[tuple[int, int, float]] = deque(maxlen=keep)  # the same on the grid
@@ -68,9 +72,15 @@ class LatencyDistribution:
         self._brackets.append((lo, hi, 1.0))
         self._cells.append((*self._cell_range(lo, hi), 1.0))
         self.samples += 1
+        if self.samples == self.prior_until:  # enough of its own: the prior would only bias it now
+            real = [bracket for bracket in self._brackets if bracket[2] == 1.0]
+            self._brackets.clear()
+            self._brackets.extend(real)
+            self._regrid(self.mean)
+            return
         self._fit(self.iterations)
         top = self.width * self.bins
-        if not top / 16 <= self.mean <= top / 2:  # far from the published time: a finer or wider grid
+        if not top / 6 <= self.mean <= top / 3:  # moved from where the grid was laid: lay it again
             self._regrid(self.mean)
 
     def _regrid(self, mean: float) -> None:

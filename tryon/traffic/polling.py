@@ -122,7 +122,7 @@ class PollScheduler:
         self._wake: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active: set[_Entry] = set()
+        self._active: dict[_Entry, None] = {}  # in arrival order: ties go to the oldest, every run alike
         self.polls = 0
         self.completions = 0
         self.polls_of_completed = 0
@@ -166,8 +166,8 @@ class PollScheduler:
         first_due = min(t0 + self.first_poll_delay(profile), deadline)
         entry = _Entry(prediction_id, tuple(profile), poll,  # type: ignore[arg-type]
                        asyncio.get_running_loop().create_future(), t0, deadline, first_due, on_terminal)
-        self._active.add(entry)
-        entry.future.add_done_callback(lambda _: self._active.discard(entry))
+        self._active[entry] = None
+        entry.future.add_done_callback(lambda _: self._active.pop(entry, None))
         self._kick()
         return await entry.future
 

@@ -137,11 +137,9 @@ HEADER = (f"{'run':<23} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} 
           f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
 
 
-def steady_rate(predictions: list[dict], mean_latency: float, scale: float) -> float:
+def steady_rate(predictions: list[dict], first: float, last: float, mean_latency: float, scale: float) -> float:
     """Completions per API minute between the first creation + 2 mean latencies and the last
     end - 2 mean latencies (the whole span if that leaves nothing)."""
-    first = min(p["created"] for p in predictions)
-    last = max(p["ends"] for p in predictions)
     lo, hi = first + 2 * mean_latency / scale, last - 2 * mean_latency / scale
     if hi <= lo:
         lo, hi = first, last
@@ -155,9 +153,9 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
     stats, predictions = emulator.stats(), emulator.predictions()
     ceiling = ceiling_per_min(stats["mean_latency"] or 8.0, run, status, in_flight)
     e2e = items / (wall * scale) * 60
-    span = max(p["ends"] for p in predictions) - min(p["created"] for p in predictions)
-    api = len(predictions) / (span * scale) * 60
-    steady = steady_rate(predictions, stats["mean_latency"] or 8.0, scale)
+    first, last = min(p["created"] for p in predictions), max(p["ends"] for p in predictions)
+    api = len(predictions) / ((last - first) * scale) * 60
+    steady = steady_rate(predictions, first, last, stats["mean_latency"] or 8.0, scale)
     too_many = ", ".join(f"{endpoint}:{code[4:]} {n}" for endpoint, codes in stats["requests"].items()
                          for code, n in codes.items() if code.startswith("429:")) or "0"
     detect, resubmit = slot_turn(predictions, in_flight, scale)

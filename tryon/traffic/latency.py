@@ -56,21 +56,20 @@ class LatencyDistribution:
         self.bins, self.span, self.iterations = bins, span, iterations
         self.prior_until = prior_until
         self.samples = 0
-        self._brackets: deque[tuple[float, float, float]] = deque(maxlen=keep)  # (lo, hi, weight)
-        self._cells: deque[tuple[int, int, float]] = deque(maxlen=keep)  # the same on the grid
+        # (lo, hi, weight, first cell, end cell): the cells are cached, since every fit needs them.
+        self._brackets: deque[tuple[float, float, float, int, int]] = deque(maxlen=keep)
         pieces = 8  # the prior: uniform within ±spread of the published mean, in contiguous brackets
         step = 2 * spread * prior_mean / pieces
         for k in range(pieces):
             lo = prior_mean * (1 - spread) + k * step
-            self._brackets.append((lo, lo + step, prior_weight / pieces))
+            self._brackets.append((lo, lo + step, prior_weight / pieces, 0, 0))  # cells: by _regrid
         self._regrid(prior_mean)
 
     # -- learning ---------------------------------------------------------------------------
     def observe(self, lo: float, hi: float) -> None:
         """One completion: still running at age ``lo`` (0: never seen running), done at ``hi``."""
         lo, hi = max(0.0, lo), max(lo, hi)
-        self._brackets.append((lo, hi, 1.0))
-        self._cells.append((*self._cell_range(lo, hi), 1.0))
+        self._brackets.append((lo, hi, 1.0, *self._cell_range(lo, hi)))
         self.samples += 1
         if self.samples == self.prior_until:  # enough of its own: the prior would only bias it now
             real = [bracket for bracket in self._brackets if bracket[2] == 1.0]
@@ -85,8 +84,9 @@ class LatencyDistribution:
 
     def _regrid(self, mean: float) -> None:
         self.width = self.span * mean / self.bins
-        self._cells.clear()
-        self._cells.extend((*self._cell_range(lo, hi), weight) for lo, hi, weight in self._brackets)
+        laid = [(lo, hi, weight, *self._cell_range(lo, hi)) for lo, hi, weight, _, _ in self._brackets]
+        self._brackets.clear()
+        self._brackets.extend(laid)
         self._mass = [1.0 / self.bins] * self.bins
         self._fit(40)
 
@@ -101,13 +101,12 @@ class LatencyDistribution:
     def _fit(self, iterations: int) -> None:
         """EM steps from the current estimate: each bracket spreads its weight over its cells
         in proportion to their mass (prefix sums make one step O(brackets + bins))."""
-        cells = self._cells
-        total = sum(weight for _, _, weight in cells)
+        total = sum(bracket[2] for bracket in self._brackets)
         mass = self._mass
         for _ in range(iterations):
             cum = _cumulative(mass)
             share = [0.0] * (self.bins + 1)
-            for a, b, weight in cells:
+            for _, _, weight, a, b in self._brackets:
                 ratio = weight / max(cum[b] - cum[a], 1e-300)
                 share[a] += ratio
                 share[b] -= ratio

@@ -34,7 +34,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tryon.errors import OutOfCredits, ServerError, TooManyRequests, TransportError
 from tryon.models import Prediction
@@ -89,7 +89,11 @@ class _Entry:
     busy: bool = False  # a poll of it is on the wire
     polls: int = 0
     errors: int = 0
-    poll_times: list[float] = field(default_factory=list)
+
+    @property
+    def seen_running(self) -> float:
+        """The age at which it was last seen running (0 before any answer)."""
+        return 0.0 if self.last_pending is None else self.last_pending - self.t0
 
 
 class PollScheduler:
@@ -191,8 +195,7 @@ class PollScheduler:
         ready_by = min(entry.deadline, since + self.max_interval)
         if entry.last_sent is None and now < entry.first_due:
             return -1.0, entry.first_due
-        seen = 0.0 if entry.last_pending is None else entry.last_pending - entry.t0
-        ended_before = self.latency.cdf(entry.profile, seen)  # share ended before it was seen running
+        ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
         if ended_before > 1.0 - STUCK_TAIL:  # past what the model has seen: back off, after likelier ones
             due = since + self.interval(entry.profile, now - entry.t0)
             return (self.likelihood, now) if now >= due else (-1.0, min(due, ready_by))
@@ -264,7 +267,6 @@ class PollScheduler:
         entry.busy = True
         entry.last_sent = sent
         entry.polls += 1
-        entry.poll_times.append(sent)
         self.polls += 1
         task = asyncio.ensure_future(self._poll_once(entry, sent))
         self._tasks.add(task)
@@ -287,8 +289,7 @@ class PollScheduler:
             self.completions += 1
             self.polls_of_completed += entry.polls
             if answer.status == "completed":
-                seen = 0.0 if entry.last_pending is None else entry.last_pending - entry.t0
-                self.latency.observe(entry.profile, seen, sent - entry.t0)
+                self.latency.observe(entry.profile, entry.seen_running, sent - entry.t0)
             if entry.on_terminal is not None:
                 try:
                     entry.on_terminal(answer)

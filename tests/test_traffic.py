@@ -610,7 +610,8 @@ async def test_status_calls_are_paced_not_burst_and_a_stuck_prediction_backs_off
     await clock.run(asyncio.gather(*(controller.wait(f"p{i}", profile=profile, poll=server.poll)
                                      for i in range(6))))
     gaps = [b - a for a, b in pairwise(server.requests)]
-    assert min(gaps) >= 1 / 5 - EPS  # a burst of five, then a silent window, would not be
+    quickest = controller.scheduler.quickest  # the pace quickens while the window has room
+    assert min(gaps) >= 0.75 * quickest / 5 - EPS  # a burst of five, then a silent window, would not be
 
     clock = FakeClock()
     controller = TrafficController(clock=clock)  # knows only the prior: 6-10 s
@@ -623,6 +624,59 @@ async def test_status_calls_are_paced_not_burst_and_a_stuck_prediction_backs_off
     scheduler = controller.scheduler
     assert early and max(early) <= 0.3, early                        # near its expected end: often
     assert late and min(late) >= 2.0 and max(late) <= scheduler.max_interval + EPS, late  # stuck: seldom
+
+
+class LateClock(FakeClock):
+    """Every sleep ends ``late`` seconds after it was due, as on a busy event loop."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.late if seconds > 0 else seconds)
+
+
+async def test_late_wake_ups_do_not_stretch_the_pace():
+    # 30 predictions near their end keep the scheduler busy; 5 calls/s, every sleep 10 ms late.
+    # Counting each step from the wake-up gave one call per 0.21 s: 48 in the 10 s measured.
+    clock = LateClock(0.01)
+    controller = TrafficController(status_limit=Limit(5, 1), clock=clock, margin=0)
+    controller.scheduler.fill = None  # the even pace alone (a quicker one would hide a stretched step)
+    server = FakeServer(clock, controller)
+    waits = []
+    for i in range(30):
+        server.submit(f"p{i}", 30.0)
+        waits.append(asyncio.ensure_future(controller.wait(f"p{i}", profile=("m", "balanced"), poll=server.poll)))
+    await clock.advance(20.0)
+    busy = [t for t in server.requests if 8.0 <= t < 18.0]
+    assert len(busy) >= 49, len(busy)
+    assert max(sum(1 for u in server.requests if t - 1 + EPS < u <= t) for t in server.requests) <= 5  # the limit holds
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_the_pace_quickens_after_a_quiet_spell_and_the_limit_still_holds():
+    # 20 predictions submitted together: nothing to poll for 6 s, then all of them at once.
+    # The even pace (0.2 s steps: 10 per 2 s) would make at most 6 calls in the first second.
+    clock = FakeClock()
+    controller = TrafficController(status_limit=Limit(10, 2), clock=clock, margin=0)
+    server = FakeServer(clock, controller)
+    waits = []
+    for i in range(20):
+        server.submit(f"p{i}", 30.0)
+        waits.append(asyncio.ensure_future(controller.wait(f"p{i}", profile=("m", "balanced"), poll=server.poll)))
+    await clock.advance(20.0)
+    first = min(server.requests)
+    assert 5.5 < first < 7.0
+    assert sum(1 for t in server.requests if t < first + 1.0) >= 7
+    assert max(sum(1 for u in server.requests if t - 2 + EPS < u <= t) for t in server.requests) <= 10
+    busy = [t for t in server.requests if 10.0 <= t < 20.0]  # a busy spell: back to the even pace
+    assert 48 <= len(busy) <= 50, len(busy)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
 
 
 def test_latency_estimate_from_wide_brackets_is_unbiased_where_midpoints_are_not():

@@ -85,6 +85,7 @@ class TrafficController:
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
                                        budget=lambda: status.effective_count() / status.window,
+                                       fill=lambda: len(status.recent()) / status.effective_count(),
                                        min_interval=min_poll_interval, max_interval=max_poll_interval)
         # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
         self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None

@@ -6,9 +6,13 @@ running)``, from the :class:`~tryon.traffic.latency.LatencyModel` of its ``(mode
 mode)``. A prediction is not polled before that chance reaches ``likelihood`` (5 %), so
 while the budget is ample every prediction near its end is polled every few hundred ms, and
 when it is scarce (raised in-flight limits) each call goes where it most likely finds a
-finished prediction and frees its slot. Calls are paced evenly at the budget's rate
-(``window / count`` apart): the sliding-window limiter would let a burst of ``count`` through
-and then nothing for the rest of the window, and during that gap completions go unnoticed.
+finished prediction and frees its slot. Calls are paced at the budget's rate (``window / count``
+apart): the sliding-window limiter alone would let a burst of ``count`` through and then nothing
+for the rest of the window, and during that gap completions go unnoticed. The pace quickens while
+the window has room: a step shrinks with the share of the window's count already spent, down to
+``quickest`` (0.6) of it, so what a quiet spell left unspent goes to the completions that cluster
+after it, and a busy spell settles back to the even pace as the window fills (on the benchmark's
+emulator: 94.9 % of the ceiling against 94.2 % for the even pace, 4 runs each).
 
 Why greedy on that probability: a finished prediction nobody has noticed costs one slot for
 as long as it stays unnoticed, whichever prediction it is; the poll that finds the most of
@@ -101,7 +105,8 @@ class PollScheduler:
 
     def __init__(self, acquire: Callable[[], Awaitable[None]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *, latency_scale: float = 1.0,
-                 budget: Callable[[], float] | None = None, likelihood: float = 0.05,
+                 budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
+                 quickest: float = 0.6, likelihood: float = 0.05,
                  min_interval: float | None = None, max_interval: float | None = None,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
@@ -109,6 +114,12 @@ class PollScheduler:
         # Status calls per second this process may make (it changes when processes share a key);
         # None: no pacing, the limiter alone.
         self.budget = budget
+        # The share of the current window's count already spent (None: always the even pace),
+        # and the shortest step, as a share of the even one.
+        self.fill = fill
+        if not 0 < quickest <= 1:
+            raise ValueError("quickest must be within (0, 1]")
+        self.quickest = quickest
         if not 0 < likelihood < 1:
             raise ValueError("likelihood must be within (0, 1)")
         self.likelihood = likelihood
@@ -250,7 +261,15 @@ class PollScheduler:
                 await self._acquire()
                 now = self.clock.now()
                 if self.budget is not None and (rate := self.budget()) > 0:
-                    self._next_send = now + 1.0 / rate
+                    # A wake-up a little late (1-2 ms on a busy loop) counts as on time: counting
+                    # the step from it stretched every gap (23 ms for a 22.4 ms step at a 10x
+                    # time scale). Later than a quarter step, the count restarts from now, so no
+                    # credit piles up while idle and no gap is shorter than 3/4 of a step.
+                    step = 1.0 / rate
+                    if self.fill is not None:
+                        step *= min(1.0, max(self.quickest, self.fill()))
+                    on_time = 0 <= now - self._next_send < step / 4
+                    self._next_send = (self._next_send if on_time else now) + step
                 # The best one now; if none is ready any more, the idle one closest to it
                 # (polling it a little early is harmless, wasting the admission is not).
                 ready, idle, _ = self._choose(now)

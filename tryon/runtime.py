@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,24 @@ from tryon.steps import Runtime
 from tryon.traffic import TrafficController
 
 _controllers: dict[tuple[int, str, str], TrafficController] = {}
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Exempt what is already allocated (Prefect, its imports: ~140 000 objects) from the cyclic
+    garbage collector, once per process.
+
+    Its full collections stopped a flow process's event loop for up to 133 ms (300 items, 6 in
+    flight) and 167 ms (900 items, 30 in flight); after this, for at most 29 and 85 ms. A stall holds back a status call the limiter has
+    already admitted, and one longer than the limiter's margin can put N + 1 calls in one of
+    the provider's windows. Objects alive now that later become cyclic garbage are never
+    collected: a bounded cost, paid once.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def key_fingerprint(settings: FashnSettings) -> str:
@@ -34,6 +53,7 @@ def controller_for(settings: FashnSettings) -> TrafficController:
 
 @asynccontextmanager
 async def open_runtime(settings: FashnSettings, archive: Archive) -> AsyncIterator[Runtime]:
+    freeze_startup_objects()
     traffic = controller_for(settings)
     async with FashnClient.from_settings(settings, gate=traffic) as client:
         yield Runtime(client, traffic, archive, max_resubmits=settings.max_resubmits,

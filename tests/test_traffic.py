@@ -717,3 +717,20 @@ def test_the_latency_docstring_example_runs():
 
     result = doctest.testmod(module)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_a_flow_process_freezes_its_startup_objects_once(monkeypatch):
+    # Full collections over Prefect's ~140 000 startup objects stalled the loop longer than the
+    # limiter's margin at a 10x time scale; frozen objects are skipped by every collection.
+    import gc
+
+    from tryon import runtime
+
+    monkeypatch.setattr(runtime, "_frozen", False)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    runtime.freeze_startup_objects()
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000, frozen
+    runtime.freeze_startup_objects()  # once per process: what a run allocates is collected as usual
+    assert gc.get_freeze_count() == frozen

@@ -637,24 +637,34 @@ class LateClock(FakeClock):
         await super().sleep(seconds + self.late if seconds > 0 else seconds)
 
 
+async def polled_while_busy(clock: FakeClock, controller: TrafficController, count: int) -> list[float]:
+    """Status call times over 20 s of ``count`` predictions submitted at 0 that run 30 s."""
+    server = FakeServer(clock, controller)
+    waits = []
+    for i in range(count):
+        server.submit(f"p{i}", 30.0)
+        waits.append(asyncio.ensure_future(controller.wait(f"p{i}", profile=("m", "balanced"), poll=server.poll)))
+    await clock.advance(20.0)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    return server.requests
+
+
+def most_in_a_window(times: list[float], seconds: float) -> int:
+    return max(sum(1 for u in times if t - seconds + EPS < u <= t) for t in times)
+
+
 async def test_late_wake_ups_do_not_stretch_the_pace():
     # 30 predictions near their end keep the scheduler busy; 5 calls/s, every sleep 10 ms late.
     # Counting each step from the wake-up gave one call per 0.21 s: 48 in the 10 s measured.
     clock = LateClock(0.01)
     controller = TrafficController(status_limit=Limit(5, 1), clock=clock, margin=0)
     controller.scheduler.fill = None  # the even pace alone (a quicker one would hide a stretched step)
-    server = FakeServer(clock, controller)
-    waits = []
-    for i in range(30):
-        server.submit(f"p{i}", 30.0)
-        waits.append(asyncio.ensure_future(controller.wait(f"p{i}", profile=("m", "balanced"), poll=server.poll)))
-    await clock.advance(20.0)
-    busy = [t for t in server.requests if 8.0 <= t < 18.0]
+    requests = await polled_while_busy(clock, controller, 30)
+    busy = [t for t in requests if 8.0 <= t < 18.0]
     assert len(busy) >= 49, len(busy)
-    assert max(sum(1 for u in server.requests if t - 1 + EPS < u <= t) for t in server.requests) <= 5  # the limit holds
-    for wait in waits:
-        wait.cancel()
-    await asyncio.gather(*waits, return_exceptions=True)
+    assert most_in_a_window(requests, 1.0) <= 5  # the limit holds
 
 
 async def test_the_pace_quickens_after_a_quiet_spell_and_the_limit_still_holds():
@@ -662,21 +672,13 @@ async def test_the_pace_quickens_after_a_quiet_spell_and_the_limit_still_holds()
     # The even pace (0.2 s steps: 10 per 2 s) would make at most 6 calls in the first second.
     clock = FakeClock()
     controller = TrafficController(status_limit=Limit(10, 2), clock=clock, margin=0)
-    server = FakeServer(clock, controller)
-    waits = []
-    for i in range(20):
-        server.submit(f"p{i}", 30.0)
-        waits.append(asyncio.ensure_future(controller.wait(f"p{i}", profile=("m", "balanced"), poll=server.poll)))
-    await clock.advance(20.0)
-    first = min(server.requests)
+    requests = await polled_while_busy(clock, controller, 20)
+    first = min(requests)
     assert 5.5 < first < 7.0
-    assert sum(1 for t in server.requests if t < first + 1.0) >= 7
-    assert max(sum(1 for u in server.requests if t - 2 + EPS < u <= t) for t in server.requests) <= 10
-    busy = [t for t in server.requests if 10.0 <= t < 20.0]  # a busy spell: back to the even pace
+    assert sum(1 for t in requests if t < first + 1.0) >= 7
+    assert most_in_a_window(requests, 2.0) <= 10
+    busy = [t for t in requests if 10.0 <= t < 20.0]  # a busy spell: back to the even pace
     assert 48 <= len(busy) <= 50, len(busy)
-    for wait in waits:
-        wait.cancel()
-    await asyncio.gather(*waits, return_exceptions=True)
 
 
 def test_latency_estimate_from_wide_brackets_is_unbiased_where_midpoints_are_not():

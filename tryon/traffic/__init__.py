@@ -18,9 +18,9 @@ flight. One :class:`TrafficController` per key and event loop holds:
   prediction in flight (not one polling loop per prediction, which is how the official
   SDK overruns the status limit). It learns the latency distribution of each
   ``(model_name, mode)`` from the brackets its polls put around each completion
-  (:class:`LatencyModel`), and gives each paced status call to the prediction most
-  likely to have ended since it was last seen running, so completions are noticed
-  quickly and slots reused.
+  (:class:`LatencyModel`), and gives each status call to the prediction most likely to
+  have ended since it was last seen running, so completions are noticed quickly and slots
+  reused. Calls are paced at the budget's rate, quicker while the window has room.
 - 429 feedback (``on_429``): ``RateLimitExceeded`` pauses that endpoint (Retry-After
   if given, else exponential backoff) and slows it down until it recovers;
   ``ConcurrencyLimitExceeded`` holds a slot for the unknown occupant and holds back

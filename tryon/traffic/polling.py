@@ -12,12 +12,12 @@ for the rest of the window, and during that gap completions go unnoticed. The pa
 the window has room: a step shrinks with the share of the window's count already spent, down to
 ``quickest`` (0.6) of it, so what a quiet spell left unspent goes to the completions that cluster
 after it, and a busy spell settles back to the even pace as the window fills (on the benchmark's
-emulator: 94.9 % of the ceiling against 94.2 % for the even pace, 4 runs each).
+emulator: 94.7-95.0 % of the ceiling against 94.0-94.3 % for the even pace, 4 interleaved runs each).
 
 Why greedy on that probability: a finished prediction nobody has noticed costs one slot for
 as long as it stays unnoticed, whichever prediction it is; the poll that finds the most of
 them per call frees the most slot time. On the fake clock (``bench/poll_policy.py``, 1 200
-predictions, 3 seeds) it gives 95.8 % of the ceiling at the default limits and 85.7 % at raised
+predictions, 3 seeds) it gives 96.2 % of the ceiling at the default limits and 85.7 % at raised
 ones, where the deadline-ordered policy it replaced gave 95.2 % and 84.7 %.
 
 Three rules bound it, so no prediction is starved or burns the budget:

@@ -734,5 +734,8 @@ def test_a_flow_process_freezes_its_startup_objects_once(monkeypatch):
     runtime.freeze_startup_objects()
     frozen = gc.get_freeze_count()
     assert frozen > 10_000, frozen
-    runtime.freeze_startup_objects()  # once per process: what a run allocates is collected as usual
-    assert gc.get_freeze_count() == frozen
+    _later = [[] for _ in range(10_000)]  # a run's objects: a second call must not freeze them
+    runtime.freeze_startup_objects()
+    # At most what was frozen (frozen objects that refcounting frees leave the count); a second
+    # freeze would add the 10 000 lists.
+    assert gc.get_freeze_count() <= frozen

@@ -23,10 +23,10 @@ def freeze_startup_objects() -> None:
     garbage collector, once per process.
 
     Its full collections stopped a flow process's event loop for up to 133 ms (300 items, 6 in
-    flight) and 167 ms (900 items, 30 in flight); after this, for at most 29 and 85 ms. A stall holds back a status call the limiter has
-    already admitted, and one longer than the limiter's margin can put N + 1 calls in one of
-    the provider's windows. Objects alive now that later become cyclic garbage are never
-    collected: a bounded cost, paid once.
+    flight) and 167 ms (900 items, 30 in flight); after this, for at most 29 and 85 ms. A stall
+    holds back a status call the limiter has already admitted, and one longer than the limiter's
+    margin can put N + 1 calls in one of the provider's windows. Objects alive now that later
+    become cyclic garbage are never collected: a bounded cost, paid once.
     """
     global _frozen
     if not _frozen:

@@ -10,7 +10,7 @@ import asyncio
 
 from flows.tasks import collect_outputs, submit_prediction
 from tryon import progress
-from tryon.archive import ItemResult
+from tryon.archive import ArchiveError, ItemResult
 from tryon.collection import CollectionSpec, Item, item_key, iter_items
 from tryon.errors import AmbiguousSubmission, NotFound, UnauthorizedAccess
 from tryon.report import ItemReport, RunReport
@@ -68,8 +68,7 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
         if collected.expired is not None:
             result = ItemResult.failed(item, key, submission, collected.expired,
                                        credits_used=prediction.credits_used, **flags)
-            await runtime.archive.write_result(item, result)
-            return ItemReport.from_result(item, result, note=note())
+            return await record_failure(runtime, item, result, notes)
         if collected.result is not None:
             return ItemReport.from_result(item, collected.result, note=note())
         failure = failure_of(prediction)
@@ -78,8 +77,22 @@ async def run_item(runtime: Runtime, item: Item, *, force: bool) -> ItemReport:
             submission = None
             continue
         result = ItemResult.failed(item, key, submission, failure, **flags)
-        await runtime.archive.write_result(item, result)
-        return ItemReport.from_result(item, result, note=note())
+        return await record_failure(runtime, item, result, notes)
+
+
+async def record_failure(runtime: Runtime, item: Item, result: ItemResult, notes: list[str]) -> ItemReport:
+    """Write a failed item's ``result.json`` and report it with the prediction's own reason.
+
+    An archive that refuses the record does not change why the item failed: the report keeps
+    the reason and says the record may be missing. The next run finds this record (when the
+    write landed before it failed) and leaves the item failed, or finds the pending record and
+    polls the same prediction again rather than paying for a new one.
+    """
+    try:
+        result = await runtime.archive.write_result(item, result)
+    except ArchiveError as exc:
+        notes.append(f"its result.json could not be written: {exc}")
+    return ItemReport.from_result(item, result, note="; ".join(notes))
 
 
 async def run_items(runtime: Runtime, collection: CollectionSpec, report: RunReport, *, force: bool) -> None:

@@ -61,6 +61,38 @@ async def test_non_retryable_failure_is_reported_once_and_fails_the_flow(prefect
     assert emulator.stats()["requests"]["run"] == {"200": 2}
 
 
+async def test_a_failure_whose_record_cannot_be_written_keeps_its_reason(prefect_server, make_emulator, env_for,
+                                                                       monkeypatch, tmp_path):
+    """A soak run once reported an ImageLoadError as ArchiveError: writing its result.json had failed."""
+    from tryon.archive import Archive, ArchiveError
+
+    emulator = make_emulator(faults={"fail_inputs": {"posey": "PoseError"}})
+    env_for(emulator, 20.0)
+    spec = url_collection(tmp_path, emulator, garments=["posey"])
+    write_result = Archive.write_result
+
+    async def refuse_failed_results(self, item, result):
+        if result.state == "failed":
+            raise ArchiveError("injected: the archive refused result.json")
+        return await write_result(self, item, result)
+
+    monkeypatch.setattr(Archive, "write_result", refuse_failed_results)
+    assert (await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))).is_failed()
+    entry = report_of(tmp_path / "archive", "faults")["items"][0]
+    assert (entry["state"], entry["error_name"]) == ("failed", "PoseError")
+    assert "result.json could not be written: injected" in entry["note"]
+    assert not list((tmp_path / "archive").rglob("result.json"))
+    polls = emulator.stats()["requests"]["status"]["200"]
+
+    # With the archive healthy again, the next run polls the same prediction and records it.
+    monkeypatch.setattr(Archive, "write_result", write_result)
+    assert (await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))).is_failed()
+    assert emulator.stats()["requests"]["run"] == {"200": 1}, "never submitted again"
+    assert emulator.stats()["requests"]["status"]["200"] > polls
+    [record] = (tmp_path / "archive").rglob("result.json")
+    assert json.loads(record.read_text())["error_name"] == "PoseError"
+
+
 async def test_retryable_failure_is_resubmitted_at_most_max_resubmits_times(prefect_server, make_emulator, env_for,
                                                                            monkeypatch, tmp_path):
     emulator = make_emulator(faults={"fail_inputs": {"flaky": "PipelineError"}})

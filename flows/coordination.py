@@ -29,8 +29,17 @@ from typing import TypeVar
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.concurrency.asyncio import concurrency
+from prefect.events import Event
+from prefect.events.clients import (
+    EventsClient,
+    PrefectEventsClient,
+    PrefectEventSubscriber,
+    get_events_client,
+    get_events_subscriber,
+)
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, PREFECT_CLOUD_API_URL, temporary_settings
 
 from tryon.traffic import TrafficController
 from tryon.traffic.share import KeyShare, Record
@@ -38,6 +47,8 @@ from tryon.traffic.share import KeyShare, Record
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
 LEASE_SECONDS = 60.0
 FORGOTTEN = 3600.0  # a record silent this long is from a process long gone: pruned
+RECORD_EVENT = "tryon.key.record"  # each record is also sent as this event, on the key's resource
+LISTEN_TIMEOUT = 2.0  # seconds to wait for the record stream before joining without it
 log = logging.getLogger("tryon.coordination")
 T = TypeVar("T")
 
@@ -84,16 +95,38 @@ async def _quickly(call: Callable[[], Awaitable[T]]) -> T:
 
 
 class Records:
-    """The members' records of one key, one Prefect variable each, found by their tag."""
+    """The members' records of one key: one Prefect variable each, found by their tag (durable),
+    and, when ``events`` (an open Prefect events client) is given, each also sent as an event
+    (streamed to the others within milliseconds: a variable write can wait seconds on a loaded
+    SQLite server). What a member knows is the newest record of each member from either."""
 
-    def __init__(self, client: PrefectClient, name: str) -> None:
-        self.client, self.tag = client, name
+    def __init__(self, client: PrefectClient, name: str, events: EventsClient | None = None) -> None:
+        self.client, self.tag, self.events = client, name, events
         self._created = False
+        self._newest: dict[str, Record] = {}
 
     def _variable(self, member: str) -> str:
         return f"{self.tag}-{member}"
 
+    def heard(self, record: Record) -> list[Record]:
+        """Take ``record`` in (a member's record changes only by growing newer); what we know now."""
+        member = str(record.get("member"))
+        known = self._newest.get(member)
+        if known is None or float(record.get("at", 0)) > float(known.get("at", 0)):
+            self._newest[member] = record
+        return list(self._newest.values())
+
+    async def _announce(self, record: Record) -> None:
+        if self.events is None:
+            return
+        try:
+            await self.events.emit(Event(event=RECORD_EVENT, resource={"prefect.resource.id": self.tag},
+                                         payload=record))
+        except Exception as exc:  # the variable still carries it, only later
+            log.debug("could not send this process's record as an event (%s: %s)", type(exc).__name__, exc)
+
     async def write(self, record: Record) -> None:
+        await self._announce(record)  # first: the variable write may wait seconds
         name = self._variable(record["member"])
         if not self._created:
             try:
@@ -108,7 +141,10 @@ class Records:
     async def read(self) -> list[Record]:
         response = await _quickly(lambda: self.client.request(
             "POST", "/variables/filter", json={"variables": {"tags": {"all_": [self.tag]}}, "limit": 200}))
-        return [v["value"] for v in response.json() if isinstance(v.get("value"), dict)]
+        for variable in response.json():
+            if isinstance(variable.get("value"), dict):
+                self.heard(variable["value"])
+        return list(self._newest.values())
 
     async def prune(self, records: list[Record], settle: float) -> None:
         """Delete records nobody needs: members that left over a settle period ago, or silent for an hour."""
@@ -125,26 +161,28 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
     keep the share in step with the count and the records until ``stop``, then leave a record."""
     share: KeyShare = controller.share
     share.lease = LEASE_SECONDS  # how long a dead member may still be counted
+    nudge = asyncio.Event()  # a record came by event: follow it now, not at the next interval
     try:
-        async with get_client() as client:
-            records = Records(client, name)
-            try:
-                await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
-            except ObjectAlreadyExists:  # another process created it between our read and our create
-                await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
-            share.start()  # before we are counted: every record taken after this one counts us
-            # Every member counted has a record (KeyShare relies on it): no record, no membership.
-            await _publish(records, share.record(), share, required=True)
-            async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
-                                   raise_on_lease_renewal_failure=False):
-                members = await count_members(name, client)
-                share.join(members)
-                joined.set_result(members)
-                # Our own quick retries for the records and the count (the lease renewal, started
-                # above, keeps the client's: it runs in a context of its own).
-                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                    await _follow(share, records, name, stop)
-                    await _publish(records, share.record(left=True), share, required=True)  # before the slot goes
+        async with get_client() as client, _events_client(str(client.api_url)) as events:
+            records = Records(client, name, events)
+            async with _listening(share, records, str(client.api_url), nudge):
+                try:
+                    await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
+                except ObjectAlreadyExists:  # another process created it between our read and our create
+                    await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
+                share.start()  # before we are counted: every record taken after this one counts us
+                # Every member counted has a record (KeyShare relies on it): no record, no membership.
+                await _publish(records, share.record(), share, required=True)
+                async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
+                                       raise_on_lease_renewal_failure=False):
+                    members = await count_members(name, client)
+                    share.join(members)
+                    joined.set_result(members)
+                    # Our own quick retries for the records and the count (the lease renewal, started
+                    # above, keeps the client's: it runs in a context of its own).
+                    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                        await _follow(share, records, name, stop, nudge)
+                        await _publish(records, share.record(left=True), share, required=True)  # before the slot goes
             with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                 await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -154,7 +192,79 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
             log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
 
 
-async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event) -> None:
+@contextlib.asynccontextmanager
+async def _events_client(api_url: str) -> AsyncIterator[EventsClient | None]:
+    """An open events client for the records, or None (then they go by variable only)."""
+    try:
+        events = get_events_client() if _is_cloud(api_url) else PrefectEventsClient(api_url=api_url)
+        await events.__aenter__()
+    except Exception as exc:
+        log.info("records go by variable only: no event stream (%s: %s)", type(exc).__name__, exc)
+        yield None
+        return
+    try:
+        yield events
+    finally:
+        with contextlib.suppress(Exception):
+            await events.__aexit__(None, None, None)
+
+
+def _is_cloud(api_url: str) -> bool:
+    return api_url.startswith(PREFECT_CLOUD_API_URL.value())
+
+
+@contextlib.asynccontextmanager
+async def _listening(share: KeyShare, records: Records, api_url: str, nudge: asyncio.Event) -> AsyncIterator[None]:
+    """Follow the others' records as they are sent while the block runs. Enters once the stream
+    is open (or after ``LISTEN_TIMEOUT``): acknowledgements of us come after our first record,
+    so none is missed."""
+    if records.events is None:
+        yield
+        return
+    connected = asyncio.Event()
+    task = asyncio.create_task(_listen(share, records, api_url, nudge, connected))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connected.wait(), LISTEN_TIMEOUT)
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _listen(share: KeyShare, records: Records, api_url: str, nudge: asyncio.Event,
+                  connected: asyncio.Event) -> None:
+    which = EventFilter(event=EventNameFilter(name=[RECORD_EVENT]), resource=EventResourceFilter(id=[records.tag]))
+    try:
+        subscriber = get_events_subscriber(filter=which) if _is_cloud(api_url) else \
+            PrefectEventSubscriber(api_url=api_url, filter=which)
+        async with subscriber:
+            connected.set()
+            async for event in subscriber:
+                if isinstance(event.payload, dict) and event.payload.get("member"):
+                    _take(share, records.heard(dict(event.payload)))
+                    nudge.set()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the variables still carry every record, only later
+        log.info("following the key's records by variable only (%s: %s)", type(exc).__name__, exc)
+    finally:
+        connected.set()
+
+
+def _take(share: KeyShare, known: list[Record]) -> None:
+    """Follow the members' records, and say when that started us or gave us the whole key."""
+    waiting, members = share.waiting, share.members
+    share.on_records(known)
+    if waiting and not share.waiting:
+        log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on "
+                 "1/%d", members - 1, time.time() - (share.joined_at or 0), share.members)
+    elif members > 1 == share.members:
+        log.info("the other process(es) left this key: taking all of it")
+
+
+async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event,
+                  nudge: asyncio.Event | None = None) -> None:
     # Often enough that the others shrink well within a newcomer's settle period (5 s at the
     # provider's 60 s window, as often in API time on a time-scaled emulator); ten times as
     # often while someone waits on us or we on them (those waits cost slots on the key).
@@ -170,13 +280,7 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                     next_count = time.monotonic() + interval
                 # Read at every count, to see a newcomer waiting for a record newer than ours.
                 if counted or share.waiting or (share.members > 1 and share.latest == 1):
-                    waiting, members = share.waiting, share.members
-                    share.on_records(await records.read())
-                    if waiting and not share.waiting:
-                        log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on "
-                                 "1/%d", members - 1, time.time() - (share.joined_at or 0), share.members)
-                    elif members > 1 == share.members:
-                        log.info("the other process(es) left this key: taking all of it")
+                    _take(share, await records.read())
                 # In the background: a write on a loaded SQLite server can wait seconds (measured:
                 # 2 s, 6 s), and a waiting newcomer must go on reading the others' records meanwhile.
                 if share.record_due and (writing is None or writing.done()):
@@ -185,12 +289,23 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
                 if share.waiting:
                     share.on_records([])  # unreadable: start once a settle period has passed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval / 10 if share.urgent else interval)
+            await _pause(stop, nudge, interval / 10 if share.urgent else interval)
     finally:
         if writing is not None:  # the left record must come after it
             with contextlib.suppress(Exception):
                 await writing
+
+
+async def _pause(stop: asyncio.Event, nudge: asyncio.Event | None, seconds: float) -> None:
+    """Sleep ``seconds``, or until ``stop`` or ``nudge`` (then cleared) is set."""
+    waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(nudge.wait())] if nudge else [])
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    if nudge is not None:
+        nudge.clear()
 
 
 async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False) -> None:

@@ -27,6 +27,16 @@ class Key:
     history: list[tuple[float, int]] = field(default_factory=list)  # (time, count) at each change
     in_flight: int = 0
     most_in_flight: int = 0
+    events: bool = False  # every record also reaches every member at once, even when its write is lost
+    heard: dict[str, dict] = field(default_factory=dict)  # the latest record of each member by event
+
+    def view(self) -> list[dict]:
+        """The records a member knows: the stored ones, or newer ones heard by event."""
+        newest = dict(self.records)
+        for name, record in self.heard.items():
+            if name not in newest or record["at"] > newest[name]["at"]:
+                newest[name] = record
+        return list(newest.values())
 
     def count(self, lag: float = 0.0) -> int:
         """The count as it was ``lag`` seconds ago (a member whose Prefect calls are slow)."""
@@ -65,6 +75,8 @@ class Member:
         self._tasks: list[asyncio.Task] = []
 
     def _publish(self, record: dict) -> None:
+        if self.key.events:
+            self.key.heard[self.name] = record
         if not record["left"] and self.key.clock.now() - self._last_write < self.writes_every:
             return  # lost in a slow server; published() not called, so it is tried again
         self._last_write = self.key.clock.now()
@@ -86,7 +98,7 @@ class Member:
             if not self.alive:
                 break
             share.observe(self.key.count(self.lag))
-            share.on_records(list(self.key.records.values()))
+            share.on_records(self.key.view())
             if share.record_due:
                 self._publish(share.record())
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -62,6 +62,32 @@ async def test_a_newcomer_admits_nothing_for_one_window_and_an_interruption_rest
     assert counts(c) == (25, 25, 15, 3)
 
 
+async def test_what_an_acknowledgement_hands_over_stays_counted_whichever_record_gets_stored():
+    # A record may reach a newcomer by event while its variable write fails; the incumbent's next
+    # record is the one stored. Whatever the newcomer seeded from the first, every admission still
+    # in the window must be counted by one of them (handing over at the store once left some of them
+    # counted by neither: the second record spread a smaller excess over different admissions).
+    c = controller()
+    run = c.limiters["run"]
+    for _ in range(45):  # alone: 45 runs, one a second
+        await run.acquire()
+        await c.clock.advance(1.0)
+    c.share.observe(2)  # a newcomer: our share is now 25
+    first_at = c.clock.now()
+    first = c.share.record()  # reaches the newcomer by event; its write fails
+    assert first["fits"] and len(first["excess"]["run"]) == 20
+    await c.clock.advance(20.0)  # a few of our admissions expire before the next record
+    second = c.share.record()
+    c.share.published(second)  # this one is stored
+    now = c.clock.now()
+    seeded = {round(first_at - ms / 1000, 2) for ms in first["excess"]["run"]}
+    ours = {round(t, 2) for t in run.recent(now)}
+    in_window = {float(t) for t in range(45) if t > now - run.window}
+    assert 35 < len(in_window) < 45
+    assert in_window <= ours | seeded, sorted(in_window - ours - seeded)
+    assert len(run.recent(now)) <= run.limit.count, "and we keep to our share"
+
+
 def test_no_more_members_than_slots_share_below_one():
     c = controller()
     c.share.observe(10)
@@ -160,13 +186,17 @@ async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> 
     joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=4),
     fast=st.booleans(),
     seed=st.integers(0, 1000),
+    events=st.booleans(),
+    writes_every=st.sampled_from([0.0, 0.0, 5.0, 30.0]),
 )
-def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins, fast, seed):
-    # Fast predictions make the run limit bind, slow ones the in-flight limit.
+def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins, fast, seed, events, writes_every):
+    # Fast predictions make the run limit bind, slow ones the in-flight limit. With events, each
+    # record reaches the others at once even when its write is lost (stored only every
+    # ``writes_every`` s), as flows.coordination's event channel does on a slow server.
     latency = (0.5, 2.0) if fast else (6.0, 10.0)
-    key = Key(FakeClock())
-    plan = [(Member(key, "first", seed, latency), 0.0, 300.0, False)]
-    plan += [(Member(key, f"m{i}", seed + i + 1, latency), start, start + length, killed)
+    key = Key(FakeClock(), events=events)
+    plan = [(Member(key, "first", seed, latency, writes_every=writes_every), 0.0, 300.0, False)]
+    plan += [(Member(key, f"m{i}", seed + i + 1, latency, writes_every=writes_every), start, start + length, killed)
              for i, (start, length, killed) in enumerate(joins)]
     asyncio.run(_scenario(key, plan))
     assert key.most_in_window(RUN.seconds) <= RUN.count
@@ -249,6 +279,42 @@ async def test_processes_registering_on_a_new_key_at_the_same_moment_are_all_cou
         await asyncio.gather(*tasks)
     assert "running alone" not in caplog.text, caplog.text
     assert total == len(members)
+
+
+async def test_a_newcomer_is_acknowledged_by_event_before_the_slow_record_write_lands(prefect_server, monkeypatch):
+    # On a loaded SQLite server an acknowledgement's variable write waited 2.2 s, then failed
+    # (503 database is locked): the newcomer's slots stayed idle 3.4-8.0 s. Each record is also
+    # sent as an event, streamed to the others before the server stores anything.
+    from prefect.client.orchestration import PrefectClient
+
+    from flows.coordination import key_membership
+
+    fingerprint = f"events-{uuid.uuid4().hex[:12]}"
+    first, second = controller(), controller()  # fake clocks: no settle period ends the wait
+    update = PrefectClient.update_variable
+    landed: list[tuple[float, str, dict]] = []  # (when, variable, record) of each update stored
+
+    async def slow_update(self, variable):
+        if not variable.value["left"]:
+            await asyncio.sleep(1.5)  # a loaded server
+        await update(self, variable)
+        landed.append((time.monotonic(), variable.name, variable.value))
+
+    monkeypatch.setattr(PrefectClient, "update_variable", slow_update)
+    async with key_membership(first, fingerprint):
+        async with key_membership(second, fingerprint):
+            assert second.share.waiting
+            deadline = time.monotonic() + 30
+            while second.share.waiting and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            assert not second.share.waiting, "acknowledged"
+            assert first.share.members == 2 and counts(first) == (25, 25, 15, 3)
+            await asyncio.sleep(2.0)  # the acknowledgement's write lands meanwhile
+    acks = [when for when, name, record in landed
+            if name.endswith(first.share.member) and record["at"] >= second.share.joined_at and record["fits"]]
+    assert acks, landed
+    assert started < acks[0], "started on the record sent as an event, before its write landed"
 
 
 def test_an_incumbent_that_used_more_than_its_share_keeps_submitting_after_a_newcomer_starts():

@@ -116,17 +116,20 @@ class Records:
             self._newest[member] = record
         return list(self._newest.values())
 
-    async def _announce(self, record: Record) -> None:
+    async def announce(self, record: Record) -> bool:
+        """Send ``record`` as an event; whether it went."""
         if self.events is None:
-            return
+            return False
         try:
             await self.events.emit(Event(event=RECORD_EVENT, resource={"prefect.resource.id": self.tag},
                                          payload=record))
+            return True
         except Exception as exc:  # the variable still carries it, only later
             log.debug("could not send this process's record as an event (%s: %s)", type(exc).__name__, exc)
+            return False
 
     async def write(self, record: Record) -> None:
-        await self._announce(record)  # first: the variable write may wait seconds
+        """Store ``record`` in our variable."""
         name = self._variable(record["member"])
         if not self._created:
             try:
@@ -182,7 +185,16 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                     # above, keeps the client's: it runs in a context of its own).
                     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
                         await _follow(share, records, name, stop, nudge)
-                        await _publish(records, share.record(left=True), share, required=True)  # before the slot goes
+                        left = share.record(left=True)
+                        # Before the slot goes: sent as an event, or else stored. Once it is sent,
+                        # the slot goes at once, so that the one left alone, which takes the whole key
+                        # on this record, does not count us for seconds (it would shrink meanwhile).
+                        sent = await records.announce(left)
+                        if not sent:
+                            await _publish(records, left, share, required=True, announce=False)
+                if sent:
+                    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                        await _publish(records, left, share, required=True, announce=False)
             with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                 await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -308,16 +320,24 @@ async def _pause(stop: asyncio.Event, nudge: asyncio.Event | None, seconds: floa
         nudge.clear()
 
 
-async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False) -> None:
-    """Write ``record``; a failure raises if ``required``, else the record is tried again when due."""
+async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False,
+                   announce: bool = True) -> None:
+    """Send ``record`` as an event (unless not ``announce``: sent already), then store it. It is
+    published once it reached the others either way: a newcomer may start on the event alone, so
+    what the record hands over is settled then, even if the store fails (a later record would hand
+    over other admissions). A failed store raises if ``required``; else a record not sent either
+    is tried again when due."""
+    sent = announce and await records.announce(record)  # first: the variable write may wait seconds
     try:
         await records.write(record)
     except Exception as exc:
         if required:
             raise
         # Expected now and then on a loaded server; the others wait for it or fall back safely.
-        log.info("could not publish this process's record for the key yet (%s)", type(exc).__name__)
-        return
+        log.info("could not store this process's record for the key yet (%s)%s", type(exc).__name__,
+                 "; it went as an event" if sent else "")
+        if not sent:
+            return
     share.published(record)
 
 

@@ -75,12 +75,13 @@ class Member:
         self._tasks: list[asyncio.Task] = []
 
     def _publish(self, record: dict) -> None:
-        if self.key.events:
+        if self.key.events:  # sent: it reached the others, stored or not (flows.coordination._publish)
             self.key.heard[self.name] = record
-        if not record["left"] and self.key.clock.now() - self._last_write < self.writes_every:
+        if record["left"] or self.key.clock.now() - self._last_write >= self.writes_every:
+            self._last_write = self.key.clock.now()
+            self.key.records[self.name] = record
+        elif not self.key.events:
             return  # lost in a slow server; published() not called, so it is tried again
-        self._last_write = self.key.clock.now()
-        self.key.records[self.name] = record
         self.share.published(record)
 
     async def run(self, until: float) -> None:

@@ -90,6 +90,7 @@ class KeyShare:
         # Admissions handed over in an acknowledgement: no longer in our windows (a newcomer seeds
         # them and answers for them), still in every record of ours while they may be in a window.
         self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
+        self._handing: tuple[float, dict[str, list[float]]] | None = None  # (record time, times)
         self._steady: tuple[float, int] = (-math.inf, 1)  # since when the count has been what it is
 
     # -- counting ------------------------------------------------------------------------
@@ -175,17 +176,7 @@ class KeyShare:
         record: Record = {"member": self.member, "members": 0 if left else self.members, "at": wall,
                           "left": left, "fits": self.fits and not left, "waiting": self.waiting and not left,
                           "excess": excess}
-        if record["fits"]:
-            # An acknowledgement: we keep to our share from now on, and whoever starts on it seeds
-            # our excess, so our windows drop it now (else both would count it). Now, not once the
-            # record is stored: it may reach a newcomer on one channel while its write on another
-            # fails, and the next record's excess, taken from windows that still held these, would
-            # differ from the one the newcomer seeded (then some admissions counted by neither).
-            # A record that reaches nobody is safe too: a newcomer admits nothing until it has a
-            # later record, and every later one repeats these.
-            for name, times in handing.items():
-                self.controller.limiters[name].forget(times)
-                self._handed[name] += times
+        self._handing = (wall, handing) if record["fits"] else None
         if left:
             record["in_flight"] = [round(self._remaining(slot, now), 3) for slot in self.controller.slots.held]
         return record
@@ -193,6 +184,13 @@ class KeyShare:
     def published(self, record: Record) -> None:
         """``record`` reached the others."""
         self.published_at = record["at"]
+        if self._handing is not None and self._handing[0] == record["at"]:
+            # An acknowledgement: we keep to our share from now on, and whoever starts on it seeds
+            # our excess, so our windows drop it (else both would count it).
+            for name, times in self._handing[1].items():
+                self.controller.limiters[name].forget(times)
+                self._handed[name] += times
+        self._handing = None
         if record["fits"] or record["left"]:
             self.published_members = record["members"]
             self._refresh = False
@@ -221,11 +219,6 @@ class KeyShare:
         others = [r for r in records if r.get("member") != self.member]
         alive = [r for r in others if not r.get("left") and self._recent(r)]
         self._alive_others = len(alive)
-        # A newcomer that counted more members than we have seen yet: shrink now, not at our next
-        # count (shrinking is always safe; its record may arrive by event, long before that count).
-        counted_by_newcomers = max((int(r.get("members", 0)) for r in alive if r.get("waiting")), default=0)
-        if counted_by_newcomers > self.latest:
-            self.observe(counted_by_newcomers)
         if any(r.get("waiting") and self._recent(r) and r.get("at", 0) > self.published_at for r in others):
             self._refresh = True  # it accepts only records taken after it joined
         if self.waiting and self.joined_at is not None:

@@ -253,8 +253,9 @@ async def _listen(share: KeyShare, records: Records, api_url: str, nudge: asynci
         async with subscriber:
             connected.set()
             async for event in subscriber:
-                if isinstance(event.payload, dict) and event.payload.get("member"):
-                    _take(share, records.heard(dict(event.payload)))
+                record = event.payload
+                if isinstance(record, dict) and record.get("member") not in (None, share.member):
+                    _take(share, records.heard(dict(record)))
                     nudge.set()
     except asyncio.CancelledError:
         raise
@@ -301,23 +302,26 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
                 if share.waiting:
                     share.on_records([])  # unreadable: start once a settle period has passed
-            await _pause(stop, nudge, interval / 10 if share.urgent else interval)
+            if await _pause(stop, nudge, interval / 10 if share.urgent else interval):
+                next_count = 0.0  # another member's record changed (a newcomer is counted before it waits)
     finally:
         if writing is not None:  # the left record must come after it
             with contextlib.suppress(Exception):
                 await writing
 
 
-async def _pause(stop: asyncio.Event, nudge: asyncio.Event | None, seconds: float) -> None:
-    """Sleep ``seconds``, or until ``stop`` or ``nudge`` (then cleared) is set."""
+async def _pause(stop: asyncio.Event, nudge: asyncio.Event | None, seconds: float) -> bool:
+    """Sleep ``seconds``, or until ``stop`` or ``nudge`` is set; whether ``nudge`` was (it is cleared)."""
     waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(nudge.wait())] if nudge else [])
     try:
         await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiting in waits:
             waiting.cancel()
-    if nudge is not None:
-        nudge.clear()
+    if nudge is None or not nudge.is_set():
+        return False
+    nudge.clear()
+    return True
 
 
 async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False,

@@ -316,8 +316,8 @@ async def test_a_newcomer_is_acknowledged_by_event_before_the_slow_record_write_
             assert not second.share.waiting, "acknowledged"
             assert first.share.members == 2 and counts(first) == (25, 25, 15, 3)
             await asyncio.sleep(2.0)  # the acknowledgement's write lands meanwhile
-    acks = [when for when, name, record in landed
-            if name.endswith(first.share.member) and record["at"] >= second.share.joined_at and record["fits"]]
+    acks = [when for when, name, record in landed if name.endswith(first.share.member)
+            and record["at"] >= second.share.joined_at and record["fits"] and record["members"] == 2]
     assert acks, landed
     assert started < acks[0], "started on the record sent as an event, before its write landed"
 

@@ -216,7 +216,11 @@ def main() -> None:
                                           models=models, inputs={"mode": "balanced"}) for p in range(processes)]
                 items = garments * models * processes
                 server_cpu = cpu_seconds(server_pid)
-                wall, flow_cpu, _ = run_flows(specs, folder / "archive", env)
+                wall, flow_cpu, results = run_flows(specs, folder / "archive", env)
+                if processes > 1:  # how they overlapped: a late start or early end shows here
+                    first = min(r["start"] for r in results)
+                    print("  processes (wall s from the first start): " + ", ".join(
+                        f"{r['start'] - first:.1f}-{r['end'] - first:.1f}" for r in results), file=sys.stderr)
                 server_cpu = cpu_seconds(server_pid) - server_cpu
                 label = {"default": "tryon-flows", "raised": "tryon-flows raised", "two": "tryon-flows 2 procs"}[mode]
                 if scale != args.time_scale:

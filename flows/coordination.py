@@ -1,24 +1,30 @@
 """Several processes on one API key: counted and introduced through Prefect.
 
 Every process that runs items on a key holds one slot of the global concurrency limit
-``tryon-key-<fingerprint>`` for as long as it does, under a lease that Prefect renews in the
-background and lets lapse if the process dies: the number of slots held is the number of
+``tryon-key-<fingerprint>`` for as long as it does, under a lease that it renews in the
+background and that lapses if the process dies: the number of slots held is the number of
 processes using the key. Each member also keeps a record in a Prefect variable of its own
 (``tryon-key-<fingerprint>-<member>``, tagged ``tryon-key-<fingerprint>``): what the others
-need to know of its recent admissions when one joins or leaves. What the count and the records
-mean is :class:`tryon.traffic.share.KeyShare`'s policy; this module only carries them.
+need to know of its recent admissions when one joins or leaves. Each record is also sent as a
+Prefect event (``tryon.key.record`` on the resource ``tryon-key-<fingerprint>``), which the
+server streams to the other members before it stores anything: on a loaded SQLite server a
+variable write waits seconds, and a newcomer's slots wait with it. The variables stay the
+durable copy (a member that missed an event reads them). What the count and the records mean
+is :class:`tryon.traffic.share.KeyShare`'s policy; this module only carries them.
 
 Per-call decisions stay in the process (exact, no round trip). Prefect is asked once at start,
-then every ``interval`` seconds, and more often only while a newcomer waits to be acknowledged
-or a member left (a variable read or write each). Flow runs of one process share one controller
-and so count once (reference counted). If the Prefect API cannot be reached, the process runs
-alone on its full share and says so in a warning: the controller still backs off on any 429.
+then every ``interval`` seconds, at once when another member's record arrives, and more often
+while a newcomer waits to be acknowledged or a member left (a count and a variable read or
+write each). Flow runs of one process share one controller and so count once (reference
+counted). If the Prefect API cannot be reached, the process runs alone on its full share and
+says so in a warning: the controller still backs off on any 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +34,6 @@ from typing import TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-from prefect.concurrency.asyncio import concurrency
 from prefect.events import Event
 from prefect.events.clients import (
     EventsClient,
@@ -45,7 +50,8 @@ from tryon.traffic import TrafficController
 from tryon.traffic.share import KeyShare, Record
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
-LEASE_SECONDS = 60.0
+LEASE_SECONDS = 60.0  # the server's shortest
+RENEW_EVERY = LEASE_SECONDS / 4
 FORGOTTEN = 3600.0  # a record silent this long is from a process long gone: pruned
 RECORD_EVENT = "tryon.key.record"  # each record is also sent as this event, on the key's resource
 LISTEN_TIMEOUT = 2.0  # seconds to wait for the record stream before joining without it
@@ -160,48 +166,102 @@ class Records:
 
 
 async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, joined: asyncio.Future) -> None:
-    """Hold our slot (entered and left in this one task, as Prefect's lease renewal needs),
-    keep the share in step with the count and the records until ``stop``, then leave a record."""
+    """Hold our slot, keep the share in step with the count and the records until ``stop``, then
+    leave a record."""
     share: KeyShare = controller.share
     share.lease = LEASE_SECONDS  # how long a dead member may still be counted
     nudge = asyncio.Event()  # a record came by event: follow it now, not at the next interval
+    prefect_retries = contextvars.copy_context()  # for the lease renewal, which is not urgent
     try:
-        async with get_client() as client, _events_client(str(client.api_url)) as events:
-            records = Records(client, name, events)
-            async with _listening(share, records, str(client.api_url), nudge):
-                try:
-                    await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
-                except ObjectAlreadyExists:  # another process created it between our read and our create
-                    await client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS)
-                share.start()  # before we are counted: every record taken after this one counts us
-                # Every member counted has a record (KeyShare relies on it): no record, no membership.
-                await _publish(records, share.record(), share, required=True)
-                async with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
-                                       raise_on_lease_renewal_failure=False):
-                    members = await count_members(name, client)
-                    share.join(members)
-                    joined.set_result(members)
-                    # Our own quick retries for the records and the count (the lease renewal, started
-                    # above, keeps the client's: it runs in a context of its own).
-                    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        steps = _Steps()
+        # Our own quick retries (see _quickly) on everything but the renewal: on a loaded server
+        # Prefect's client retries a 503 after 2, 4, 8 s, and a newcomer's join took 23 s that way
+        # (the slot acquisition of Prefect's concurrency(), whose retries are its own).
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            async with get_client() as client, _events_client(str(client.api_url)) as events:
+                records = Records(client, name, events)
+                async with _listening(share, records, str(client.api_url), nudge):
+                    steps.done("stream")
+                    await _create_limit(client, name)
+                    steps.done("limit")
+                    share.start()  # before we are counted: every record taken after this one counts us
+                    # Every member counted has a record (KeyShare relies on it): no record, no membership.
+                    await _publish(records, share.record(), share, required=True)
+                    steps.done("record")
+                    async with _slot(client, name, prefect_retries):
+                        steps.done("slot")
+                        members = await count_members(name, client)
+                        steps.done("count")
+                        steps.report()
+                        share.join(members)
+                        joined.set_result(members)
                         await _follow(share, records, name, stop, nudge)
                         left = share.record(left=True)
                         # Before the slot goes: sent as an event, or else stored. Once it is sent,
-                        # the slot goes at once, so that the one left alone, which takes the whole key
-                        # on this record, does not count us for seconds (it would shrink meanwhile).
+                        # the slot goes at once, so that the one left alone, which takes the whole
+                        # key on this record, does not count us for seconds (it would shrink meanwhile).
                         sent = await records.announce(left)
                         if not sent:
                             await _publish(records, left, share, required=True, announce=False)
-                if sent:
-                    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                    if sent:
                         await _publish(records, left, share, required=True, announce=False)
-            with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
-                await records.prune(await records.read(), share.settle)
+                with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
+                    await records.prune(await records.read(), share.settle)
     except Exception as exc:
         if not joined.done():
             joined.set_exception(exc)
         else:
             log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
+
+
+async def _create_limit(client: PrefectClient, name: str) -> None:
+    try:
+        await _quickly(lambda: client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS))
+    except ObjectAlreadyExists:  # another process created it between our read and our create
+        await _quickly(lambda: client.upsert_global_concurrency_limit_by_name(name, MAX_MEMBERS))
+
+
+@contextlib.asynccontextmanager
+async def _slot(client: PrefectClient, name: str, renewal_context: contextvars.Context) -> AsyncIterator[None]:
+    """One slot of the limit ``name`` while the block runs, under a lease renewed in the
+    background (in ``renewal_context``) and given back at the end; a dead process's lapses."""
+    response = await _quickly(lambda: client.increment_concurrency_slots_with_lease(
+        [name], 1, "concurrency", LEASE_SECONDS))
+    lease_id = response.json()["lease_id"]
+    renewing = asyncio.create_task(_renew(client, lease_id), context=renewal_context)
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+        await _quickly(lambda: client.release_concurrency_slots_with_lease(lease_id))
+
+
+async def _renew(client: PrefectClient, lease_id: str) -> None:
+    while True:
+        await asyncio.sleep(RENEW_EVERY)
+        try:
+            await client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+        except Exception as exc:  # the next try may succeed; the records keep us counted meanwhile
+            log.warning("could not renew this process's membership of the key (%s: %s)", type(exc).__name__, exc)
+
+
+class _Steps:
+    """How long joining took, step by step (said when slow: the key's slots wait meanwhile)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.times: list[str] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.times.append(f"{step} {now - self.last:.2f}s")
+        self.last = now
+
+    def report(self) -> None:
+        took = time.monotonic() - self.start
+        (log.info if took > 1.0 else log.debug)("counted among the key's users after %.2fs (%s)", took,
+                                                ", ".join(self.times))
 
 
 @contextlib.asynccontextmanager

@@ -322,6 +322,33 @@ async def test_a_newcomer_is_acknowledged_by_event_before_the_slow_record_write_
     assert started < acks[0], "started on the record sent as an event, before its write landed"
 
 
+async def test_a_membership_renews_its_lease_and_gives_its_slot_back_at_the_end(prefect_server, monkeypatch):
+    # The slot is taken and renewed by flows.coordination itself (with quick retries on the join:
+    # Prefect's concurrency() retried a 503 after 2, 4, 8 s and one join took 23 s). The server's
+    # shortest lease is 60 s, so this checks that renewals are sent and accepted, not a lapse.
+    from prefect.client.orchestration import PrefectClient
+
+    from flows import coordination
+    from flows.coordination import count_members, key_membership, limit_name
+
+    renew = PrefectClient.renew_concurrency_lease
+    answers: list[int] = []
+
+    async def counted_renew(self, lease_id, lease_duration):
+        response = await renew(self, lease_id, lease_duration)
+        answers.append(response.status_code)
+        return response
+
+    monkeypatch.setattr(PrefectClient, "renew_concurrency_lease", counted_renew)
+    monkeypatch.setattr(coordination, "RENEW_EVERY", 0.3)
+    fingerprint = f"lease-{uuid.uuid4().hex[:12]}"
+    async with key_membership(controller(), fingerprint):
+        await asyncio.sleep(1.5)
+        assert await count_members(limit_name(fingerprint)) == 1
+    assert len(answers) >= 3 and set(answers) == {204}, answers  # No Content: renewed
+    assert await count_members(limit_name(fingerprint)) == 0, "given back at the end"
+
+
 def test_an_incumbent_that_used_more_than_its_share_keeps_submitting_after_a_newcomer_starts():
     # Alone, the first fills its window with ~45 runs; its share is now 25. Had it kept its newest
     # 25 (or counted them all) it would admit nothing until they began to expire, ~25 s later.

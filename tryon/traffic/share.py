@@ -2,7 +2,8 @@
 
 Counting the processes and carrying their records is someone else's job
 (:mod:`flows.coordination` does both through Prefect: a lease-backed global concurrency limit
-counts the members, one Prefect variable per member holds its record); this is the policy,
+counts the members, one Prefect variable per member holds its record, and a Prefect event
+carries each record to the others at once); this is the policy,
 pure asyncio and testable on a fake clock. Every member takes ``1 / members`` of each limit and
 of the in-flight slots, and:
 

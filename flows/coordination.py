@@ -277,7 +277,7 @@ async def _events_client(api_url: str) -> AsyncIterator[EventsClient | None]:
     try:
         yield events
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closing it is not worth failing a finished membership
             await events.__aexit__(None, None, None)
 
 
@@ -336,8 +336,7 @@ def _take(share: KeyShare, known: list[Record]) -> None:
         log.info("the other process(es) left this key: taking all of it")
 
 
-async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event,
-                  nudge: asyncio.Event | None = None) -> None:
+async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Event, nudge: asyncio.Event) -> None:
     # Often enough that the others shrink well within a newcomer's settle period (5 s at the
     # provider's 60 s window, as often in API time on a time-scaled emulator); ten times as
     # often while someone waits on us or we on them (those waits cost slots on the key).
@@ -370,18 +369,17 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 await writing
 
 
-async def _pause(stop: asyncio.Event, nudge: asyncio.Event | None, seconds: float) -> bool:
+async def _pause(stop: asyncio.Event, nudge: asyncio.Event, seconds: float) -> bool:
     """Sleep ``seconds``, or until ``stop`` or ``nudge`` is set; whether ``nudge`` was (it is cleared)."""
-    waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(nudge.wait())] if nudge else [])
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(nudge.wait())]
     try:
         await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiting in waits:
             waiting.cancel()
-    if nudge is None or not nudge.is_set():
-        return False
+    nudged = nudge.is_set()
     nudge.clear()
-    return True
+    return nudged
 
 
 async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False,

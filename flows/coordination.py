@@ -347,12 +347,20 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
         while not stop.is_set():
             try:
                 counted = time.monotonic() >= next_count
+                count = await count_members(name, records.client) if counted else None
                 if counted:
-                    share.observe(await count_members(name, records.client))
                     next_count = time.monotonic() + interval
-                # Read at every count, to see a newcomer waiting for a record newer than ours.
-                if counted or share.waiting or (share.members > 1 and share.latest == 1):
-                    _take(share, await records.read())
+                # Read at every count (after it: a newcomer's record is out before it is counted), to
+                # see a newcomer waiting for a record newer than ours.
+                known = await records.read() \
+                    if counted or share.waiting or (share.members > 1 and share.latest == 1) else None
+                # Both applied at once: a count that still shows a member whose leave record we took
+                # (its slot goes back after the record, seconds later on a loaded server) shrank us
+                # for the length of the read, until the records grew us back.
+                if count is not None:
+                    share.observe(count)
+                if known is not None:
+                    _take(share, known)
                 # In the background: a write on a loaded SQLite server can wait seconds (measured:
                 # 2 s, 6 s), and a waiting newcomer must go on reading the others' records meanwhile.
                 if share.record_due and (writing is None or writing.done()):

@@ -193,15 +193,19 @@ async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> 
     seed=st.integers(0, 1000),
     events=st.booleans(),
     writes_every=st.sampled_from([0.0, 0.0, 5.0, 30.0]),
+    lag=st.sampled_from([0.0, 0.0, 2.0, 10.0]),
 )
-def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins, fast, seed, events, writes_every):
+def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins, fast, seed, events, writes_every, lag):
     # Fast predictions make the run limit bind, slow ones the in-flight limit. With events, each
     # record reaches the others at once even when its write is lost (stored only every
-    # ``writes_every`` s), as flows.coordination's event channel does on a slow server.
+    # ``writes_every`` s), as flows.coordination's event channel does on a slow server. With a
+    # ``lag``, every member sees the count that late: a leaver still counted after its leave record
+    # (its slot release waits on the server), a newcomer not counted yet.
     latency = (0.5, 2.0) if fast else (6.0, 10.0)
     key = Key(FakeClock(), events=events)
-    plan = [(Member(key, "first", seed, latency, writes_every=writes_every), 0.0, 300.0, False)]
-    plan += [(Member(key, f"m{i}", seed + i + 1, latency, writes_every=writes_every), start, start + length, killed)
+    plan = [(Member(key, "first", seed, latency, lag=lag, writes_every=writes_every), 0.0, 300.0, False)]
+    plan += [(Member(key, f"m{i}", seed + i + 1, latency, lag=lag, writes_every=writes_every), start, start + length,
+              killed)
              for i, (start, length, killed) in enumerate(joins)]
     asyncio.run(_scenario(key, plan))
     assert key.most_in_window(RUN.seconds) <= RUN.count
@@ -209,6 +213,20 @@ def test_members_joining_leaving_and_dying_never_overrun_the_key_together(joins,
     if not any(killed for *_, killed in plan):  # after a kill a newcomer may wait two windows, safely
         lived = [m for m, start, end, _ in plan if end - start > m.share.settle + 15]
         assert all(m.first_created is not None for m in lived), "every member that stayed got to submit"
+
+
+def test_only_a_record_a_newcomer_waits_for_hands_admissions_over():
+    # Found by the property test at 3 000 cases: two members left after a second, two joined later.
+    # A newcomer's first record after it started handed its excess (the others' admissions it had
+    # seeded, beyond its share) to nobody: 7 runs were in no member's window, and 51 in one of 60 s.
+    key = Key(FakeClock())
+    latency = (0.5, 2.0)
+    plan = [(Member(key, "first", 0, latency, writes_every=5.0), 0.0, 300.0, False)]
+    plan += [(Member(key, f"m{i}", i + 1, latency, writes_every=5.0), start, start + length, False)
+             for i, (start, length) in enumerate([(0.0, 1.0), (0.0, 1.0), (14.0, 53.0), (20.0, 47.0)])]
+    asyncio.run(_scenario(key, plan))
+    assert key.most_in_window(RUN.seconds) <= RUN.count
+    assert key.most_in_flight <= IN_FLIGHT
 
 
 def test_a_newcomer_starts_once_acknowledged_and_the_one_left_takes_the_whole_key_at_once():
@@ -221,6 +239,33 @@ def test_a_newcomer_starts_once_acknowledged_and_the_one_left_takes_the_whole_ke
     after_leave = [t for t, m in key.created if m == "first" and t > 100.0]
     busy = sum(1 for t, m in key.created if m == "first" and 100.0 < t < 110.0)
     assert after_leave and busy >= IN_FLIGHT - 1, "six in flight again right after the other left"
+    assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT
+
+
+def test_the_one_left_keeps_the_whole_key_while_the_leaver_is_still_counted():
+    # The leaver's slot goes back after its leave record, seconds later on a loaded server: the
+    # one left sees a count of 2 meanwhile. It must neither shrink for it nor take the leaver's
+    # admissions over again at each count (they filled its run window: nothing submitted).
+    key = Key(FakeClock())
+    first, second = Member(key, "first", 1, lag=8.0), Member(key, "second", 2)
+    left_at: list[float] = []
+    shrunk: list[float] = []
+
+    async def watch() -> None:
+        while not left_at or key.clock.now() < left_at[0] + 15:
+            if not left_at and key.records.get("second", {}).get("left"):
+                left_at.append(key.clock.now())
+            if left_at and key.clock.now() > left_at[0] + 1 and first.controller.slots.capacity < IN_FLIGHT:
+                shrunk.append(key.clock.now())
+            await key.clock.sleep(0.25)
+
+    async def both() -> None:
+        await asyncio.gather(_scenario(key, [(first, 0.0, 200.0, False), (second, 30.0, 100.0, False)]), watch())
+
+    asyncio.run(both())
+    assert not shrunk, f"left at {left_at[0]}: shrank again after taking the whole key, at {shrunk[:3]}"
+    busy = sum(1 for t, m in key.created if m == "first" and left_at[0] < t < left_at[0] + 15)
+    assert busy >= IN_FLIGHT, busy
     assert key.most_in_window() <= RUN.count and key.most_in_flight <= IN_FLIGHT
 
 
@@ -324,6 +369,45 @@ async def test_a_newcomer_is_acknowledged_by_event_before_the_slow_record_write_
                 await asyncio.sleep(0.05)
     assert acks(), landed
     assert started < acks()[0], "started on the record sent as an event, before its write landed"
+
+
+async def test_the_one_left_keeps_the_whole_key_while_the_leavers_slot_is_given_back(prefect_server, monkeypatch):
+    # The leaver's slot goes back after its leave record; on a loaded server seconds later. The
+    # count read meanwhile still shows it: the one left shrank to half for as long as its next
+    # read of the records took (slowed here), then grew again, at every count until the slot went.
+    from prefect.client.orchestration import PrefectClient
+
+    from flows.coordination import Records, key_membership, leaves_in_background
+
+    fingerprint = f"leave-{uuid.uuid4().hex[:12]}"
+    first, second = controller(), controller()
+    release, read = PrefectClient.release_concurrency_slots_with_lease, Records.read
+
+    async def slow_release(self, lease_id):
+        await asyncio.sleep(2.0)
+        return await release(self, lease_id)
+
+    async def slow_read(self):
+        await asyncio.sleep(0.3)
+        return await read(self)
+
+    monkeypatch.setattr(PrefectClient, "release_concurrency_slots_with_lease", slow_release)
+    applied: list[tuple[float, int]] = []  # (when, members) of each change of the first's share
+    async with leaves_in_background(), key_membership(first, fingerprint):
+        async with key_membership(second, fingerprint):
+            deadline = time.monotonic() + 30
+            while second.share.waiting and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert first.share.members == 2 and not second.share.waiting
+            monkeypatch.setattr(Records, "read", slow_read)
+            apply = first.share._apply
+            monkeypatch.setattr(first.share, "_apply", lambda n: (applied.append((time.monotonic(), n)), apply(n)))
+        await asyncio.sleep(3.0)  # the second's leave goes on in the background: its record now, its slot 2 s later
+    whole = next((i for i, (_, n) in enumerate(applied) if n == 1), None)
+    assert whole is not None, "the leave record gave the whole key"
+    # Time at half the key after that (a shrink and the growth back in one step take no time).
+    halved = sum(later[0] - at for (at, n), later in zip(applied[whole:], applied[whole + 1:]) if n > 1)
+    assert halved < 0.1, f"shrank again for {halved:.2f}s while the leaver's slot was given back: {applied}"
 
 
 async def test_a_membership_renews_its_lease_and_gives_its_slot_back_at_the_end(prefect_server, monkeypatch):

@@ -83,11 +83,15 @@ class KeyShare:
         self._waiting_since = 0.0
         self._refresh = False  # a newcomer published after our latest record: it needs a newer one
         self.published_members = 0  # the count our latest record acknowledged
+        # The count our hand-overs answer for: only a growth beyond it (or a newcomer waiting) makes
+        # a record hand our excess over. A newcomer's own count needs none.
+        self.acknowledged = 1
         self.published_at = -float("inf")  # wall time of our latest record
         self.heartbeat = self.settle  # a live member publishes at least this often
         self.lease = 60.0  # seconds a dead member may still be counted (the membership lease)
         self.latest = 1  # the latest count seen
         self._alive_others = 0  # other members whose records say they may be running
+        self._taken: set[tuple[str, float]] = set()  # leave records taken over: (member, at)
         # Admissions handed over in an acknowledgement: no longer in our windows (a newcomer seeds
         # them and answers for them), still in every record of ours while they may be in a window.
         self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
@@ -97,6 +101,7 @@ class KeyShare:
     # -- counting ------------------------------------------------------------------------
     def _apply(self, members: int) -> None:
         self.members = members
+        self.acknowledged = min(self.acknowledged, members)  # a growth back needs a hand-over again
         self.peak_members = max(self.peak_members, members)
         for name, limiter in self.controller.limiters.items():
             base = self.base_limits[name]
@@ -117,6 +122,7 @@ class KeyShare:
             self.observe(members)  # (or at once, once the others' records show they left)
             return
         self._apply(members)  # a stale larger count would only delay the acknowledgements
+        self.acknowledged = members
         if members > 1:
             self.waiting = True
             self._waiting_since = self.controller.clock.now()
@@ -166,10 +172,14 @@ class KeyShare:
         now, wall = self.controller.clock.now(), self.wall()
         excess: dict[str, list[int]] = {}
         handing: dict[str, list[float]] = {}
+        # Only a record a newcomer waits for hands anything over: it seeds what it starts on. Handed
+        # in a heartbeat, the excess (a leaver's admissions taken over by two members, ...) would
+        # leave our windows and reach nobody's (fake clock: 51 runs in a window).
+        acknowledging = self.members > self.acknowledged or self._refresh
         for name, limiter in self.controller.limiters.items():
             # Seeded admissions too: a member that took over a leaver's window answers for it.
             own = limiter.recent(now)
-            keep = 0 if left else limiter.limit.count
+            keep = 0 if left else limiter.limit.count if acknowledging else len(own)
             handing[name] = _spread(own, max(0, len(own) - keep))
             self._handed[name] = [t for t in self._handed[name] if t > now - limiter.window]
             # Rounded down to the millisecond: a later time than the truth, so it expires later.
@@ -194,6 +204,7 @@ class KeyShare:
         self._handing = None
         if record["fits"] or record["left"]:
             self.published_members = record["members"]
+            self.acknowledged = max(self.acknowledged, record["members"])
             self._refresh = False
 
     def _remaining(self, slot, now: float) -> float:
@@ -207,7 +218,12 @@ class KeyShare:
             limiter.seed([min(now, now - age - ms / 1000) for ms in record.get("excess", {}).get(name, [])])
 
     def _take_over(self, record: Record) -> None:
-        """Answer for a leaver's admissions and what it may still have running."""
+        """Answer for a leaver's admissions and what it may still have running (once per record:
+        a second take-over would count them twice)."""
+        taken = (str(record.get("member")), float(record.get("at", 0)))
+        if taken in self._taken:
+            return
+        self._taken.add(taken)
         self._seed(record)
         age = max(0.0, self.wall() - record["at"])
         for seconds in record.get("in_flight", []):

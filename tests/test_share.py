@@ -403,10 +403,12 @@ async def test_the_one_left_keeps_the_whole_key_while_the_leavers_slot_is_given_
             apply = first.share._apply
             monkeypatch.setattr(first.share, "_apply", lambda n: (applied.append((time.monotonic(), n)), apply(n)))
         await asyncio.sleep(3.0)  # the second's leave goes on in the background: its record now, its slot 2 s later
+        ended = time.monotonic()
     whole = next((i for i, (_, n) in enumerate(applied) if n == 1), None)
     assert whole is not None, "the leave record gave the whole key"
     # Time at half the key after that (a shrink and the growth back in one step take no time).
-    halved = sum(later[0] - at for (at, n), later in zip(applied[whole:], applied[whole + 1:]) if n > 1)
+    until = [at for at, _ in applied[whole + 1:]] + [ended]
+    halved = sum(end - at for (at, n), end in zip(applied[whole:], until, strict=True) if n > 1)
     assert halved < 0.1, f"shrank again for {halved:.2f}s while the leaver's slot was given back: {applied}"
 
 

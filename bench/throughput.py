@@ -165,6 +165,17 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
             f"{stats['most_in_flight']:>6} {detect:>5.2f}+{resubmit:.2f}")
 
 
+def where_429s_were(emulator, scale: float) -> str:
+    """When each of the first 429s came, in API seconds from the first creation to the last end,
+    and how the window it met was filled (to tell a join, the steady state and a leave apart)."""
+    stats, predictions = emulator.stats(), emulator.predictions()
+    first, last = min(p["created"] for p in predictions), max(p["ends"] for p in predictions)
+    return "\n".join(
+        f"  429 on {r['endpoint']} at {(r['at'] - first) * scale:.1f} of {(last - first) * scale:.1f} API s; its window "
+        f"held {len(r['window'])}, the oldest {(r['at'] - r['window'][0]) * scale:.2f} s before"
+        for r in stats["rejections"] if r["window"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=300)
@@ -227,6 +238,8 @@ def main() -> None:
                     label += f" {scale:g}x"
                 print(row(label, items, wall, scale, emulator, (run, status, in_flight), (flow_cpu, server_cpu)),
                       flush=True)
+                if where := where_429s_were(emulator, scale):
+                    print(where, file=sys.stderr)
                 if args.dump:
                     args.dump.mkdir(parents=True, exist_ok=True)
                     (args.dump / f"{mode}-{scale:g}x.json").write_text(json.dumps(

@@ -16,8 +16,11 @@ Per-call decisions stay in the process (exact, no round trip). Prefect is asked 
 then every ``interval`` seconds, at once when another member's record arrives, and more often
 while a newcomer waits to be acknowledged or a member left (a count and a variable read or
 write each). Flow runs of one process share one controller and so count once (reference
-counted). If the Prefect API cannot be reached, the process runs alone on its full share and
-says so in a warning: the controller still backs off on any 429.
+counted). A busy server's 503s (SQLite's ``database is locked``) are retried; a join or a leave
+goes on for up to ``JOIN_PATIENCE``, and a join still refused then fails the run before anything
+is spent (:class:`KeyCoordinationError`): running alone beside another run overruns the key. A
+Prefect that cannot count at all (an error that is not a busy server's) lets the process run
+alone on its full share, said in a warning: the controller still backs off on any 429.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -83,21 +86,52 @@ async def count_members(name: str, client: PrefectClient | None = None) -> int:
 
 
 QUICK_RETRIES = (0.05, 0.1, 0.2)  # seconds between our own attempts (a 503 itself can take 2 s)
+RETRIED = (429, 502, 503)  # a busy server (503: "database is locked" on SQLite): try again
+JOIN_PATIENCE = 60.0  # seconds a join or a leave goes on retrying a busy server, at most 1 s apart
+_patience: ContextVar[float] = ContextVar("tryon_key_patience", default=0.0)
+
+
+class KeyCoordinationError(RuntimeError):
+    """Prefect stayed too busy to count this process among the key's users: it does not start,
+    so as not to use a share another run counts on (nothing was spent)."""
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code in RETRIED
 
 
 async def _quickly(call: Callable[[], Awaitable[T]]) -> T:
     """``call()``, retried at short intervals where the client's own retries are off (see
     :func:`_hold`): Prefect's client waits 2 s, then 4 s, after an HTTP 503 (``database is locked``
     on a loaded SQLite server; measured: record writes of 2 s and 6 s), while a newcomer waits on
-    the others' records, or the one left on a leaver's, with slots idle."""
-    for delay in QUICK_RETRIES:
+    the others' records, or the one left on a leaver's, with slots idle. Within a join or a leave
+    (``_patience`` set) it goes on for that long: a join given up on 4 quick 503s ran alone on the
+    whole key beside another run (benchmark: 45 x 429)."""
+    deadline = time.monotonic() + _patience.get()
+    attempt = 0
+    while True:
         try:
             return await call()
         except PrefectHTTPStatusError as exc:
-            if exc.response.status_code not in (502, 503, 429):
+            if not _busy(exc):
                 raise
+            if attempt < len(QUICK_RETRIES):
+                delay = QUICK_RETRIES[attempt]
+            else:
+                delay = min(1.0, QUICK_RETRIES[-1] * 2 ** (attempt - len(QUICK_RETRIES) + 1))
+                if time.monotonic() + delay > deadline:
+                    raise  # the caller tries again later, or gives up
+        attempt += 1
         await asyncio.sleep(delay)
-    return await call()  # the last try: the caller tries again later
+
+
+@contextlib.contextmanager
+def _patient() -> Iterator[None]:
+    token = _patience.set(JOIN_PATIENCE)
+    try:
+        yield
+    finally:
+        _patience.reset(token)
 
 
 class Records:
@@ -182,15 +216,17 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                 records = Records(client, name, events)
                 async with _listening(share, records, str(client.api_url), nudge):
                     steps.done("stream")
-                    await _create_limit(client, name)
-                    steps.done("limit")
-                    share.start()  # before we are counted: every record taken after this one counts us
-                    # Every member counted has a record (KeyShare relies on it): no record, no membership.
-                    await _publish(records, share.record(), share, required=True)
-                    steps.done("record")
+                    with _patient():
+                        await _create_limit(client, name)
+                        steps.done("limit")
+                        share.start()  # before we are counted: every record taken after this one counts us
+                        # Every member counted has a record (KeyShare relies on it): no record, no membership.
+                        await _publish(records, share.record(), share, required=True)
+                        steps.done("record")
                     async with _slot(client, name, prefect_retries):
                         steps.done("slot")
-                        members = await count_members(name, client)
+                        with _patient():
+                            members = await count_members(name, client)
                         steps.done("count")
                         steps.report()
                         share.join(members)
@@ -202,9 +238,11 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                         # key on this record, does not count us for seconds (it would shrink meanwhile).
                         sent = await records.announce(left)
                         if not sent:
-                            await _publish(records, left, share, required=True, announce=False)
+                            with _patient():
+                                await _publish(records, left, share, required=True, announce=False)
                     if sent:
-                        await _publish(records, left, share, required=True, announce=False)
+                        with _patient():
+                            await _publish(records, left, share, required=True, announce=False)
                 with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                     await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -225,8 +263,9 @@ async def _create_limit(client: PrefectClient, name: str) -> None:
 async def _slot(client: PrefectClient, name: str, renewal_context: contextvars.Context) -> AsyncIterator[None]:
     """One slot of the limit ``name`` while the block runs, under a lease renewed in the
     background (in ``renewal_context``) and given back at the end; a dead process's lapses."""
-    response = await _quickly(lambda: client.increment_concurrency_slots_with_lease(
-        [name], 1, "concurrency", LEASE_SECONDS))
+    with _patient():
+        response = await _quickly(lambda: client.increment_concurrency_slots_with_lease(
+            [name], 1, "concurrency", LEASE_SECONDS))
     lease_id = response.json()["lease_id"]
     renewing = asyncio.create_task(_renew(client, lease_id), context=renewal_context)
     try:
@@ -234,7 +273,8 @@ async def _slot(client: PrefectClient, name: str, renewal_context: contextvars.C
     finally:
         renewing.cancel()
         await asyncio.gather(renewing, return_exceptions=True)
-        await _quickly(lambda: client.release_concurrency_slots_with_lease(lease_id))
+        with _patient():  # else the others count us until the lease lapses, at a smaller share
+            await _quickly(lambda: client.release_concurrency_slots_with_lease(lease_id))
 
 
 async def _renew(client: PrefectClient, lease_id: str) -> None:
@@ -325,9 +365,10 @@ async def _listen(share: KeyShare, records: Records, api_url: str, nudge: asynci
         connected.set()
 
 
-def _take(share: KeyShare, known: list[Record]) -> None:
-    """Follow the members' records, and say when that started us or gave us the whole key."""
-    waiting, members = share.waiting, share.members
+def _take(share: KeyShare, known: list[Record], members: int | None = None) -> None:
+    """Follow the members' records, and say when that started us or gave us the whole key
+    (``members``: our count before this step, when a count was applied just before)."""
+    waiting, members = share.waiting, share.members if members is None else members
     share.on_records(known)
     if waiting and not share.waiting:
         log.info("acknowledged by the %d other process(es) on this key after %.2fs: starting on "
@@ -357,10 +398,11 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 # Both applied at once: a count that still shows a member whose leave record we took
                 # (its slot goes back after the record, seconds later on a loaded server) shrank us
                 # for the length of the read, until the records grew us back.
+                members = share.members
                 if count is not None:
                     share.observe(count)
                 if known is not None:
-                    _take(share, known)
+                    _take(share, known, members)
                 # In the background: a write on a loaded SQLite server can wait seconds (measured:
                 # 2 s, 6 s), and a waiting newcomer must go on reading the others' records meanwhile.
                 if share.record_due and (writing is None or writing.done()):
@@ -450,6 +492,10 @@ async def key_membership(controller: TrafficController, fingerprint: str) -> Asy
                     log.info("%d processes use this key: this one takes 1/%d of it once the others "
                              "acknowledge it (at most %.1fs)", members, members, controller.share.settle)
             except Exception as exc:
+                if _busy(exc):
+                    raise KeyCoordinationError(
+                        f"Prefect stayed too busy for {JOIN_PATIENCE:g}s to count this run among the key's users "
+                        f"({exc}); not starting, so as not to overrun another run's share. Nothing was spent.") from exc
                 log.warning("running alone on the key: cannot register with Prefect (%s: %s)",
                             type(exc).__name__, exc)
         yield

@@ -441,6 +441,44 @@ async def test_a_membership_renews_its_lease_and_gives_its_slot_back_at_the_end(
     assert await count_members(limit_name(fingerprint)) == 0, "given back at the end"
 
 
+async def test_a_join_outlasts_a_busy_server_and_never_runs_alone_beside_others(prefect_server, monkeypatch, caplog):
+    # A benchmark join gave up after four quick 503s ("database is locked") on its slot and ran
+    # alone on the whole key beside the other run: 45 x 429. Now it retries for JOIN_PATIENCE, and
+    # a join refused all that time fails the run before anything is spent.
+    import httpx
+    import pytest
+    from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from flows import coordination
+    from flows.coordination import KeyCoordinationError, count_members, key_membership, limit_name
+
+    increment = PrefectClient.increment_concurrency_slots_with_lease
+    refusals = {"left": 8}  # twice the quick retries
+
+    async def busy_increment(self, *args, **kwargs):
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            request = httpx.Request("POST", "http://prefect/v2/concurrency_limits/increment-with-lease")
+            response = httpx.Response(503, json={"exception_message": "Service Unavailable"}, request=request)
+            raise PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("503", request=request,
+                                                                                response=response))
+        return await increment(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", busy_increment)
+    fingerprint = f"busy-{uuid.uuid4().hex[:12]}"
+    async with key_membership(controller(), fingerprint):
+        assert refusals["left"] == 0 and await count_members(limit_name(fingerprint)) == 1, "counted after all"
+    assert "running alone" not in caplog.text, caplog.text
+
+    monkeypatch.setattr(coordination, "JOIN_PATIENCE", 3.0)
+    refusals["left"] = 10**6
+    with pytest.raises(KeyCoordinationError, match="not starting"):
+        async with key_membership(controller(), fingerprint):
+            raise AssertionError("ran without being counted")
+    assert 10**6 - refusals["left"] > len(coordination.QUICK_RETRIES) + 2, "retried past the quick retries"
+
+
 def test_an_incumbent_that_used_more_than_its_share_keeps_submitting_after_a_newcomer_starts():
     # Alone, the first fills its window with ~45 runs; its share is now 25. Had it kept its newest
     # 25 (or counted them all) it would admit nothing until they began to expire, ~25 s later.

@@ -71,6 +71,8 @@ class Emulator:
         seconds = self.config.scaled(limit.seconds)
         if window.count(now, seconds) >= limit.count:
             self.state.requests[endpoint]["429:RateLimitExceeded"] += 1
+            if len(self.state.rejections) < 20:  # to tell where a 429 came from (the benchmark prints it)
+                self.state.rejections.append({"endpoint": endpoint, "at": now, "window": list(window.times)})
             answer = error(429, "RateLimitExceeded", f"more than {limit.count} {endpoint} requests in {limit.seconds:g} s")
             if self.config.retry_after:  # seconds until the oldest request leaves the window (emulator time)
                 answer.headers["Retry-After"] = f"{max(0.0, window.times[0] + seconds - now):.3f}"

@@ -110,6 +110,7 @@ class State:
         self.accounts = {key: Account(credits) for key, credits in self.config.keys.items()}
         self.predictions: dict[str, Prediction] = {}
         self.requests: dict[str, Counter[str]] = defaultdict(Counter)
+        self.rejections: list[dict[str, Any]] = []  # the first 429s: when, and the window they met
         self.created_per_hash: Counter[str] = Counter()
         self.credits_charged = 0
         self.most_in_flight: Counter[str] = Counter()
@@ -226,6 +227,7 @@ class State:
             "status_calls": sum(statuses),
             "status_calls_per_prediction": (sum(statuses) / terminal) if terminal else None,
             "too_many_requests": dict(too_many),
+            "rejections": list(self.rejections),
             "injected": dict(self.injected),
             "final_statuses": dict(self.final),
             "mean_latency": (sum(self.latencies) / len(self.latencies)) if self.latencies else None,

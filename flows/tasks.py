@@ -1,24 +1,22 @@
-"""Prefect tasks: thin wrappers over :mod:`tryon.steps`, adding names, retries and logs.
+"""Prefect tasks: thin wrappers over :mod:`tryon.pipeline`, adding names, retries and logs.
 
-Two task runs per item. Submission has no Prefect retries: the client already re-sends
-``POST /v1/run`` when the answer proves nothing was created, and any other re-send could
-pay twice. Collecting (polling, then archiving) is safe to repeat, so it retries.
+One task run per item: a task run costs about 30 ms of CPU between this process and the Prefect
+server (its state events), the largest cost per item after the API calls; two per item (submit;
+poll and archive) cost 39 + 79 ms per item in the benchmark, one 35 + 49 ms. Retrying the whole
+item is safe because :func:`tryon.pipeline.run` never submits twice what this run started.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tryon import steps
-from tryon.archive import ItemResult
+from tryon import pipeline, steps
 from tryon.collection import Item
-from tryon.errors import NotFound, OutputExpired, UnauthorizedAccess
-from tryon.models import Prediction, RunRequest
-from tryon.traffic import Slot
+from tryon.errors import NotFound, OutOfCredits, UnauthorizedAccess
+from tryon.report import ItemReport
 
 
 def retry_unless(*final: type[BaseException]):
@@ -43,40 +41,15 @@ def retry_unless(*final: type[BaseException]):
     return condition
 
 
-@task(task_run_name="submit {item.label}", cache_policy=NO_CACHE, retries=0)
-async def submit_prediction(runtime: steps.Runtime, item: Item, key: str, attempt: int,
-                            request: RunRequest | None = None) -> tuple[steps.Submission, Slot]:
-    """Wait for an in-flight slot, start one prediction and write its id to the archive before
-    anything else happens. The wait is inside the task so that the task run's own start-up
-    (≈10-30 ms here) is not paid between a slot freeing and the next submission."""
-    return await steps.submit(runtime, item, key, attempt, request)
+@task(task_run_name="try on {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
+      retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess, OutOfCredits))
+async def tryon_item(runtime: steps.Runtime, item: Item, key: str) -> ItemReport:
+    """Take one begun item (:func:`tryon.pipeline.begin`) to its end: submit (waiting for an
+    in-flight slot inside the task, so the task run's start-up is paid while waiting), poll through
+    the key's shared scheduler, archive every output, write result.json.
 
-
-@dataclass(frozen=True)
-class Collected:
-    """How a prediction ended: its last answer, and the archived result when it completed."""
-
-    prediction: Prediction
-    result: ItemResult | None = None
-    expired: OutputExpired | None = None
-
-
-@task(task_run_name="collect {item.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess))
-async def collect_outputs(runtime: steps.Runtime, item: Item, key: str, submission: steps.Submission,
-                          slot: Slot | None, flags: dict[str, bool] | None = None) -> Collected:
-    """Poll (through the key's shared scheduler) until the prediction ends; when it completed,
-    download every output, write and verify it, then write result.json last, with ``flags``
-    (in that one write: a second write could fail or be killed, losing a possible duplicate charge).
-
-    One task, not two, because a task run costs about 30 ms of CPU between this process and
-    the server, and both steps are safe to repeat: a retry polls once more (the slot is
-    already free) and rewrites the same objects. Failed predictions are returned, not raised.
+    Retried, because a repeat never pays twice: the item's state stays in the runtime until it
+    ends, so a retry polls and archives the prediction this run started (and across runs the
+    archive's pending record does the same). Failed predictions are reported, not raised.
     """
-    prediction = await steps.wait(runtime, item, submission, slot)
-    if prediction.status != "completed":
-        return Collected(prediction)
-    try:
-        return Collected(prediction, await steps.archive(runtime, item, key, submission, prediction, flags))
-    except OutputExpired as exc:  # final: the provider no longer has the images
-        return Collected(prediction, expired=exc)
+    return await pipeline.run(runtime, item, key)

@@ -93,6 +93,37 @@ async def test_a_failure_whose_record_cannot_be_written_keeps_its_reason(prefect
     assert json.loads(record.read_text())["error_name"] == "PoseError"
 
 
+async def test_an_item_retried_after_its_submission_polls_the_same_prediction(prefect_server, make_emulator,
+                                                                              env_for, monkeypatch, tmp_path):
+    """One Prefect task per item, retried: a retry must go on with the prediction it started, even
+    when its id never reached the archive and the run forces resubmission of archived items."""
+    from tryon.archive import Archive, ArchiveError
+
+    emulator = make_emulator()
+    env_for(emulator, 20.0)
+    spec = url_collection(tmp_path, emulator, garments=["good"])
+    write_output = Archive.write_output
+    refused: list[str] = []
+
+    async def refuse_pending(self, *args, **kwargs):
+        raise ArchiveError("injected: the pending record could not be written")
+
+    async def refuse_first_output(self, *args, **kwargs):
+        if not refused:
+            refused.append("output")
+            raise ArchiveError("injected: the archive refused the first output")
+        return await write_output(self, *args, **kwargs)
+
+    monkeypatch.setattr(Archive, "record_pending", refuse_pending)
+    monkeypatch.setattr(Archive, "write_output", refuse_first_output)
+    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"), force=True)
+    assert state.is_completed(), state.message
+    assert refused == ["output"], "the first attempt failed after its submission"
+    entry = report_of(tmp_path / "archive", "faults")["items"][0]
+    assert entry["state"] == "archived", entry
+    assert emulator.stats()["requests"]["run"] == {"200": 1}, "the retry polled the prediction it had started"
+
+
 async def test_retryable_failure_is_resubmitted_at_most_max_resubmits_times(prefect_server, make_emulator, env_for,
                                                                            monkeypatch, tmp_path):
     emulator = make_emulator(faults={"fail_inputs": {"flaky": "PipelineError"}})

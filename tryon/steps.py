@@ -36,6 +36,9 @@ class Runtime:
         self.prediction_timeout = prediction_timeout
         # Enough items in progress to keep every slot busy while others download or archive.
         self.workers = workers or 2 * traffic.slots.capacity + 2
+        # Items begun and not ended, by item key (tryon.pipeline): a repeat of an item (a Prefect
+        # retry) goes on with the prediction it waits on rather than paying for another.
+        self.in_progress: dict[str, InProgress] = {}
 
     def __repr__(self) -> str:
         return f"Runtime(archive={self.archive.url!r})"
@@ -46,6 +49,17 @@ class Submission:
     prediction_id: str
     submitted_at: float  # epoch seconds
     attempt: int
+
+
+@dataclass
+class InProgress:
+    """Where one item stands in this run: the prediction it waits on (None: to submit), its
+    attempts so far, the flags its result will carry and the notes for its report."""
+
+    submission: Submission | None
+    attempt: int
+    flags: dict[str, bool]
+    notes: list[str]
 
 
 Action = Literal["skip", "resume", "submit", "failed"]

@@ -221,7 +221,7 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                         steps.done("limit")
                         share.start()  # before we are counted: every record taken after this one counts us
                         # Every member counted has a record (KeyShare relies on it): no record, no membership.
-                        await _publish(records, share.record(), share, required=True)
+                        await _publish(records, share.record(), share)
                         steps.done("record")
                     async with _slot(client, name, prefect_retries):
                         steps.done("slot")
@@ -239,10 +239,10 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                         sent = await records.announce(left)
                         if not sent:
                             with _patient():
-                                await _publish(records, left, share, required=True, announce=False)
+                                await _publish(records, left, share, announce=False)
                     if sent:
                         with _patient():
-                            await _publish(records, left, share, required=True, announce=False)
+                            await _publish(records, left, share, announce=False)
                 with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                     await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -383,7 +383,8 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
     # often while someone waits on us or we on them (those waits cost slots on the key).
     interval = min(5.0, max(0.1, share.settle / 12))
     next_count = time.monotonic() + interval  # the join just counted
-    writing: asyncio.Task | None = None  # one record write at a time, beside the reads
+    storer = _Storer(records, share)
+    sent = False  # whether the latest record went as an event
     try:
         while not stop.is_set():
             try:
@@ -403,10 +404,13 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                     share.observe(count)
                 if known is not None:
                     _take(share, known, members)
-                # In the background: a write on a loaded SQLite server can wait seconds (measured:
-                # 2 s, 6 s), and a waiting newcomer must go on reading the others' records meanwhile.
-                if share.record_due and (writing is None or writing.done()):
-                    writing = asyncio.create_task(_publish(records, share.record(), share))
+                # Sent at once, stored in the background: a store on a loaded SQLite server can wait
+                # seconds (measured: 2 s, 6 s), and a waiting newcomer must go on reading meanwhile.
+                # An acknowledgement once waited 1.8 s behind a heartbeat's store while the key's
+                # slots stood idle. Unsent (no event channel), a record is published only once
+                # stored, so the next one waits for that.
+                if share.record_due and (sent or not storer.busy):
+                    sent = await _send(records, share.record(), share, storer)
             except Exception as exc:  # keep the last share; try again next time
                 log.warning("could not follow the processes using this key (%s: %s)", type(exc).__name__, exc)
                 if share.waiting:
@@ -414,9 +418,7 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
             if await _pause(stop, nudge, interval / 10 if share.urgent else interval):
                 next_count = 0.0  # another member's record changed (a newcomer is counted before it waits)
     finally:
-        if writing is not None:  # the left record must come after it
-            with contextlib.suppress(Exception):
-                await writing
+        await storer.drain()  # the left record must come after it
 
 
 async def _pause(stop: asyncio.Event, nudge: asyncio.Event, seconds: float) -> bool:
@@ -432,25 +434,61 @@ async def _pause(stop: asyncio.Event, nudge: asyncio.Event, seconds: float) -> b
     return nudged
 
 
-async def _publish(records: Records, record: Record, share: KeyShare, *, required: bool = False,
-                   announce: bool = True) -> None:
-    """Send ``record`` as an event (unless not ``announce``: sent already), then store it. It is
+async def _publish(records: Records, record: Record, share: KeyShare, *, announce: bool = True) -> None:
+    """Send ``record`` as an event (unless not ``announce``: sent already), then store it; a failed
+    store raises. For the records that must be stored: a newcomer's first (every member counted has
+    a record) and a leaver's last."""
+    if announce:
+        await records.announce(record)  # first: the variable write may wait seconds
+    await records.write(record)
+    share.published(record)
+
+
+async def _send(records: Records, record: Record, share: KeyShare, storer: _Storer) -> bool:
+    """Send ``record`` as an event now and have ``storer`` store it; whether it was sent. It is
     published once it reached the others either way: a newcomer may start on the event alone, so
     what the record hands over is settled then, even if the store fails (a later record would hand
-    over other admissions). A failed store raises if ``required``; else a record not sent either
-    is tried again when due."""
-    sent = announce and await records.announce(record)  # first: the variable write may wait seconds
-    try:
-        await records.write(record)
-    except Exception as exc:
-        if required:
-            raise
-        # Expected now and then on a loaded server; the others wait for it or fall back safely.
-        log.info("could not store this process's record for the key yet (%s)%s", type(exc).__name__,
-                 "; it went as an event" if sent else "")
-        if not sent:
-            return
-    share.published(record)
+    over other admissions). A record neither sent nor stored is tried again when due."""
+    sent = await records.announce(record)
+    if sent:
+        share.published(record)
+    storer.put(record, sent)
+    return sent
+
+
+class _Storer:
+    """Stores a member's records in the background, one at a time and only the newest waiting:
+    a variable never goes back to an older record, and slow stores do not pile up."""
+
+    def __init__(self, records: Records, share: KeyShare) -> None:
+        self.records, self.share = records, share
+        self._next: tuple[Record, bool] | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def put(self, record: Record, sent: bool) -> None:
+        self._next = (record, sent)  # replaces one not stored yet: only the newest matters
+        if not self.busy:
+            self._task = asyncio.create_task(self._run())
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            (record, sent), self._next = self._next, None
+            try:
+                await self.records.write(record)
+            except Exception as exc:  # expected now and then on a loaded server; the next one goes later
+                log.info("could not store this process's record for the key yet (%s)%s", type(exc).__name__,
+                         "; it went as an event" if sent else "")
+                continue
+            if not sent:
+                self.share.published(record)
 
 
 @contextlib.asynccontextmanager

@@ -66,7 +66,7 @@ async def test_a_record_sent_as_an_event_is_published_even_when_its_store_fails(
     # A newcomer may start on the event alone. Had the incumbent kept the admissions the record
     # handed over until a later record was stored, that one would hand over others (some expire
     # meanwhile, and the spread moves): admissions counted by neither.
-    from flows.coordination import _publish
+    from flows.coordination import _send, _Storer
 
     class Unstorable:
         def __init__(self, sent: bool) -> None:
@@ -87,7 +87,9 @@ async def test_a_record_sent_as_an_event_is_published_even_when_its_store_fails(
         c.share.observe(2)  # a newcomer: our share is now 25
         record = c.share.record()
         assert record["fits"] and len(record["excess"]["run"]) == 20
-        await _publish(Unstorable(sent), record, c.share)
+        storer = _Storer(Unstorable(sent), c.share)
+        assert await _send(Unstorable(sent), record, c.share, storer) is sent
+        await storer.drain()
         assert (c.share.published_at == record["at"]) is sent
         assert len(run.recent()) == (25 if sent else 45), "handed over only when it reached the newcomer"
         assert c.share.record_due is not sent
@@ -410,6 +412,52 @@ async def test_the_one_left_keeps_the_whole_key_while_the_leavers_slot_is_given_
     until = [at for at, _ in applied[whole + 1:]] + [ended]
     halved = sum(end - at for (at, n), end in zip(applied[whole:], until, strict=True) if n > 1)
     assert halved < 0.1, f"shrank again for {halved:.2f}s while the leaver's slot was given back: {applied}"
+
+
+async def test_an_acknowledgement_goes_out_while_an_older_record_is_still_being_stored(prefect_server, monkeypatch):
+    # One store at a time, and a record was sent only when it could be stored: an acknowledgement
+    # waited 1.8 s behind a heartbeat's store on the benchmark's loaded server, with the key idle.
+    from prefect.client.orchestration import PrefectClient
+
+    from flows.coordination import Records, key_membership
+
+    fingerprint = f"storing-{uuid.uuid4().hex[:12]}"
+    first, second = controller(), controller()
+    first.share.heartbeat = 0.3  # a store of the first's is nearly always under way
+    update = PrefectClient.update_variable
+    stores: list[tuple[float, float, dict]] = []  # (start, end, record) of the first's stores
+
+    async def slow_update(self, variable):
+        start = time.monotonic()
+        if variable.name.endswith(first.share.member) and not variable.value["left"]:
+            await asyncio.sleep(3.0)
+        await update(self, variable)
+        stores.append((start, time.monotonic(), variable.value))
+
+    monkeypatch.setattr(PrefectClient, "update_variable", slow_update)
+    announced: list[dict] = []  # the first's records sent as events
+    announce = Records.announce
+
+    async def logged_announce(self, record):
+        if record["member"] == first.share.member:
+            announced.append(record)
+        return await announce(self, record)
+
+    monkeypatch.setattr(Records, "announce", logged_announce)
+    async with key_membership(first, fingerprint):
+        await asyncio.sleep(1.0)  # heartbeats, their stores under way
+        async with key_membership(second, fingerprint):
+            deadline = time.monotonic() + 30
+            while second.share.waiting and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            acknowledged = time.monotonic()
+            assert not second.share.waiting, "acknowledged"
+            ack_at = min(record["at"] for record in announced
+                         if record["members"] == 2 and record["fits"] and record["at"] >= second.share.joined_at)
+            while not any(record["at"] >= ack_at for *_, record in stores) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    older = [(start, end) for start, end, record in stores if record["at"] < ack_at and start < acknowledged < end]
+    assert older, f"the acknowledgement waited for the store before it: {[(s, e) for s, e, _ in stores]}, {acknowledged}"
 
 
 async def test_a_membership_renews_its_lease_and_gives_its_slot_back_at_the_end(prefect_server, monkeypatch):

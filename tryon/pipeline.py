@@ -69,7 +69,7 @@ async def run(runtime: Runtime, item: Item, key: str) -> ItemReport:
     failure it goes on from where the item stands (the prediction it waits on), never paying
     twice for what this run started."""
     report = await _run(runtime, item, key, runtime.in_progress[key])
-    del runtime.in_progress[key]
+    runtime.in_progress.pop(key, None)
     return report
 
 

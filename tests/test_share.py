@@ -168,6 +168,7 @@ async def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulato
 
 
 # -- the protocol: members acknowledge newcomers and hand over when they leave (fake clock) --------
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -187,8 +188,8 @@ async def _scenario(key: Key, plan: list[tuple[Member, float, float, bool]]) -> 
     await key.clock.run(asyncio.gather(*(life(*p) for p in plan)))
 
 
-# More cases: TRYON_SHARE_EXAMPLES=1000 (about a minute); each failure the search ever found became a rule.
-@settings(max_examples=int(os.environ.get("TRYON_SHARE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# More cases: TRYON_SHARE_EXAMPLES=3000 (under 2 minutes); each failure the search found became a rule or a test below.
+@settings(max_examples=int(os.environ.get("TRYON_SHARE_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     joins=st.lists(st.tuples(st.floats(0, 120), st.floats(1, 150), st.booleans()), min_size=1, max_size=4),
     fast=st.booleans(),
@@ -229,6 +230,19 @@ def test_only_a_record_a_newcomer_waits_for_hands_admissions_over():
     asyncio.run(_scenario(key, plan))
     assert key.most_in_window(RUN.seconds) <= RUN.count
     assert key.most_in_flight <= IN_FLIGHT
+
+
+@pytest.mark.xfail(strict=True, reason="known hole, found at 8 000 cases: with counts seen 10 s late, an incumbent "
+                   "acknowledged a newcomer at 1/2, the newcomer started, then the incumbent's late count grew to 3 and "
+                   "its next record handed its excess over 1/3 to nobody (3 runs in no member's window)")
+def test_a_hand_over_after_the_newcomer_started_reaches_nobody():
+    key = Key(FakeClock())
+    latency = (0.5, 2.0)
+    plan = [(Member(key, "first", 1, latency, lag=10.0), 0.0, 300.0, False)]
+    plan += [(Member(key, f"m{i}", i + 2, latency, lag=10.0), start, start + 1.0, False)
+             for i, start in enumerate([0.0, 55.0])]
+    asyncio.run(_scenario(key, plan))
+    assert key.most_in_window(RUN.seconds) <= RUN.count
 
 
 def test_a_newcomer_starts_once_acknowledged_and_the_one_left_takes_the_whole_key_at_once():

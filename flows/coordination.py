@@ -218,11 +218,11 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                     steps.done("stream")
                     with _patient():
                         await _create_limit(client, name)
-                        steps.done("limit")
-                        share.start()  # before we are counted: every record taken after this one counts us
-                        # Every member counted has a record (KeyShare relies on it): no record, no membership.
-                        await _publish(records, share.record(), share)
-                        steps.done("record")
+                    steps.done("limit")
+                    share.start()  # before we are counted: every record taken after this one counts us
+                    # Every member counted has a record (KeyShare relies on it): no record, no membership.
+                    await _publish(records, share.record(), share)
+                    steps.done("record")
                     async with _slot(client, name, prefect_retries):
                         steps.done("slot")
                         with _patient():
@@ -238,11 +238,9 @@ async def _hold(controller: TrafficController, name: str, stop: asyncio.Event, j
                         # key on this record, does not count us for seconds (it would shrink meanwhile).
                         sent = await records.announce(left)
                         if not sent:
-                            with _patient():
-                                await _publish(records, left, share, announce=False)
-                    if sent:
-                        with _patient():
                             await _publish(records, left, share, announce=False)
+                    if sent:
+                        await _publish(records, left, share, announce=False)
                 with contextlib.suppress(Exception):  # off the join path: a newcomer's wait costs slots
                     await records.prune(await records.read(), share.settle)
     except Exception as exc:
@@ -406,8 +404,8 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                     _take(share, known, members)
                 # Sent at once, stored in the background: a store on a loaded SQLite server can wait
                 # seconds (measured: 2 s, 6 s), and a waiting newcomer must go on reading meanwhile.
-                # An acknowledgement once waited 1.8 s behind a heartbeat's store while the key's
-                # slots stood idle. Unsent (no event channel), a record is published only once
+                # An acknowledgement once waited behind a heartbeat's store while the key's slots
+                # stood idle (that store's failure was logged 30 ms before the acknowledgement came). Unsent (no event channel), a record is published only once
                 # stored, so the next one waits for that.
                 if share.record_due and (sent or not storer.busy):
                     sent = await _send(records, share.record(), share, storer)
@@ -436,11 +434,12 @@ async def _pause(stop: asyncio.Event, nudge: asyncio.Event, seconds: float) -> b
 
 async def _publish(records: Records, record: Record, share: KeyShare, *, announce: bool = True) -> None:
     """Send ``record`` as an event (unless not ``announce``: sent already), then store it; a failed
-    store raises. For the records that must be stored: a newcomer's first (every member counted has
-    a record) and a leaver's last."""
+    store raises, after retrying a busy server for ``JOIN_PATIENCE``. For the records that must be
+    stored: a newcomer's first (every member counted has a record) and a leaver's last."""
     if announce:
         await records.announce(record)  # first: the variable write may wait seconds
-    await records.write(record)
+    with _patient():
+        await records.write(record)
     share.published(record)
 
 

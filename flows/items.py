@@ -38,7 +38,7 @@ async def run_items(runtime: Runtime, collection: CollectionSpec, report: RunRep
                     entry = ItemReport.failed(item, None, "UnauthorizedAccess", str(exc))
                 except Exception as exc:  # this item fails with its reason; the others go on
                     entry = ItemReport.failed(item, None, type(exc).__name__, str(exc) or repr(exc))
-                finally:
+                finally:  # its last attempt is over (the task's retries go on from this state)
                     runtime.in_progress.pop(key, None)
             report.add(entry)
             await progress.publish(report)

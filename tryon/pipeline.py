@@ -49,7 +49,7 @@ async def collect(runtime: Runtime, item: Item, key: str, submission: Submission
 async def begin(runtime: Runtime, item: Item, *, force: bool) -> tuple[str, ItemReport | None]:
     """Plan the item from the archive alone (no API call): its key, and its report when there is
     nothing to do (archived, or failed for good); else None, and the item is in progress in
-    ``runtime.in_progress`` until :func:`run` ends it."""
+    ``runtime.in_progress`` until the caller removes it, after its last :func:`run`."""
     key = await item_key(item)
     plan = await plan_item(runtime.archive, item, key, force=force, max_resubmits=runtime.max_resubmits)
     if plan.action == "skip":
@@ -67,10 +67,9 @@ async def begin(runtime: Runtime, item: Item, *, force: bool) -> tuple[str, Item
 async def run(runtime: Runtime, item: Item, key: str) -> ItemReport:
     """Take a begun item to its end: archived, or failed with its reason. Called again after a
     failure it goes on from where the item stands (the prediction it waits on), never paying
-    twice for what this run started."""
-    report = await _run(runtime, item, key, runtime.in_progress[key])
-    runtime.in_progress.pop(key, None)
-    return report
+    twice for what this run started (so the item stays in ``runtime.in_progress``: the caller,
+    which knows when the last attempt is over, removes it)."""
+    return await _run(runtime, item, key, runtime.in_progress[key])
 
 
 async def _run(runtime: Runtime, item: Item, key: str, state: InProgress) -> ItemReport:

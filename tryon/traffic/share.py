@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
@@ -63,6 +64,18 @@ def _spread(times: list[float], n: int) -> list[float]:
     if n >= len(times):
         return list(times)
     return [t for i, t in enumerate(times) if (i + 1) * n // len(times) > i * n // len(times)]
+
+
+def _without(times: list[float], taken: list[float]) -> list[float]:
+    """``times`` less one entry for each of ``taken`` (several admissions may share a time)."""
+    gone = Counter(taken)
+    kept = []
+    for t in times:
+        if gone[t] > 0:
+            gone[t] -= 1
+        else:
+            kept.append(t)
+    return kept
 
 
 class KeyShare:
@@ -92,10 +105,16 @@ class KeyShare:
         self.latest = 1  # the latest count seen
         self._alive_others = 0  # other members whose records say they may be running
         self._taken: set[tuple[str, float]] = set()  # leave records taken over: (member, at)
-        # Admissions handed over in an acknowledgement: no longer in our windows (a newcomer seeds
-        # them and answers for them), still in every record of ours while they may be in a window.
+        # Admissions handed over in an acknowledgement: offered first (still in our windows, and in
+        # every record of ours), handed once a newcomer says it started on a record that carried
+        # them (no longer in our windows: it answers for them; still in our records while they may
+        # be in a window). Forgotten at once, a hand-over made after the newcomer had started on an
+        # earlier record reached nobody's window (fake clock: 51 runs in a window).
         self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
+        self._offered: list[tuple[float, dict[str, list[float]]]] = []  # (record time, times) not confirmed
         self._handing: tuple[float, dict[str, list[float]]] | None = None  # (record time, times)
+        self.started_on: dict[str, float] = {}  # a newcomer's: the record of each member it seeded
+        self._announce = False  # started: the others need a record saying on which of theirs
         self._steady: tuple[float, int] = (-math.inf, 1)  # since when the count has been what it is
 
     # -- counting ------------------------------------------------------------------------
@@ -123,6 +142,7 @@ class KeyShare:
             return
         self._apply(members)  # a stale larger count would only delay the acknowledgements
         self.acknowledged = members
+        self._offered, self.started_on, self._announce = [], {}, False  # offers still in our windows
         if members > 1:
             self.waiting = True
             self._waiting_since = self.controller.clock.now()
@@ -155,15 +175,15 @@ class KeyShare:
     def urgent(self) -> bool:
         """Someone waits: we for acknowledgements, a newcomer for our record, or we are alone
         and the others' records may let us take the whole key."""
-        return self.waiting or self.members > self.published_members or self._refresh or \
-            (self.members > 1 and self.latest == 1)
+        return self.waiting or self.members > self.published_members or self._refresh or self._announce or \
+            bool(self._offered) or (self.members > 1 and self.latest == 1)
 
     @property
     def record_due(self) -> bool:
         """A record should go out: the count grew since our last one and our in-flight fits the
         new share (a newcomer waits for it), or the heartbeat is due (the others tell a live
         member from a dead one by it)."""
-        return ((self.members > self.published_members or self._refresh) and self.fits) or \
+        return ((self.members > self.published_members or self._refresh) and self.fits) or self._announce or \
             self.wall() - self.published_at >= self.heartbeat
 
     def record(self, *, left: bool = False) -> Record:
@@ -179,14 +199,18 @@ class KeyShare:
         for name, limiter in self.controller.limiters.items():
             # Seeded admissions too: a member that took over a leaver's window answers for it.
             own = limiter.recent(now)
-            keep = 0 if left else limiter.limit.count if acknowledging else len(own)
-            handing[name] = _spread(own, max(0, len(own) - keep))
+            offered = [t for _, times in self._offered for t in times[name] if t > now - limiter.window]
+            free = _without(own, offered)  # offered already: not again (a confirmation forgets each once)
+            keep = 0 if left else limiter.limit.count if acknowledging else len(free)
+            handing[name] = _spread(free, max(0, len(free) - keep))
             self._handed[name] = [t for t in self._handed[name] if t > now - limiter.window]
             # Rounded down to the millisecond: a later time than the truth, so it expires later.
-            excess[name] = [int((now - t) * 1000) for t in sorted(self._handed[name] + handing[name])]
+            excess[name] = [int((now - t) * 1000) for t in sorted(self._handed[name] + offered + handing[name])]
         record: Record = {"member": self.member, "members": 0 if left else self.members, "at": wall,
                           "left": left, "fits": self.fits and not left, "waiting": self.waiting and not left,
                           "excess": excess}
+        if self.started_on:
+            record["started_on"] = dict(self.started_on)
         self._handing = (wall, handing) if record["fits"] else None
         if left:
             record["in_flight"] = [round(self._remaining(slot, now), 3) for slot in self.controller.slots.held]
@@ -195,13 +219,13 @@ class KeyShare:
     def published(self, record: Record) -> None:
         """``record`` reached the others."""
         self.published_at = record["at"]
-        if self._handing is not None and self._handing[0] == record["at"]:
+        if self._handing is not None and self._handing[0] == record["at"] and any(self._handing[1].values()):
             # An acknowledgement: we keep to our share from now on, and whoever starts on it seeds
-            # our excess, so our windows drop it (else both would count it).
-            for name, times in self._handing[1].items():
-                self.controller.limiters[name].forget(times)
-                self._handed[name] += times
+            # our excess; our windows drop it once one says it did (until then both count it).
+            self._offered.append(self._handing)
         self._handing = None
+        if record.get("started_on"):
+            self._announce = False
         if record["fits"] or record["left"]:
             self.published_members = record["members"]
             self.acknowledged = max(self.acknowledged, record["members"])
@@ -234,6 +258,7 @@ class KeyShare:
         """The records of the key's members as read now: start a waiting newcomer once every
         other member has acknowledged it; take the whole key when alone and the others left."""
         others = [r for r in records if r.get("member") != self.member]
+        self._confirm(others)
         alive = [r for r in others if not r.get("left") and self._recent(r)]
         self._alive_others = len(alive)
         if any(r.get("waiting") and self._recent(r) and r.get("at", 0) > self.published_at for r in others):
@@ -259,6 +284,8 @@ class KeyShare:
                 # answers for them unless it took them over (then its excess holds them too).
                 for record in acks:
                     self._seed(record)
+                self.started_on = {str(r["member"]): r["at"] for r in acks}
+                self._announce = bool(acks)
                 for record in others:
                     if self._left_recently(record):
                         self._take_over(record)
@@ -267,6 +294,15 @@ class KeyShare:
                     limiter.release_hold()
         if self.members > 1:
             self._grow_if_the_others_left(others, alive)
+
+    def _confirm(self, others: list[Record]) -> None:
+        """A newcomer started on a record of ours: it answers for what that record offered (and
+        every earlier offer, which that record repeated), so our windows drop it."""
+        seeded = max((r.get("started_on", {}).get(self.member, -math.inf) for r in others), default=-math.inf)
+        while self._offered and self._offered[0][0] <= seeded:
+            for name, times in self._offered.pop(0)[1].items():
+                self.controller.limiters[name].forget(times)
+                self._handed[name] += times
 
     def _left_recently(self, record: Record) -> bool:
         """A leave within a window: its admissions may still be in one."""
@@ -291,6 +327,7 @@ class KeyShare:
             return  # counted members we have no record of: grow late
         for record in gone:
             self._take_over(record)
+        self._offered = []  # nobody started on them: they stay in our windows
         self._apply(1)
 
     def __repr__(self) -> str:

@@ -11,9 +11,11 @@ of the in-flight slots, and:
   recent admissions, so a lower count just admits less from now on;
 - **acknowledges** a newcomer: once its in-flight predictions fit its share, it publishes a
   :meth:`record` with its *excess*, the admissions of the current windows beyond ``s`` (``s``
-  its share of that limit; seeded admissions it answers for included), and hands them over:
-  they leave its windows (the newcomer seeds them), and every later record of its repeats them
-  while they may be in a window, so whoever reads any of them counts them. The excess is spread
+  its share of that limit; seeded admissions it answers for included), and offers them: every
+  later record of its repeats them while they may be in a window, so a newcomer that starts on any
+  of those counts them, and they leave its windows once a newcomer's record says it started on one
+  (until then both count them; dropped at once, an offer made after the newcomer had started on
+  an earlier record reached nobody: 51 runs in a window). The excess is spread
   evenly over the window, not the oldest, so that both keep admissions expiring all through it
   at about their share's rate (handing over the oldest left the incumbent none expiring, and its
   slots idle, for a third of a window). From then on it admits only while its window holds fewer
@@ -24,7 +26,7 @@ of the in-flight slots, and:
   after it joined, fitting, and with shares that fit in the key together with its own. It then
   seeds their excess, and takes over members that left within a window (their admissions and
   phantoms), and starts: together the members stay within every limit in every window, and in
-  flight. The settle period alone never ends the wait while such a member may be alive: one
+  flight, and publishes which record of each member it started on. The settle period alone never ends the wait while such a member may be alive: one
   whose Prefect calls are slow may not have seen the newcomer yet (measured: 6.8 s late at a
   10x time scale, 429s followed), and a record proves its member dead only once it is older than
   heartbeat + settle and than the membership lease (its writes may be slow: 13 x 429 in CI at

@@ -173,7 +173,6 @@ async def test_two_processes_on_one_key_draw_no_429(prefect_server, make_emulato
 
 
 # -- the protocol: members acknowledge newcomers and hand over when they leave (fake clock) --------
-import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

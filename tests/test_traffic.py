@@ -69,6 +69,44 @@ def test_default_margin_scales_with_the_window():
     assert default_margin(10) == pytest.approx(0.3)
     assert default_margin(1) == pytest.approx(0.12)
     assert default_margin(0.1) == pytest.approx(0.012)
+    # Counted from answers, the delay to the server is covered exactly: what is left is the provider's clocks.
+    assert default_margin(60, answers=True) == pytest.approx(0.61)
+    assert default_margin(1, answers=True) == pytest.approx(0.02)
+
+
+@PROPERTY
+@given(
+    count=st.integers(1, 8),
+    seconds=st.floats(0.1, 20),
+    requests=st.lists(st.tuples(st.floats(0, 60), st.floats(0, 30)), min_size=1, max_size=60),
+)
+def test_a_limiter_counting_from_answers_leaves_no_stamps_that_put_n_plus_1_in_a_window(count, seconds, requests):
+    # The server stamps a request anywhere between its admission and its answer (``requests``:
+    # arrival, then how long until the answer, as long as 30 s, longer than many windows). Whatever
+    # the stamps, no N+1 may fit in one window: for every admission, the requests admitted before
+    # it that were unanswered, or answered within a window of it, are fewer than N.
+    async def scenario() -> list[tuple[float, float]]:
+        clock = FakeClock()
+        limiter = SlidingWindowLimiter(Limit(count, seconds), clock, answers=True)
+        spans: list[tuple[float, float]] = []
+
+        async def request(at: float, lasts: float) -> None:
+            await clock.sleep(at)
+            admission = await limiter.acquire()
+            admitted = clock.now()
+            await clock.sleep(lasts)
+            admission.answered()
+            spans.append((admitted, clock.now()))
+
+        await clock.run(asyncio.gather(*(request(*r) for r in requests)))
+        return spans
+
+    spans = asyncio.run(scenario())
+    assert len(spans) == len(requests)  # liveness: everyone got in and was answered
+    window = seconds + default_margin(seconds, answers=True)
+    for admitted, _ in spans:
+        overlapping = [a for a, answer in spans if a <= admitted and answer > admitted - window + 1e-9]
+        assert len(overlapping) <= count, (admitted, sorted(spans))
 
 
 @PROPERTY
@@ -584,7 +622,7 @@ async def test_a_scarce_status_call_goes_to_the_prediction_most_likely_finished(
     # One call per 4 s. A (quality, 10.5-17.5 s by the prior) is polled at its first due time,
     # 10.85 s, and is still running. B (balanced, 6-10 s) is submitted at 6.1 s: first due at
     # 12.3 s, after A's re-poll would be due in a deadline order (10.85 + 10 % of 14 s). At the
-    # next call (~14.95 s) A has ended with chance 0.62 and B with 0.71, so B gets it.
+    # next call (~14.9 s) A has ended with chance 0.62 and B with 0.71, so B gets it.
     clock = FakeClock()
     controller = TrafficController(status_limit=Limit(1, 4), clock=clock)
     server = FakeServer(clock, controller)
@@ -595,7 +633,7 @@ async def test_a_scarce_status_call_goes_to_the_prediction_most_likely_finished(
     b = asyncio.ensure_future(controller.wait("B", profile=("m", "balanced"), poll=server.poll))
     await clock.run(b)
     assert server.polls["A"] == [pytest.approx(10.85, abs=0.05)]
-    assert len(server.polls["B"]) == 1 and 14.9 <= server.polls["B"][0] <= 15.1
+    assert len(server.polls["B"]) == 1 and 14.85 <= server.polls["B"][0] <= 15.1
     a.cancel()
     await asyncio.gather(a, return_exceptions=True)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from tests.fixtures.emulator import TEST_KEY, TIME_SCALE
 from tryon.client import FashnClient
 from tryon.errors import OutOfCredits
 from tryon.settings import Limit
-from tryon.traffic import TrafficController
+from tryon.traffic import SlidingWindowLimiter, TrafficController
 
 
 def inputs(emulator, seed: int) -> dict:
@@ -77,3 +78,40 @@ async def test_out_of_credits_stops_submitting_and_finishes_what_is_in_flight(ma
     # after it nothing more is sent (8 items, 6 slots).
     assert runs["200"] == 3 and 1 <= runs["429:OutOfCredits"] <= 3, runs
     assert stats["credits_charged"] == 3
+
+
+class StallingTransport(httpx.AsyncBaseTransport):
+    """Holds the 2nd to 5th requests back before sending them: a busy event loop between a
+    request's admission and its send, or a slow network."""
+
+    def __init__(self, stall: float) -> None:
+        self.inner, self.stall, self.sent = httpx.AsyncHTTPTransport(), stall, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        if 2 <= self.sent <= 5:
+            await asyncio.sleep(self.stall)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_requests_sent_late_after_their_admission_draw_no_429_when_counted_from_their_answers(
+        make_emulator, answers):
+    # Five credits calls per window, the emulator's limit and ours. Four of the first five reach
+    # the emulator half a window late: counted from their admissions, the next calls go as soon
+    # as the first five are a window old and land in one window with the late four (the control:
+    # 429s); counted from their answers, they wait until the late ones are a window old.
+    window = 10 / TIME_SCALE
+    emulator = make_emulator(credits_limit="5/10")
+    traffic = TrafficController(credits_limit=Limit(5, window), latency_scale=TIME_SCALE)
+    if not answers:  # the same limiter counting from admissions, its margin as small
+        limiter = traffic.limiters["credits"]
+        traffic.limiters["credits"] = SlidingWindowLimiter(limiter.limit, traffic.clock, margin=limiter.margin)
+    transport = StallingTransport(stall=window / 2)
+    async with FashnClient(TEST_KEY, emulator.url, gate=traffic, transport=transport) as client:
+        await asyncio.gather(*(client.credits() for _ in range(10)))
+    rejected = emulator.stats()["requests"]["credits"].get("429:RateLimitExceeded", 0)
+    assert (rejected == 0) is answers, rejected

@@ -23,7 +23,7 @@ import asyncio
 import base64
 import email.utils
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 from pydantic import SecretStr
@@ -52,10 +52,17 @@ from tryon.settings import DEFAULT_BASE_URL, FashnSettings
 Endpoint = Literal["run", "status", "credits"]
 
 
-class Gate(Protocol):
-    """What the client asks of traffic control (``tryon.traffic.TrafficController`` satisfies it)."""
+class Answerable(Protocol):
+    def answered(self) -> None: ...
 
-    async def acquire(self, endpoint: str) -> None: ...
+
+@runtime_checkable
+class Gate(Protocol):
+    """What the client asks of traffic control (``tryon.traffic.TrafficController`` satisfies it):
+    wait before every HTTP attempt (and say when its answer, or its failure, is in: a limiter may
+    count the request from then), report every 429."""
+
+    async def acquire(self, endpoint: str) -> Answerable | None: ...
 
     def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None: ...
 
@@ -222,8 +229,7 @@ class FashnClient:
         while True:
             attempt += 1
             backoff = self.backoff * 2 ** (attempt - 1)
-            if self.gate is not None:
-                await self.gate.acquire(endpoint)
+            admission = await self.gate.acquire(endpoint) if self.gate is not None else None
             try:
                 response = await self._http.request(method, path, headers=self._auth, timeout=timeout, **kwargs)
             except _NOT_SENT as exc:
@@ -257,6 +263,9 @@ class FashnClient:
                     delay = backoff
                 else:
                     raise error
+            finally:
+                if admission is not None:
+                    admission.answered()  # the server stamped it by now: it counts from here
             if attempt >= self.max_attempts or rate_limited >= self.max_rate_limited:
                 raise failure
             await asyncio.sleep(delay)

@@ -4,9 +4,11 @@ What it guards (all configurable, see ``FashnSettings``): ``POST /v1/run`` 50 pe
 ``GET /v1/status`` 50 per 10 s, ``GET /v1/credits`` 30 per 10 s, 6 predictions in
 flight. One :class:`TrafficController` per key and event loop holds:
 
-- three :class:`SlidingWindowLimiter` s. They keep an exact log of admission times and
-  never admit more than N in *any* window of W, plus a small margin (2 % + up to 100 ms)
-  because the server stamps a request when it arrives, a little after we admit it.
+- three :class:`SlidingWindowLimiter` s. They keep an exact log of request times and
+  never admit more than N in *any* window of W, plus a small margin (1 % + up to 10 ms).
+  A request counts from when its answer came back, and as just sent until then: the server
+  stamped it in between, so however late after its admission it was sent (a stalled event
+  loop), N+1 cannot land in one of the server's windows.
   Exact sliding windows because the provider does not document whether its windows
   slide or are fixed: the sliding reading is the strictest, so it is safe under both.
   Waiters are served FIFO; only the head sleeps, exactly until the next admission.
@@ -37,18 +39,21 @@ each acquisition is a server round trip (~80-100 ms, serialized per process; on 
 exact and cheap; Prefect still bounds work at the flow level.
 
 The client takes any :class:`Gate` (``await gate.acquire(endpoint)`` before every
-HTTP attempt, ``gate.on_429(endpoint, code, retry_after)`` on every 429);
+HTTP attempt, whose admission it answers when the attempt ends,
+``gate.on_429(endpoint, code, retry_after)`` on every 429);
 :class:`TrafficController` is one.
 """
 
+from tryon.client import Gate
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
-from tryon.traffic.controller import ENDPOINTS, Gate, TrafficController, TrafficStats
+from tryon.traffic.controller import ENDPOINTS, TrafficController, TrafficStats
 from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
-from tryon.traffic.limiter import SlidingWindowLimiter, default_margin
+from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
 from tryon.traffic.polling import PollScheduler, consume_preadmission
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
+    "Admission",
     "DEFAULT_PRIORS",
     "ENDPOINTS",
     "Clock",

@@ -8,14 +8,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCredits
 from tryon.models import Prediction
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock
 from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
-from tryon.traffic.limiter import SlidingWindowLimiter
+from tryon.traffic.limiter import Admission, SlidingWindowLimiter
 from tryon.traffic.polling import PollFn, PollScheduler, consume_preadmission
 from tryon.traffic.share import KeyShare
 from tryon.traffic.slots import InFlightSlots, Slot
@@ -32,15 +32,6 @@ def _profile(profile: Profile | None, model_name: str | None, mode: str | None) 
     if profile is not None:
         return (str(profile[0]), str(profile[1]))
     return (model_name or DEFAULT_PROFILE[0], mode or DEFAULT_MODE)
-
-
-@runtime_checkable
-class Gate(Protocol):
-    """What the client needs: wait before every HTTP attempt, report every 429."""
-
-    async def acquire(self, endpoint: str) -> None: ...
-
-    def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,8 @@ class TrafficController:
                  concurrency_backoff: float | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.limiters: dict[str, SlidingWindowLimiter] = {
-            name: SlidingWindowLimiter(Limit.parse(limit), self.clock, margin=margin, name=name)
+            # Counted from each answer: the client answers every admission (tryon.client.Gate).
+            name: SlidingWindowLimiter(Limit.parse(limit), self.clock, margin=margin, name=name, answers=True)
             for name, limit in zip(ENDPOINTS, (run_limit, status_limit, credits_limit), strict=True)
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
@@ -124,21 +116,28 @@ class TrafficController:
         except KeyError:
             raise ValueError(f"unknown endpoint {endpoint!r}; known: {', '.join(ENDPOINTS)}") from None
 
-    async def acquire(self, endpoint: str) -> None:
-        """Return when one request to ``endpoint`` may be sent now.
+    async def acquire(self, endpoint: str) -> Admission | None:
+        """Return when one request to ``endpoint`` may be sent now, with its admission: call
+        its ``answered()`` once the answer (or the failure) is in; it counts from then.
 
         ``run`` raises :class:`OutOfCredits` once submissions are stopped, and waits
         for a slot release after a ``ConcurrencyLimitExceeded``.
         """
         limiter = self._limiter(endpoint)
-        if consume_preadmission(endpoint):
-            return  # a scheduled poll: the scheduler already took this admission
+        preadmitted, admission = consume_preadmission(endpoint)
+        if preadmitted:
+            return admission  # a scheduled poll: the scheduler already took this admission
         if endpoint == "run":
             self._check_submissions()
             await self._wait_concurrency_barrier()
-        await limiter.acquire()
+        admission = await limiter.acquire()
         if endpoint == "run":
-            self._check_submissions()
+            try:
+                self._check_submissions()
+            except BaseException:
+                admission.answered()  # not sent
+                raise
+        return admission
 
     def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None:
         """Feedback from a 429 on ``endpoint``; never raises."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections import Counter, deque
 
@@ -10,16 +11,40 @@ from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
 
 
-def default_margin(window: float) -> float:
-    """Safety added to a window: 2 % of it plus 100 ms, the fixed part capped at 10 % for short windows.
+def default_margin(window: float, *, answers: bool = False) -> float:
+    """Safety added to a window.
 
-    The server stamps a request when it arrives, a little after we admit it, and the delay
-    varies (network, a busy event loop): the margin keeps N+1 requests from landing inside
-    one of the server's windows. 100 ms because 20 ms still drew a few status 429s from a
-    loaded emulator at a 2x time scale. 60 s -> 1.3 s, 10 s -> 0.3 s, 1 s -> 0.12 s (a 10x
-    time-scaled emulator), 0.1 s -> 12 ms.
+    Counted from admission: 2 % of it plus 100 ms, the fixed part capped at 10 % for short
+    windows. The server stamps a request when it arrives, a little after we admit it, and the
+    delay varies (network, a busy event loop): the margin keeps N+1 requests from landing inside
+    one of the server's windows. 100 ms because 20 ms still drew a few status 429s from a loaded
+    emulator at a 2x time scale. 60 s -> 1.3 s, 10 s -> 0.3 s, 1 s -> 0.12 s (a 10x time-scaled
+    emulator), 0.1 s -> 12 ms.
+
+    Counted from the answer (``answers``): the server stamped the request before it answered, so
+    that delay is covered exactly, whatever it was; what is left is the provider's own clocks
+    and how it rounds a window's edge: 1 % plus 10 ms (capped at 1 %). 60 s -> 0.61 s, 10 s ->
+    0.11 s, 1 s -> 20 ms.
     """
+    if answers:
+        return 0.01 * window + min(0.010, 0.01 * window)
     return 0.02 * window + min(0.100, 0.1 * window)
+
+
+class Admission:
+    """One admitted request. With a limiter that counts from answers, it counts against every
+    window as if just sent until :meth:`answered` (then from that moment on): call it once the
+    answer, or the failure, is in."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: SlidingWindowLimiter | None) -> None:
+        self._limiter = limiter
+
+    def answered(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter._answered(self)
 
 
 class SlidingWindowLimiter:
@@ -30,6 +55,11 @@ class SlidingWindowLimiter:
     ``t``. Waiters queue on a FIFO lock; only the head sleeps, exactly until the next
     admission is possible (or until a pause/penalty/failure wakes it to re-check), so
     there is no polling loop and nobody overtakes.
+
+    With ``answers``, a request counts from when its answer came back (:class:`Admission`), not
+    from its admission: the server stamped it in between, so a stall between admission and send
+    (a busy event loop, a full garbage collection) or a slow request cannot put N+1 in one of
+    its windows, and the margin is left only the provider's clocks to cover.
 
     After a ``RateLimitExceeded``, :meth:`penalize` pauses admission (``Retry-After`` when
     the server sends one, else an exponential backoff starting at one slot interval) and
@@ -45,10 +75,11 @@ class SlidingWindowLimiter:
 
     def __init__(self, limit: Limit | tuple[int, float] | str, clock: Clock | None = None, *,
                  margin: float | None = None, name: str = "", slowdown: float = 0.8,
-                 max_backoff: float | None = None) -> None:
+                 max_backoff: float | None = None, answers: bool = False) -> None:
         self.limit = Limit.parse(limit)
         self.clock: Clock = clock or MonotonicClock()
-        self.margin = default_margin(self.limit.seconds) if margin is None else float(margin)
+        self.answers = answers
+        self.margin = default_margin(self.limit.seconds, answers=answers) if margin is None else float(margin)
         if self.margin < 0 or not 0 < slowdown <= 1:
             raise ValueError("margin must be >= 0 and slowdown in (0, 1]")
         self.window = self.limit.seconds + self.margin
@@ -56,6 +87,7 @@ class SlidingWindowLimiter:
         self.slowdown = slowdown
         self.max_backoff = self.window if max_backoff is None else float(max_backoff)
         self._log: deque[float] = deque(maxlen=self.limit.count)  # ours and seeded ones, in order
+        self._unanswered: set[Admission] = set()  # with answers: counted as just sent until answered
         self._held_until = -math.inf
         self._lock = asyncio.Lock()
         self._wake: asyncio.Future[None] | None = None
@@ -87,15 +119,17 @@ class SlidingWindowLimiter:
         now = self.clock.now() if now is None else now
         at = max(now, self._paused_until, self._held_until)
         n = self.effective_count(now)
-        k = len(self._log)
-        return at if k < n else max(at, self._log[k - n] + self.window)
+        k = len(self._log) + len(self._unanswered)  # the unanswered are the newest of all
+        if k < n:
+            return at
+        return max(at, self._log[k - n] + self.window) if k - n < len(self._log) else math.inf
 
     @property
     def waiting(self) -> int:
         return len(getattr(self._lock, "_waiters", None) or ()) + (1 if self._lock.locked() else 0)
 
     # -- admission -----------------------------------------------------------------------
-    async def acquire(self) -> None:
+    async def acquire(self) -> Admission:
         """Wait for this request's turn; returns at the instant it is admitted."""
         epoch = self._epoch
         async with self._lock:
@@ -105,10 +139,32 @@ class SlidingWindowLimiter:
                 now = self.clock.now()
                 at = self.next_admission(now)
                 if at <= now:
-                    self._log.append(now)
                     self.admitted += 1
-                    return
-                await sleep_or_wake(self.clock, at - now, self._wake_future())
+                    if not self.answers:
+                        self._log.append(now)
+                        return Admission(None)
+                    admission = Admission(self)
+                    self._unanswered.add(admission)
+                    return admission
+                # Unanswered ones in the way: an answer wakes us (a window at most, to check again).
+                await sleep_or_wake(self.clock, min(at - now, self.window), self._wake_future())
+
+    def _answered(self, admission: Admission) -> None:
+        if admission in self._unanswered:
+            self._unanswered.discard(admission)
+            self._insert(self.clock.now())
+            self._notify()
+
+    def _insert(self, t: float) -> None:
+        """Into the log in order (seeded times may be later than an answer that comes now)."""
+        if len(self._log) == self._log.maxlen:
+            if t <= self._log[0]:
+                return  # older than all the newest ``count``: never the one that decides
+            self._log.popleft()
+        if not self._log or t >= self._log[-1]:
+            self._log.append(t)
+        else:
+            self._log.insert(bisect.bisect_right(self._log, t), t)
 
     def _wake_future(self) -> asyncio.Future[None]:
         if self._wake is None or self._wake.done():
@@ -128,9 +184,10 @@ class SlidingWindowLimiter:
         self._notify()
 
     def recent(self, now: float | None = None) -> list[float]:
-        """Admission times inside one window of ``now``: ours, and the seeded ones we answer for."""
+        """Admission times inside one window of ``now``: ours, and the seeded ones we answer for
+        (an unanswered request as at ``now``)."""
         now = self.clock.now() if now is None else now
-        return [t for t in self._log if t > now - self.window]
+        return [t for t in self._log if t > now - self.window] + [now] * len(self._unanswered)
 
     def seed(self, times: list[float]) -> None:
         """Count another process's admissions (times on this clock) in our windows until they

@@ -44,6 +44,7 @@ from tryon.errors import OutOfCredits, ServerError, TooManyRequests, TransportEr
 from tryon.models import Prediction
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
 from tryon.traffic.latency import LatencyModel, Profile
+from tryon.traffic.limiter import Admission
 
 PollFn = Callable[[str], Awaitable[Prediction]]
 
@@ -53,27 +54,29 @@ STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a pred
 
 # -- pre-admission: a status call the scheduler already paid for ------------------------------
 class _Preadmission:
-    __slots__ = ("endpoint", "used")
+    __slots__ = ("endpoint", "used", "admission")
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, admission: Admission | None) -> None:
         self.endpoint = endpoint
         self.used = False
+        self.admission = admission
 
 
 _PREADMITTED: ContextVar[_Preadmission | None] = ContextVar("tryon_traffic_preadmitted", default=None)
 
 
-def consume_preadmission(endpoint: str) -> bool:
-    """True once per poll task: the scheduler already took this call's admission.
+def consume_preadmission(endpoint: str) -> tuple[bool, Admission | None]:
+    """Whether the scheduler already took this call's admission (true once per poll task), and
+    that admission, to be answered when the call's answer is in.
 
     The client's gate calls ``acquire("status")`` before every HTTP attempt; inside a
     scheduled poll the first attempt is already admitted, retries are not.
     """
     token = _PREADMITTED.get()
     if token is None or token.used or token.endpoint != endpoint:
-        return False
+        return False, None
     token.used = True
-    return True
+    return True, token.admission
 
 
 # -- the scheduler --------------------------------------------------------------------------
@@ -103,7 +106,7 @@ class _Entry:
 class PollScheduler:
     """Polls many predictions through one status budget, the most likely finished first."""
 
-    def __init__(self, acquire: Callable[[], Awaitable[None]], clock: Clock | None = None,
+    def __init__(self, acquire: Callable[[], Awaitable[Admission | None]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *, latency_scale: float = 1.0,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
                  quickest: float = 0.6, likelihood: float = 0.05,
@@ -258,7 +261,7 @@ class PollScheduler:
                 if now < self._next_send:  # paced: one call every window / count
                     await self.clock.sleep(self._next_send - now)
                     continue
-                await self._acquire()
+                admission = await self._acquire()
                 now = self.clock.now()
                 if self.budget is not None and (rate := self.budget()) > 0:
                     # A wake-up a little late (1-2 ms on a busy loop) counts as on time: counting
@@ -274,31 +277,36 @@ class PollScheduler:
                 # (polling it a little early is harmless, wasting the admission is not).
                 ready, idle, _ = self._choose(now)
                 if (chosen := ready or idle) is not None:
-                    self._launch(chosen)
+                    self._launch(chosen, admission)
+                elif admission is not None:
+                    admission.answered()  # nothing sent: it counts from now
         except asyncio.CancelledError:
             self._fail_all(RuntimeError("poll scheduler closed"))
             raise
         except Exception as exc:  # the status limiter failed: every waiter learns why
             self._fail_all(exc)
 
-    def _launch(self, entry: _Entry) -> None:
+    def _launch(self, entry: _Entry, admission: Admission | None = None) -> None:
         sent = self.clock.now()
         entry.busy = True
         entry.last_sent = sent
         entry.polls += 1
         self.polls += 1
-        task = asyncio.ensure_future(self._poll_once(entry, sent))
+        task = asyncio.ensure_future(self._poll_once(entry, sent, admission))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _poll_once(self, entry: _Entry, sent: float) -> None:
-        _PREADMITTED.set(_Preadmission(self.endpoint))  # this task's own context
+    async def _poll_once(self, entry: _Entry, sent: float, admission: Admission | None) -> None:
+        _PREADMITTED.set(_Preadmission(self.endpoint, admission))  # this task's own context
         try:
             answer = await entry.poll(entry.prediction_id)
         except Exception as exc:
             entry.busy = False
             self._on_error(entry, exc)
             return
+        finally:
+            if admission is not None:
+                admission.answered()  # the client answered it already, unless the poll skipped it
         entry.busy = False
         if entry.future.done():
             return

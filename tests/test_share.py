@@ -82,7 +82,7 @@ async def test_a_record_sent_as_an_event_is_published_even_when_its_store_fails(
         c = controller()
         run = c.limiters["run"]
         for _ in range(45):  # alone: 45 runs, one a second
-            await run.acquire()
+            (await run.acquire()).answered()
             await c.clock.advance(1.0)
         c.share.observe(2)  # a newcomer: our share is now 25
         record = c.share.record()

@@ -198,6 +198,8 @@ class KeyShare:
         # in a heartbeat, the excess (a leaver's admissions taken over by two members, ...) would
         # leave our windows and reach nobody's (fake clock: 51 runs in a window).
         acknowledging = self.members > self.acknowledged or self._refresh
+        self._offered = [offer for offer in self._offered if any(  # no longer in any window: nothing to offer
+            t > now - self.controller.limiters[name].window for name, times in offer[1].items() for t in times)]
         for name, limiter in self.controller.limiters.items():
             # Seeded admissions too: a member that took over a leaver's window answers for it.
             own = limiter.recent(now)

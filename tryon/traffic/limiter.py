@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import math
 from collections import Counter, deque
+from collections.abc import Iterable
 
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
@@ -29,6 +30,18 @@ def default_margin(window: float, *, answers: bool = False) -> float:
     if answers:
         return 0.01 * window + min(0.010, 0.01 * window)
     return 0.02 * window + min(0.100, 0.1 * window)
+
+
+def without(times: Iterable[float], taken: Iterable[float]) -> list[float]:
+    """``times`` less one entry for each of ``taken`` (several admissions may share a time)."""
+    gone = Counter(taken)
+    kept = []
+    for t in times:
+        if gone[t] > 0:
+            gone[t] -= 1
+        else:
+            kept.append(t)
+    return kept
 
 
 class Admission:
@@ -199,15 +212,8 @@ class SlidingWindowLimiter:
     def forget(self, times: list[float]) -> None:
         """Stop counting these admissions (exact times from :meth:`recent`): another process
         answers for them now. Times no longer in the log (expired) are ignored."""
-        gone = Counter(times)  # one entry each: several admissions may share a time
-        if gone:
-            kept = []
-            for t in self._log:
-                if gone[t] > 0:
-                    gone[t] -= 1
-                else:
-                    kept.append(t)
-            self._log = deque(kept, maxlen=self._log.maxlen)
+        if times:
+            self._log = deque(without(self._log, times), maxlen=self._log.maxlen)
             self._notify()
 
     def hold(self, seconds: float) -> None:

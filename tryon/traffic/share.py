@@ -52,10 +52,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable
 
 from tryon.settings import Limit
+from tryon.traffic.limiter import without
 
 Record = dict  # JSON: member, members, at, left, fits, waiting, excess {endpoint: [ms before at]}, in_flight [s]
 
@@ -66,18 +66,6 @@ def _spread(times: list[float], n: int) -> list[float]:
     if n >= len(times):
         return list(times)
     return [t for i, t in enumerate(times) if (i + 1) * n // len(times) > i * n // len(times)]
-
-
-def _without(times: list[float], taken: list[float]) -> list[float]:
-    """``times`` less one entry for each of ``taken`` (several admissions may share a time)."""
-    gone = Counter(taken)
-    kept = []
-    for t in times:
-        if gone[t] > 0:
-            gone[t] -= 1
-        else:
-            kept.append(t)
-    return kept
 
 
 class KeyShare:
@@ -204,7 +192,7 @@ class KeyShare:
             # Seeded admissions too: a member that took over a leaver's window answers for it.
             own = limiter.recent(now)
             offered = [t for _, times in self._offered for t in times[name] if t > now - limiter.window]
-            free = _without(own, offered)  # offered already: not again (a confirmation forgets each once)
+            free = without(own, offered)  # offered already: not again (a confirmation forgets each once)
             keep = 0 if left else limiter.limit.count if acknowledging else len(free)
             handing[name] = _spread(free, max(0, len(free) - keep))
             self._handed[name] = [t for t in self._handed[name] if t > now - limiter.window]

@@ -1,8 +1,9 @@
 """Prefect tasks: thin wrappers over :mod:`tryon.pipeline`, adding names, retries and logs.
 
-One task run per item: a task run costs about 30 ms of CPU between this process and the Prefect
-server (its state events), the largest cost per item after the API calls; two per item (submit;
-poll and archive) cost 39 + 79 ms per item in the benchmark, one 35 + 49 ms. Retrying the whole
+One task run per item: a task run costs 35 ms of CPU between this process and a Prefect server
+with its defaults, 15 ms with the embedded server's tuning (``bench/task_cost.py``), the largest
+cost per item after the API calls; two per item (submit; poll and archive) cost 39 + 79 ms per
+item in the benchmark, one 35 + 49 ms (before the tuning). Retrying the whole
 item is safe because :func:`tryon.pipeline.run` never submits twice what this run started.
 """
 

@@ -295,6 +295,11 @@ class PollScheduler:
         task = asyncio.ensure_future(self._poll_once(entry, sent, admission))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if admission is not None:
+            # The client answered it when the call's answer came; if the poll skipped the client, or
+            # the task was cancelled before it ran, it counts from now (a limiter lives as long as
+            # its process: one never answered would hold a place in its windows for good).
+            task.add_done_callback(lambda _: admission.answered())
 
     async def _poll_once(self, entry: _Entry, sent: float, admission: Admission | None) -> None:
         _PREADMITTED.set(_Preadmission(self.endpoint, admission))  # this task's own context
@@ -304,9 +309,6 @@ class PollScheduler:
             entry.busy = False
             self._on_error(entry, exc)
             return
-        finally:
-            if admission is not None:
-                admission.answered()  # the client answered it already, unless the poll skipped it
         entry.busy = False
         if entry.future.done():
             return

@@ -26,8 +26,9 @@ of the in-flight slots, and:
   after it joined, fitting, and with shares that fit in the key together with its own. It then
   seeds their excess, and takes over members that left within a window (their admissions and
   phantoms), and starts: together the members stay within every limit in every window, and in
-  flight, and publishes which record of each member it started on. The settle period alone never ends the wait while such a member may be alive: one
-  whose Prefect calls are slow may not have seen the newcomer yet (measured: 6.8 s late at a
+  flight. It then publishes which record of each member it started on. The settle period alone
+  never ends the wait while such a member may be alive: one whose Prefect calls are slow may not
+  have seen the newcomer yet (measured: 6.8 s late at a
   10x time scale, 429s followed), and a record proves its member dead only once it is older than
   heartbeat + settle and than the membership lease (its writes may be slow: 13 x 429 in CI at
   20x when a window-scaled age was enough). When the count shows members no record does

@@ -94,7 +94,10 @@ async def test_a_record_sent_as_an_event_is_published_even_when_its_store_fails(
         assert c.share.record_due is not sent
         assert len(run.recent()) == 45, "counted by us until a newcomer says it started on the record"
         started = {"member": "newcomer", "at": record["at"] + 1, "members": 2, "fits": True, "left": False,
-                   "waiting": False, "excess": {}, "started_on": {c.share.member: record["at"]}}
+                   "waiting": False, "excess": {}, "started_on": {c.share.member: record["at"] - 1}}
+        c.share.on_records([started])
+        assert len(run.recent()) == 45, "a newcomer that started on an earlier record did not seed this offer"
+        started = {**started, "at": record["at"] + 2, "started_on": {c.share.member: record["at"]}}
         c.share.on_records([started])
         assert len(run.recent()) == (25 if sent else 45), "handed over only when it reached the newcomer"
         assert len(c.share.record()["excess"]["run"]) == 20, "and still in our records while in a window"

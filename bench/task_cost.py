@@ -21,17 +21,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tryon-bench-"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from bench.throughput import cpu_seconds  # noqa: E402  (it applies the embedded server's tuning)
+# Its import sets the benchmarks' environment (a private PREFECT_HOME, the embedded server's tuning).
+from bench.throughput import cpu_seconds  # noqa: E402
 from tryon.console import EMBEDDED_SERVER_TUNING  # noqa: E402
 
 

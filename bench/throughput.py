@@ -55,10 +55,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tryon-bench-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-from tryon.console import EMBEDDED_SERVER_TUNING  # noqa: E402  (the embedded server, as the product runs it)
+from tryon.console import EMBEDDED_SERVER_TUNING, set_env_defaults  # noqa: E402
 
-for _name, _value in EMBEDDED_SERVER_TUNING.items():
-    os.environ.setdefault(_name, _value)
+set_env_defaults(EMBEDDED_SERVER_TUNING)  # the embedded server, as the product runs it
 
 KEY = "fa-bench-key"
 MODES = {  # name: (run limit, status limit, in flight, processes)

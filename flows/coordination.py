@@ -416,8 +416,9 @@ async def _follow(share: KeyShare, records: Records, name: str, stop: asyncio.Ev
                 # Sent at once, stored in the background: a store on a loaded SQLite server can wait
                 # seconds (measured: 2 s, 6 s), and a waiting newcomer must go on reading meanwhile.
                 # An acknowledgement once waited behind a heartbeat's store while the key's slots
-                # stood idle (that store's failure was logged 30 ms before the acknowledgement came). Unsent (no event channel), a record is published only once
-                # stored, so the next one waits for that.
+                # stood idle (that store's failure was logged 30 ms before the acknowledgement
+                # came). Unsent (no event channel), a record is published only once stored, so the
+                # next one waits for that.
                 if share.record_due and (sent or not storer.busy):
                     sent = await _send(records, share.record(), share, storer)
             except Exception as exc:  # keep the last share; try again next time
@@ -457,8 +458,8 @@ async def _publish(records: Records, record: Record, share: KeyShare, *, announc
 async def _send(records: Records, record: Record, share: KeyShare, storer: _Storer) -> bool:
     """Send ``record`` as an event now and have ``storer`` store it; whether it was sent. It is
     published once it reached the others either way: a newcomer may start on the event alone, so
-    what the record hands over is settled then, even if the store fails (a later record would hand
-    over other admissions). A record neither sent nor stored is tried again when due."""
+    what the record offers is settled then, even if the store fails. A record neither sent nor
+    stored is tried again when due."""
     sent = await records.announce(record)
     if sent:
         share.published(record)

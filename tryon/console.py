@@ -29,12 +29,18 @@ PREFECT_DEFAULTS = {
 }
 
 
+def set_env_defaults(values: dict[str, str]) -> None:
+    """Each of ``values`` into the environment unless set there already (before Prefect is imported:
+    it reads its settings then, and a server it starts inherits them)."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+
+
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
                       force: bool) -> int:
     """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
     if not os.environ.get("PREFECT_API_URL"):
-        for name, value in PREFECT_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        set_env_defaults(PREFECT_DEFAULTS)
     return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force))
 
 

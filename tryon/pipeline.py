@@ -69,10 +69,7 @@ async def run(runtime: Runtime, item: Item, key: str) -> ItemReport:
     failure it goes on from where the item stands (the prediction it waits on), never paying
     twice for what this run started (so the item stays in ``runtime.in_progress``: the caller,
     which knows when the last attempt is over, removes it)."""
-    return await _run(runtime, item, key, runtime.in_progress[key])
-
-
-async def _run(runtime: Runtime, item: Item, key: str, state: InProgress) -> ItemReport:
+    state = runtime.in_progress[key]
     flags, notes = state.flags, state.notes
 
     def note() -> str:

@@ -286,7 +286,7 @@ class PollScheduler:
         except Exception as exc:  # the status limiter failed: every waiter learns why
             self._fail_all(exc)
 
-    def _launch(self, entry: _Entry, admission: Admission | None = None) -> None:
+    def _launch(self, entry: _Entry, admission: Admission | None) -> None:
         sent = self.clock.now()
         entry.busy = True
         entry.last_sent = sent

@@ -133,7 +133,7 @@ def start_flow(spec: Path, archive_url: str, env: dict[str, str], log: Path) -> 
 def child_main(spec: str, archive_url: str) -> None:
     """The flow process: ``tryon run`` with the flaky filesystem registered."""
     import bench.flakyfs  # noqa: F401  (registers flaky://)
-    from tryon.cli import app
+    from flows.cli import app
 
     sys.exit(app(["run", spec, "--archive", archive_url]))
 

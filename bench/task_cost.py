@@ -9,7 +9,7 @@ benchmark (``prefect_test_harness``), ``--tasks`` calls of an async function tha
 default in-flight limit): first as plain coroutines (the baseline),
 then as Prefect task runs (``cache_policy=NO_CACHE``, as ``flows.tasks.tryon_item``). Prints
 the CPU per call of each (flow process + server) and the task run's cost over the baseline. The
-server runs as the product embeds it (``tryon.console.EMBEDDED_SERVER_TUNING``: its task-run
+server runs as the product embeds it (``flows.console.EMBEDDED_SERVER_TUNING``: its task-run
 recorder batched), or with Prefect's defaults (``--untuned``).
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 # Its import sets the benchmarks' environment (a private PREFECT_HOME, the embedded server's tuning).
 from bench.throughput import cpu_seconds  # noqa: E402
-from tryon.console import EMBEDDED_SERVER_TUNING  # noqa: E402
+from flows.console import EMBEDDED_SERVER_TUNING  # noqa: E402
 
 
 def child_main(calls: int, as_tasks: bool, sleep: float) -> None:
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300, help="calls per run (default 300)")
     parser.add_argument("--sleep", type=float, default=0.8, help="seconds each call waits (default 0.8)")
     parser.add_argument("--untuned", action="store_true",
-                        help="the server with Prefect's defaults, not the embedded server's tuning (tryon.console)")
+                        help="the server with Prefect's defaults, not the embedded server's tuning (flows.console)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -109,7 +109,7 @@ def main() -> None:
         print(f"{label:24} {args.tasks:5} {flow_ms * 1000:12.1f} {server_ms * 1000:9.1f} "
               f"{(flow_ms + server_ms) * 1000:8.1f}")
     extra = (sum(tasks) - sum(plain)) * 1000
-    print(f"server: {'Prefect defaults' if args.untuned else 'tuned as embedded (tryon.console)'}; "
+    print(f"server: {'Prefect defaults' if args.untuned else 'tuned as embedded (flows.console)'}; "
           f"one task run costs {extra:.1f} ms CPU over a plain call "
           f"({sum(tasks) / max(sum(plain), 1e-9):.1f}x the baseline's total per call)")
 

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tryon-bench-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-from tryon.console import EMBEDDED_SERVER_TUNING, set_env_defaults  # noqa: E402
+from flows.console import EMBEDDED_SERVER_TUNING, set_env_defaults  # noqa: E402
 
 set_env_defaults(EMBEDDED_SERVER_TUNING)  # the embedded server, as the product runs it
 

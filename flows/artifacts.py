@@ -13,7 +13,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from tryon.planning import Preview
+from tryon.batch import Plan
 from tryon.report import RunReport
 
 MAX_TABLE_ROWS = 500
@@ -68,7 +68,7 @@ def _log_failure(task: asyncio.Task) -> None:
 
 async def publish_results(report: RunReport, location: str, gallery: str | None = None) -> None:
     rows = [
-        {"garment": e.garment, "model": e.model, "state": e.state, "prediction": e.prediction_id or "",
+        {"garment": e.garment_id, "model": e.model_id, "state": e.state, "prediction": e.prediction_id or "",
          "outputs": len(e.outputs), "credits": e.credits_used,
          "error": f"{e.error_name}: {e.error_message}" if e.error_name else ""}
         for e in report.items[:MAX_TABLE_ROWS]
@@ -81,7 +81,7 @@ async def publish_results(report: RunReport, location: str, gallery: str | None 
                                     description=report.summary_line())
 
 
-async def publish_plan(collection: str, planned: Preview) -> None:
+async def publish_plan(collection: str, planned: Plan) -> None:
     """A dry run's answer: what a real run would do and cost."""
     covered = planned.balance is None or planned.balance >= planned.credits_needed
     verdict = "" if covered else "\n\n**The balance does not cover this run: a real run would refuse to start.**"

@@ -1,13 +1,16 @@
 """The per-collection flow: a collection goes in; every output ends archived once, or its item
 ends failed with the reason in the report.
 
-Read top to bottom: load and validate the spec, check the archive is writable and the balance
-covers the run (all before anything is spent), run every item through submit → wait →
-archive under the key's shared traffic control, then write the report, gallery and artifacts.
+Read top to bottom: load and validate the spec, check the archive is writable, plan every item
+once and check the balance covers the run (all before anything is spent), run every planned item
+through its life (:mod:`tryon.item`, one Prefect task each) under the key's shared traffic
+control, then write the report, gallery and artifacts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -17,12 +20,16 @@ from prefect.states import Failed
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership, leaves_in_background
-from flows.items import run_items
 from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
-from tryon import progress
-from tryon.planning import load_and_validate, preview, require_balance
+from flows.tasks import tryon_item
+from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
 from tryon.runtime import key_fingerprint, open_runtime
+
+#: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
+#: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
+progress_listener: ContextVar[Callable[[RunReport], Awaitable[None]] | None] = ContextVar(
+    "tryon_progress_listener", default=None)
 
 
 @flow(name="tryon-collection",
@@ -57,6 +64,8 @@ async def tryon_collection(
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline_spec.as_spec_data() if inline_spec is not None else spec
     logger = get_run_logger()
+    listener = progress_listener.get()
+    progress_listener.set(None)  # subflows started from here are runs of their own
     collection = await load_and_validate(source, model_name, input_overrides(mode, num_samples))
     settings = await resolve_settings(credentials_block)
     store = await resolve_archive(archive, archive_block)
@@ -67,7 +76,7 @@ async def tryon_collection(
         # Joined early (a newcomer's wait for the others overlaps the planning), left as soon as
         # the key is no longer needed (the others take our share at once).
         async with key_membership(runtime.traffic, key_fingerprint(settings)):
-            planned = await preview(collection, store, force=force, max_resubmits=runtime.max_resubmits)
+            planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits)
             if planned.credits_needed or dry_run:
                 planned.balance = (await runtime.client.credits()).total
             logger.info("%s: %s", collection.name, planned.line())
@@ -77,12 +86,17 @@ async def tryon_collection(
             if planned.credits_needed:
                 require_balance(planned.balance or 0, planned.credits_needed)
             report = RunReport.start(collection.name, collection.model_name)
-            tracker = await artifacts.ProgressTracker.create(collection.name, total=sum(planned.actions.values()))
-            with progress.subscribe(tracker.update):
-                await run_items(runtime, collection, report, force=force)
+            tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
+
+            async def on_report(current: RunReport) -> None:
+                await tracker.update(current)
+                if listener is not None:
+                    await listener(current)
+
+            await run_items(runtime, planned, report, run_one=tryon_item, on_report=on_report)
         await tracker.update(report, force=True)
         report.finish()
-        location = await store.write_report(collection.name, collection.model_name, report)
+        location = await save_report(store, report)
         gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
         await artifacts.publish_results(report, location, gallery)
         logger.info("%s; report at %s", report.summary_line(), location)

@@ -12,7 +12,7 @@ from tests.fixtures.emulator import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs the CLI, then reports whether prefect was ever imported.
-PROBE = ("import sys; from tryon.cli import app\n"
+PROBE = ("import sys; from flows.cli import app\n"
          "try:\n    code = app(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
          "print('PREFECT_IMPORTED' if 'prefect' in sys.modules else 'NO_PREFECT')\nsys.exit(code or 0)")
 

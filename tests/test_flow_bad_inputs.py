@@ -136,7 +136,7 @@ async def test_a_prediction_the_provider_forgot_is_submitted_once_more(prefect_s
     state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
     assert state.is_completed(), state.message
     report = report_of(tmp_path / "archive", "faults")
-    entry = next(e for e in report["items"] if e["garment"] == forgotten.garment_id)
+    entry = next(e for e in report["items"] if e["garment_id"] == forgotten.garment_id)
     assert entry["state"] == "archived" and entry["resubmitted_after_404"]
     assert "unknown to the provider (404); submitted again" in entry["note"]
     assert calls(emulator)["status"].get("404") == 1 and calls(emulator)["run"] == {"200": 2}

@@ -51,7 +51,7 @@ async def test_non_retryable_failure_is_reported_once_and_fails_the_flow(prefect
     assert "1 archived, 1 failed" in state.message
     report = report_of(tmp_path / "archive", "faults")
     failed = [e for e in report["items"] if e["state"] == "failed"]
-    assert [(e["garment"], e["error_name"]) for e in failed] == [("posey", "PoseError")]
+    assert [(e["garment_id"], e["error_name"]) for e in failed] == [("posey", "PoseError")]
     assert "injected PoseError" in failed[0]["error_message"]
     assert emulator.stats()["requests"]["run"] == {"200": 2}, "the failed item was submitted once"
 
@@ -146,7 +146,7 @@ async def test_run_killed_with_sigkill_resumes_without_paying_twice(prefect_serv
     spec = write_collection(tmp_path, name="killed", garments=4, models=3)
     archive = tmp_path / "archive"
     env = {**os.environ, **flow_env(emulator, time_scale), "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
-    command = [sys.executable, "-m", "tryon.cli", "run", str(spec), "--archive", str(archive)]
+    command = [sys.executable, "-m", "flows.cli", "run", str(spec), "--archive", str(archive)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Kill once a few predictions exist and every one of them has its id recorded: a kill

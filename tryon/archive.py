@@ -31,7 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
@@ -41,9 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tryon import images
 from tryon.collection import Item, id_problem, item_key
 from tryon.errors import FashnError
-
-if TYPE_CHECKING:
-    from tryon.report import RunReport
 
 DEFAULT_ARCHIVE_URL = "./archive"
 RESULT_FILE = "result.json"
@@ -509,20 +506,17 @@ class Archive:
 
     # -- reports ----------------------------------------------------------------------------------
 
-    async def write_report(self, collection: str, model_name: str, report: RunReport) -> str:
-        """Write the run's report (also under ``runs/<run-id>/``), its summary and the gallery
-        beside it; returns the location of ``report.json``."""
-        from tryon.gallery import render_gallery
-
+    async def write_report(self, collection: str, model_name: str, run_id: str, *, report: bytes, summary: bytes,
+                           gallery: bytes) -> str:
+        """Write a run's ``report.json`` and ``summary.txt`` (also under ``runs/<run-id>/``) and the
+        gallery beside them; returns the location of ``report.json``."""
         folder = self.model_dir(collection, model_name)
-        run_dir = self._join(folder, "runs", _safe_component(report.run_id, "run id"))
-        report_json = report.to_json().encode("utf-8")
-        summary = (report.summary_text().rstrip("\n") + "\n").encode("utf-8")
-        await self._write(self._join(run_dir, REPORT_FILE), report_json)
+        run_dir = self._join(folder, "runs", _safe_component(run_id, "run id"))
+        await self._write(self._join(run_dir, REPORT_FILE), report)
         await self._write(self._join(run_dir, SUMMARY_FILE), summary)
-        await self._write(self._join(folder, REPORT_FILE), report_json)
+        await self._write(self._join(folder, REPORT_FILE), report)
         await self._write(self._join(folder, SUMMARY_FILE), summary)
-        await self._write(self._join(folder, GALLERY_FILE), render_gallery(report).encode("utf-8"))
+        await self._write(self._join(folder, GALLERY_FILE), gallery)
         return self.location(self._join(folder, REPORT_FILE))
 
     async def read_report(self, collection: str, model_name: str) -> dict[str, Any] | None:

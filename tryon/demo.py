@@ -1,13 +1,10 @@
-"""``tryon demo``: the main job end to end on embedded defaults.
+"""The demo's sample collection: synthetic garments and model photos made with Pillow.
 
-Starts the emulator on loopback, writes a small synthetic collection (images made with
-Pillow), runs it through the real flow (embedded Prefect server unless PREFECT_API_URL is
-set) into ``./archive``, and prints where the outputs, report and gallery are.
+``tryon demo`` runs it through the real flow on the local emulator.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -49,23 +46,3 @@ def write_sample_collection(folder: Path, garments: int, models: int) -> Path:
     path = folder / "demo.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def run_demo(*, archive: str, garments: int, models: int, time_scale: float) -> int:
-    from tryon.emulator import EmulatorConfig, EmulatorServer
-
-    spec = write_sample_collection(DEMO_DIR / "collection", garments, models)
-    with EmulatorServer(EmulatorConfig(time_scale=time_scale, keys={DEMO_KEY: 10_000})) as emulator:
-        print(f"FASHN emulator on {emulator.url} (time scale {time_scale:g})")
-        os.environ.update({"FASHN_API_KEY": DEMO_KEY, "FASHN_BASE_URL": emulator.url,
-                           "FASHN_LATENCY_SCALE": str(time_scale)})
-        for name, value in _scaled_limits(time_scale).items():
-            os.environ[name] = value
-        from tryon.console import run_with_progress
-
-        return run_with_progress(str(spec), archive=archive, report=None, model_name=None, force=False)
-
-
-def _scaled_limits(time_scale: float) -> dict[str, str]:
-    return {"FASHN_RUN_LIMIT": f"50/{60 / time_scale:g}", "FASHN_STATUS_LIMIT": f"50/{10 / time_scale:g}",
-            "FASHN_CREDITS_LIMIT": f"30/{10 / time_scale:g}"}

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from html import escape
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from tryon.report import ItemReport, RunReport
+from tryon.report import ItemReport, RunReport
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
@@ -64,9 +62,9 @@ def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] 
     models: dict[str, None] = {}
     cells: dict[tuple[str, str], ItemReport] = {}
     for entry in report.items:
-        garments.setdefault(entry.garment)
-        models.setdefault(entry.model)
-        cells[(entry.garment, entry.model)] = entry
+        garments.setdefault(entry.garment_id)
+        models.setdefault(entry.model_id)
+        cells[(entry.garment_id, entry.model_id)] = entry
     heading = escape(title or f"{report.collection} — {report.model_name}")
     header = "".join(f"<th>{escape(m)}</th>" for m in models)
     rows = []

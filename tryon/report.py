@@ -1,6 +1,5 @@
 """What a run did: one entry per item (archived, failed or skipped), totals, credits, and a short
-human summary. Written by :meth:`tryon.archive.Archive.write_report` as ``report.json`` and
-``summary.txt``."""
+human summary (``report.json`` and ``summary.txt``, written by :func:`tryon.batch.save_report`)."""
 
 from __future__ import annotations
 
@@ -10,72 +9,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from tryon.archive import ItemResult, OutputRecord, utcnow
-from tryon.collection import Item
+from tryon.archive import ItemResult, utcnow
 
 State = Literal["archived", "failed", "skipped"]
 STATES: tuple[State, ...] = ("archived", "failed", "skipped")
 MAX_LISTED = 20
 
 
-class ItemReport(BaseModel):
-    """One item of one run. ``credits_used`` is what this run spent on it (0 when skipped)."""
+class ItemReport(ItemResult):
+    """One item of one run: how it ended (its :class:`~tryon.archive.ItemResult`, archived or not),
+    ``skipped`` when an earlier run archived it, and what this run spent on it in ``credits_used``."""
 
-    garment: str
-    model: str
-    label: str
-    state: State
-    key: str | None = None
-    prediction_id: str | None = None
-    prediction_ids: list[str] = Field(default_factory=list)
-    outputs: list[OutputRecord] = Field(default_factory=list)
-    error_name: str | None = None
-    error_message: str | None = None
-    credits_used: int = 0
-    attempts: int = 0
-    possible_duplicate_charge: bool = False
-    resubmitted_after_404: bool = False
-    seconds: float | None = None
+    state: State  # type: ignore[assignment]
     note: str = ""
 
     @classmethod
-    def _of(cls, item: Item, **fields: Any) -> "ItemReport":
-        return cls(garment=item.garment_id, model=item.model_id, label=item.label, **fields)
-
-    @classmethod
-    def from_result(cls, item: Item, result: ItemResult | None, note: str = "") -> "ItemReport":
-        """The entry for an item that ended in this run (archived or failed)."""
-        if result is None:
-            return cls.failed(item, None, "MissingResult", "the item ended without a result", note=note)
-        return cls._of(
-            item, state=result.state, key=result.key, prediction_id=result.prediction_id,
-            prediction_ids=list(result.prediction_ids), outputs=list(result.outputs), error_name=result.error_name,
-            error_message=result.error_message, credits_used=result.credits_used, attempts=result.attempts,
-            possible_duplicate_charge=result.possible_duplicate_charge,
-            resubmitted_after_404=result.resubmitted_after_404, seconds=result.timings.seconds, note=note,
-        )
-
-    @classmethod
-    def skipped(cls, item: Item, result: ItemResult | None, note: str = "already archived") -> "ItemReport":
-        """The entry for an item archived by an earlier run: nothing spent, its outputs listed."""
-        return cls._of(
-            item, state="skipped", key=result.key if result else None,
-            prediction_id=result.prediction_id if result else None,
-            prediction_ids=list(result.prediction_ids) if result else [],
-            outputs=list(result.outputs) if result else [], attempts=0, note=note,
-        )
-
-    @classmethod
-    def failed(cls, item: Item, key: str | None, name: str, message: str, *, attempts: int = 0,
-               possible_duplicate_charge: bool = False, resubmitted_after_404: bool = False,
-               prediction_id: str | None = None, credits_used: int = 0, note: str = "") -> "ItemReport":
-        """The entry for an item that failed outside a prediction (an error, a stopped run)."""
-        return cls._of(
-            item, state="failed", key=key, prediction_id=prediction_id,
-            prediction_ids=[prediction_id] if prediction_id else [], error_name=name, error_message=message,
-            attempts=attempts, possible_duplicate_charge=possible_duplicate_charge,
-            resubmitted_after_404=resubmitted_after_404, credits_used=credits_used, note=note,
-        )
+    def of(cls, result: ItemResult, *, note: str = "", earlier: bool = False) -> "ItemReport":
+        """The entry for ``result``; ``earlier``: it ended in an earlier run (archived: skipped),
+        so this run spent nothing on it and its flags were reported then."""
+        entry = cls(**dict(result), note=note)
+        if earlier:
+            entry.state = "skipped" if result.state == "archived" else "failed"
+            entry.credits_used = 0
+            entry.possible_duplicate_charge = entry.resubmitted_after_404 = False
+        return entry
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:

@@ -1,4 +1,5 @@
-"""One traffic controller per API key per process, and the runtime a flow run works with."""
+"""What a run of items works with: one traffic controller per API key per process, the client
+and the archive (:class:`Runtime`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,26 @@ from contextlib import asynccontextmanager
 from tryon.archive import Archive
 from tryon.client import FashnClient
 from tryon.settings import FashnSettings
-from tryon.steps import Runtime
 from tryon.traffic import TrafficController
+
+class Runtime:
+    """What one run needs to take items through their life on one key into one archive."""
+
+    def __init__(self, client: FashnClient, traffic: TrafficController, archive: Archive, *,
+                 max_resubmits: int = 2, resubmit_ambiguous: bool = True, prediction_timeout: float = 600.0,
+                 workers: int | None = None) -> None:
+        self.client = client
+        self.traffic = traffic
+        self.archive = archive
+        self.max_resubmits = max_resubmits
+        self.resubmit_ambiguous = resubmit_ambiguous
+        self.prediction_timeout = prediction_timeout
+        # Enough items in progress to keep every slot busy while others download or archive.
+        self.workers = workers or 2 * traffic.slots.capacity + 2
+
+    def __repr__(self) -> str:
+        return f"Runtime(archive={self.archive.url!r})"
+
 
 _controllers: dict[tuple[int, str, str], TrafficController] = {}
 _frozen = False
@@ -22,11 +41,9 @@ def freeze_startup_objects() -> None:
     """Exempt what is already allocated (Prefect, its imports: ~140 000 objects) from the cyclic
     garbage collector, once per process.
 
-    Its full collections stopped a flow process's event loop for up to 133 ms (300 items, 6 in
-    flight) and 167 ms (900 items, 30 in flight); after this, for at most 29 and 85 ms. A stall
-    holds back a status call the limiter has already admitted, and one longer than the limiter's
-    margin can put N + 1 calls in one of the provider's windows. Objects alive now that later
-    become cyclic garbage are never collected: a bounded cost, paid once.
+    A full collection over them stops the event loop for a tenth of a second or more, holding back
+    calls the limiter has already admitted; frozen, they are never scanned again. Objects alive now
+    that later become cyclic garbage are never collected: a bounded cost, paid once.
     """
     global _frozen
     if not _frozen:

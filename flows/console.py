@@ -1,5 +1,5 @@
 """Running the collection flow from a terminal: an embedded Prefect server unless
-PREFECT_API_URL is set, a progress bar, and where the report is."""
+PREFECT_API_URL is set, a progress bar, and where the report is; and the demo on top of it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 # The server's task-run recorder writes each task-run state event in a transaction of its own by
-# default: 29 ms of server CPU per task run when items come one at a time (bench/task_cost.py);
-# read and written 100 at a time (flushed every 5 s at the latest), 8 ms. An item is one task run,
-# so this is the largest cost per item; task runs then show in the UI up to 5 s late. Set the same
-# on a Prefect server of your own.
+# default; read and written 100 at a time (flushed every 5 s at the latest) it costs a fraction
+# of the server CPU per task run (bench/task_cost.py). An item is one task run, so this is the
+# largest cost per item; task runs then show in the UI up to 5 s late. Set the same on a Prefect
+# server of your own.
 EMBEDDED_SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
@@ -47,8 +47,7 @@ def run_with_progress(spec: str, *, archive: str | None, report: Path | None, mo
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.collection import tryon_collection
-    from tryon import progress
+    from flows.collection import progress_listener, tryon_collection
     from tryon.collection import load_spec
 
     total = (await load_spec(spec, model_name_override=model_name)).item_count()
@@ -62,9 +61,9 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
             bar.update(task_id, completed=run_report.total,
                        counts=f"{t['archived']} archived · {t['failed']} failed · {t['skipped']} skipped")
 
-        with progress.subscribe(on_item):
-            state = await tryon_collection(spec, archive=archive, model_name=model_name, force=force,
-                                           return_state=True)
+        progress_listener.set(on_item)
+        state = await tryon_collection(spec, archive=archive, model_name=model_name, force=force,
+                                       return_state=True)
     return await _finish(state, report)
 
 
@@ -92,3 +91,26 @@ async def _finish(state, report_path: Path | None) -> int:
             RunReport.from_json(report_path.read_bytes())  # what we copied is a report
             print(f"report copied to {report_path}")
     return 0 if state.is_completed() else 1
+
+
+def run_demo(*, archive: str, garments: int, models: int, time_scale: float) -> int:
+    """Start the emulator, write a small synthetic collection and run it into ``archive``."""
+    from tryon.demo import DEMO_DIR, DEMO_KEY, write_sample_collection
+    from tryon.emulator import EmulatorConfig, EmulatorServer
+
+    spec = write_sample_collection(DEMO_DIR / "collection", garments, models)
+    with EmulatorServer(EmulatorConfig(time_scale=time_scale, keys={DEMO_KEY: 10_000})) as emulator:
+        print(f"FASHN emulator on {emulator.url} (time scale {time_scale:g})")
+        os.environ.update({"FASHN_API_KEY": DEMO_KEY, "FASHN_BASE_URL": emulator.url,
+                           "FASHN_LATENCY_SCALE": str(time_scale)})
+        os.environ.update(_scaled_limits(time_scale))
+        return run_with_progress(str(spec), archive=archive, report=None, model_name=None, force=False)
+
+
+def _scaled_limits(time_scale: float) -> dict[str, str]:
+    """The default limits with windows as much shorter as the emulator's clock runs faster."""
+    from tryon.settings import FashnSettings
+
+    fields = FashnSettings.model_fields
+    return {f"FASHN_{name.upper()}": str(fields[name].default.scaled(time_scale))
+            for name in ("run_limit", "status_limit", "credits_limit")}

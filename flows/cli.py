@@ -33,7 +33,7 @@ def validate(spec: str, /, *, model_name: str | None = None) -> int:
         Validate for this model instead of the spec's.
     """
     from tryon.collection import SpecError
-    from tryon.planning import load_and_validate
+    from tryon.batch import load_and_validate
 
     try:
         collection = asyncio.run(load_and_validate(spec, model_name))
@@ -77,10 +77,10 @@ def run(
 
     try:
         if dry_run:
-            from tryon.planning import dry_run as plan
+            from tryon.batch import dry_run as plan
 
             return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, out=sys.stdout))
-        from tryon.console import run_with_progress
+        from flows.console import run_with_progress
 
         return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force)
     except (SpecError, FashnError) as exc:
@@ -102,7 +102,7 @@ def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time
     time_scale
         How much faster than the real API the local emulator runs.
     """
-    from tryon.demo import run_demo
+    from flows.console import run_demo
 
     return run_demo(archive=archive, garments=garments, models=models, time_scale=time_scale)
 

@@ -1,0 +1,133 @@
+"""The item's life without Prefect: plan, submit, wait, archive over the emulator on loopback.
+
+These run in seconds, so a change to :mod:`tryon.item` or :mod:`tryon.batch` can be checked
+without a Prefect server; the flows' tests cover the same paths through Prefect.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.collections import write_collection
+from tests.test_flow_faults import url_collection
+from tests.fixtures.emulator import TEST_KEY
+from tryon import batch, item
+from tryon.archive import Archive, ArchiveError
+from tryon.client import FashnClient
+from tryon.report import RunReport
+from tryon.runtime import Runtime
+from tryon.settings import FashnSettings
+from tryon.traffic import TrafficController
+
+TIME_SCALE = 20.0
+
+
+@asynccontextmanager
+async def runtime_for(emulator, archive: Archive, **options):
+    settings = FashnSettings(api_key=TEST_KEY, base_url=emulator.url)
+    traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE, latency_scale=TIME_SCALE)
+    try:
+        async with FashnClient.from_settings(settings, gate=traffic) as client:
+            yield Runtime(client, traffic, archive, **options)
+    finally:
+        await traffic.aclose()
+
+
+async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, run_one=item.run,
+                         **options) -> tuple[batch.Plan, RunReport]:
+    collection = await batch.load_and_validate(str(spec))
+    planned = await batch.plan(collection, archive, force=force)
+    report = RunReport.start(collection.name, collection.model_name)
+    seen: list[int] = []
+
+    async def on_report(current: RunReport) -> None:
+        seen.append(current.total)
+
+    async with runtime_for(emulator, archive, **options) as runtime:
+        await batch.run_items(runtime, planned, report, run_one=run_one, on_report=on_report)
+    assert seen == list(range(1, len(planned.states) + 1)), "the run's own callback hears every entry once"
+    return planned, report
+
+
+async def test_items_are_planned_once_archived_and_skipped_on_a_rerun(make_emulator, tmp_path):
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec = write_collection(tmp_path, name="life", garments=2, models=2)
+    archive = Archive(str(tmp_path / "archive"))
+
+    planned, report = await run_collection(emulator, spec, archive)
+    assert planned.as_dict()["submit"] == 4 and planned.credits_needed == 4
+    assert [s.stage for s in planned.states] == ["archived"] * 4, "the plan's states are the ones the run took on"
+    assert report.totals == {"archived": 4, "failed": 0, "skipped": 0}
+    assert emulator.stats()["requests"]["run"] == {"200": 4}
+    for entry in report.items:
+        assert entry.outputs and (tmp_path / "archive" / entry.outputs[0].path).stat().st_size == entry.outputs[0].size
+
+    again, rerun = await run_collection(emulator, spec, archive)
+    assert again.as_dict()["skip"] == 4 and again.credits_needed == 0
+    assert rerun.totals == {"archived": 0, "failed": 0, "skipped": 4} and rerun.credits_used == 0
+    assert emulator.stats()["requests"]["run"] == {"200": 4}, "nothing submitted again"
+
+
+async def test_a_repeat_after_an_error_goes_on_with_the_prediction_it_started(make_emulator, tmp_path, monkeypatch):
+    """The state a run left is where a repeat (a Prefect retry) goes on from: no second payment,
+    even with force and with the prediction's id never recorded in the archive."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec = write_collection(tmp_path, name="repeat", garments=1, models=1)
+    archive = Archive(str(tmp_path / "archive"))
+    write_output = Archive.write_output
+    refused: list[str] = []
+
+    async def refuse_pending(self, *args, **kwargs):
+        raise ArchiveError("injected: the pending record could not be written")
+
+    async def refuse_first_output(self, *args, **kwargs):
+        if not refused:
+            refused.append("output")
+            raise ArchiveError("injected: the archive refused the first output")
+        return await write_output(self, *args, **kwargs)
+
+    async def run_twice(runtime, state):
+        try:
+            return await item.run(runtime, state)
+        except ArchiveError:
+            assert state.stage == "submitted", "left waiting on the prediction it started"
+            return await item.run(runtime, state)
+
+    monkeypatch.setattr(Archive, "record_pending", refuse_pending)
+    monkeypatch.setattr(Archive, "write_output", refuse_first_output)
+    _, report = await run_collection(emulator, spec, archive, force=True, run_one=run_twice)
+    assert refused == ["output"]
+    assert report.totals["archived"] == 1
+    assert emulator.stats()["requests"]["run"] == {"200": 1}
+
+
+async def test_a_failed_prediction_ends_failed_with_its_reason_and_stays_failed(make_emulator, tmp_path):
+    emulator = make_emulator(time_scale=TIME_SCALE, faults={"fail_inputs": {"posey": "PoseError"}})
+    spec = url_collection(tmp_path, emulator, garments=["g0", "posey"], name="fails")
+    archive = Archive(str(tmp_path / "archive"))
+
+    _, report = await run_collection(emulator, spec, archive)
+    [failed] = report.failures()
+    assert (failed.garment_id, failed.error_name) == ("posey", "PoseError")
+    assert report.totals == {"archived": 1, "failed": 1, "skipped": 0}
+
+    again, rerun = await run_collection(emulator, spec, archive)
+    assert again.as_dict() == {"submit": 0, "resume": 0, "skip": 1, "failed": 1, "credits_needed": 0, "balance": None}
+    assert rerun.failures()[0].error_name == "PoseError" and rerun.credits_used == 0
+
+
+async def test_an_error_of_our_own_fails_the_item_with_its_reason_and_the_others_go_on(make_emulator, tmp_path):
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec = write_collection(tmp_path, name="own", garments=2, models=1)
+    archive = Archive(str(tmp_path / "archive"))
+
+    async def broken_for_g0(runtime, state):
+        if state.item.garment_id == "g0":
+            raise ValueError("injected")
+        return await item.run(runtime, state)
+
+    _, report = await run_collection(emulator, spec, archive, run_one=broken_for_g0)
+    [failed] = report.failures()
+    assert (failed.garment_id, failed.error_name, failed.error_message) == ("g0", "ValueError", "injected")
+    assert report.totals["archived"] == 1

@@ -1,0 +1,149 @@
+"""A collection's items, without Prefect: validated and planned once before anything is spent,
+then run with bounded concurrency into one report, which is saved with its gallery.
+
+The CLI's ``--dry-run`` and ``validate`` use the first half directly; ``flows.collection``
+uses all of it, passing down the Prefect task that runs one item and its own progress callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from itertools import islice
+from typing import Any, TextIO
+
+from tryon import item as life
+from tryon.archive import Archive
+from tryon.client import FashnClient
+from tryon.collection import CollectionSpec, iter_items, load_spec, spec_from_data, validate_spec
+from tryon.errors import InsufficientCredits, UnauthorizedAccess
+from tryon.gallery import render_gallery
+from tryon.item import ItemState
+from tryon.report import ItemReport, RunReport
+from tryon.runtime import Runtime
+from tryon.settings import ArchiveSettings, FashnSettings
+
+#: How each planned stage is counted in a plan's line and data.
+ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resume"),
+           "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
+
+RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
+OnReport = Callable[[RunReport], Awaitable[None]]
+
+
+async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> CollectionSpec:
+    """Load (a path or URL, or already parsed data) and check a spec; raises
+    :class:`tryon.collection.SpecError` listing every problem. ``overrides`` are inputs set
+    on every item (a run's mode or num_samples)."""
+    if isinstance(spec, Mapping):
+        collection = await spec_from_data(spec, model_name_override=model_name)
+    else:
+        collection = await load_spec(spec, model_name_override=model_name)
+    if overrides:
+        collection = collection.model_copy(update={"overrides": {**collection.overrides, **overrides}})
+    await validate_spec(collection)
+    return collection
+
+
+class Plan:
+    """Every item of a run as planned from the archive (the states the run then takes on), the
+    counts by action and the credits the submissions would cost."""
+
+    def __init__(self, states: list[ItemState], balance: int | None = None) -> None:
+        self.states = states
+        self.actions = Counter(ACTIONS[s.stage][0] for s in states)
+        self.credits_needed = sum(s.item.num_samples for s in states if s.stage == "planned")
+        self.balance = balance  # the key's credits, when asked
+
+    def line(self) -> str:
+        parts = [f"{self.actions[action]} {label}" for action, label in ACTIONS.values()]
+        balance = "" if self.balance is None else f" (balance {self.balance})"
+        return ", ".join(parts) + f"; at most {self.credits_needed} credits{balance}"
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {**{action: self.actions[action] for action, _ in ACTIONS.values()},
+                "credits_needed": self.credits_needed, "balance": self.balance}
+
+
+async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
+               out: TextIO | None = None, batch: int = 32) -> Plan:
+    """Plan every item from the archive alone, ``batch`` at a time (on S3 each plan is one or two
+    round trips, and a catalogue planned one by one would keep the run from starting for
+    minutes); one line each to ``out``."""
+    states: list[ItemState] = []
+    items = iter_items(collection)
+    while chunk := list(islice(items, batch)):
+        planned = await asyncio.gather(*(life.plan(archive, i, force=force, max_resubmits=max_resubmits)
+                                         for i in chunk))
+        states.extend(planned)
+        if out is not None:
+            for state in planned:
+                print(f"  {ACTIONS[state.stage][0]:<7} {state.label}  ({state.item.num_samples} credit(s)) "
+                      f"{state.reason}", file=out)
+    return Plan(states)
+
+
+def require_balance(balance: int, needed: int) -> None:
+    if balance < needed:
+        raise InsufficientCredits(
+            f"the run needs up to {needed} credits but the balance is {balance}; nothing was submitted")
+
+
+async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_one: RunOne = life.run,
+                    on_report: OnReport | None = None) -> None:
+    """Every planned item into ``report``, ``runtime.workers`` at a time through ``run_one``
+    (:func:`tryon.item.run`, or a Prefect task around it); ``on_report`` hears of each entry.
+
+    None is dropped: each ends in the report, archived, skipped or failed with its reason. A wrong
+    key stops every further call.
+    """
+    states = iter(planned.states)
+    stopped: list[UnauthorizedAccess] = []
+
+    async def worker() -> None:
+        for state in states:
+            if state.active and stopped:
+                state.fail(UnauthorizedAccess(f"not attempted: {stopped[0]}"))
+            elif state.active:
+                try:
+                    await run_one(runtime, state)
+                except UnauthorizedAccess as exc:
+                    stopped.append(exc)
+                    runtime.traffic.stop_submissions(str(exc), UnauthorizedAccess)
+                    state.fail(exc)
+                except Exception as exc:  # this item fails with its reason; the others go on
+                    state.fail(exc)
+            report.add(state.report())
+            if on_report is not None:
+                await on_report(report)
+
+    await asyncio.gather(*(worker() for _ in range(runtime.workers)))
+
+
+async def save_report(archive: Archive, report: RunReport) -> str:
+    """Write the run's report, summary and gallery into the archive; the report's location."""
+    return await archive.write_report(
+        report.collection, report.model_name, report.run_id, report=report.to_json().encode("utf-8"),
+        summary=(report.summary_text().rstrip("\n") + "\n").encode("utf-8"),
+        gallery=render_gallery(report).encode("utf-8"))
+
+
+async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,
+                  out: TextIO) -> int:
+    """Validate, list what would be submitted or skipped, the credits and the balance; spend nothing."""
+    settings = FashnSettings()
+    collection = await load_and_validate(spec, model_name)
+    store = Archive(archive or ArchiveSettings().archive_url)
+    print(f"{collection.name} ({collection.model_name}) into {store.url}:", file=out)
+    planned = await plan(collection, store, force=force, max_resubmits=settings.max_resubmits, out=out)
+    print(planned.line(), file=out)
+    async with FashnClient.from_settings(settings) as client:
+        balance = await client.credits()
+    print(f"balance: {balance.total} credits (subscription {balance.subscription}, on demand {balance.on_demand})",
+          file=out)
+    if balance.total < planned.credits_needed:
+        print("the balance does not cover this run: a real run would refuse to start", file=out)
+        return 1
+    return 0

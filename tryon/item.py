@@ -1,0 +1,287 @@
+"""The life of one item, without Prefect: plan, submit, wait, archive, report.
+
+One state type, :class:`ItemState`, and its stages::
+
+    planned ──submit──▶ submitted ──wait──▶ (completed) ──archive──▶ archived
+       ▲                    │                                         
+       └── resubmit ────────┤ (retryable failure, 404, ambiguous answer)
+                            └──────────────────────────────────────▶ failed
+    skipped: archived by an earlier run (planned so, nothing to do)
+
+:func:`plan` decides the stage from the archive alone (no API call); :func:`run` takes a planned or
+submitted item to its end and may be called again after it raised (``flows.tasks`` retries it as
+one Prefect task): the state it changed (the prediction it waits on, attempts, flags, notes) is
+the one it goes on from, so a repeat polls the prediction this run started instead of paying for
+another, even when its id never reached the archive and even with ``force``. Across runs the
+archive's pending record does the same. Every transition is in this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+from tryon.archive import Archive, ArchiveError, ItemResult, OutputRecord, PendingRecord
+from tryon.collection import Item, item_key
+from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
+from tryon.models import Prediction, RunRequest
+from tryon.report import ItemReport
+from tryon.runtime import Runtime
+from tryon.traffic import Slot
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["planned", "submitted", "archived", "failed", "skipped"]
+ACTIVE: frozenset[Stage] = frozenset({"planned", "submitted"})
+
+
+class Submission:
+    """A prediction the provider accepted for this item."""
+
+    __slots__ = ("prediction_id", "submitted_at", "attempt")
+
+    def __init__(self, prediction_id: str, submitted_at: float, attempt: int) -> None:
+        self.prediction_id = prediction_id
+        self.submitted_at = submitted_at  # epoch seconds
+        self.attempt = attempt
+
+
+class ItemState:
+    """Where one item stands in this run. Created by :func:`plan`, changed only here.
+
+    A plain class on purpose: Prefect walks dataclasses and models passed to a task (to find
+    futures), and this object is handed to one task per item.
+    """
+
+    __slots__ = ("item", "key", "stage", "reason", "attempt", "submission", "result", "notes",
+                 "possible_duplicate_charge", "resubmitted_after_404", "earlier")
+
+    def __init__(self, item: Item, key: str, stage: Stage, *, reason: str = "", attempt: int = 0,
+                 submission: Submission | None = None, result: ItemResult | None = None,
+                 possible_duplicate_charge: bool = False) -> None:
+        self.item = item
+        self.key = key
+        self.stage: Stage = stage
+        self.reason = reason  # why it was planned so
+        self.attempt = attempt  # submissions so far, this run's and earlier runs'
+        self.submission = submission  # the prediction it waits on (stage "submitted")
+        self.result = result  # how it ended (archived, failed or skipped)
+        self.earlier = result is not None  # it ended in an earlier run
+        self.notes: list[str] = []
+        self.possible_duplicate_charge = possible_duplicate_charge
+        self.resubmitted_after_404 = False
+        if possible_duplicate_charge:
+            self.notes.append("an earlier run got an ambiguous answer to a submission")
+
+    @property
+    def label(self) -> str:
+        return self.item.label
+
+    @property
+    def active(self) -> bool:
+        return self.stage in ACTIVE
+
+    def __repr__(self) -> str:
+        return f"ItemState({self.label!r}, {self.stage})"
+
+    def flags(self) -> dict[str, bool]:
+        return {"possible_duplicate_charge": self.possible_duplicate_charge,
+                "resubmitted_after_404": self.resubmitted_after_404}
+
+    def end(self, result: ItemResult) -> None:
+        self.stage = "skipped" if self.earlier and result.state == "archived" else result.state
+        self.result = result
+        self.submission = None
+
+    def fail(self, exc: BaseException, *, name: str | None = None) -> None:
+        """End the item failed by ``exc`` (outside a prediction: not written to the archive)."""
+        failure = PredictionFailed(name or type(exc).__name__, str(exc) or repr(exc))
+        self.end(ItemResult.failed(self.item, self.key, self.submission, failure, attempts=max(self.attempt, 1),
+                                   **self.flags()))
+
+    def report(self) -> ItemReport:
+        """The report entry, derived from how the item ended."""
+        if self.result is None:
+            raise ValueError(f"{self.label} has not ended ({self.stage})")
+        note = self.reason if self.earlier else "; ".join(self.notes)
+        return ItemReport.of(self.result, note=note, earlier=self.earlier)
+
+
+# -- plan -----------------------------------------------------------------------------------------
+
+async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmits: int = 2) -> ItemState:
+    """Skip what is archived, resume what was submitted, submit the rest: from the archive alone.
+
+    A failure that retrying cannot fix stays failed (resubmitting would pay for the same
+    answer); ``force`` re-does any item on purpose.
+    """
+    key = await item_key(item)
+    if force:
+        return ItemState(item, key, "planned", reason="forced")
+    result = await archive.read_result(item, key)
+    if result is not None and result.state == "archived":
+        return ItemState(item, key, "skipped", reason="already archived", result=result)
+    if result is not None:
+        retryable = result.error_name is not None and PredictionFailed(result.error_name, "").retryable
+        if not retryable or result.attempts > max_resubmits:
+            return ItemState(item, key, "failed", reason="failed before; not resubmitted (use force)", result=result)
+        return ItemState(item, key, "planned", reason="retryable failure before", attempt=result.attempts)
+    pending = await archive.read_pending(item, key)
+    if pending is None:
+        return ItemState(item, key, "planned")
+    duplicate = pending.possible_duplicate_charge
+    if pending.prediction_id:
+        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
+                         attempt=pending.attempts, submission=_resumed(pending), possible_duplicate_charge=duplicate)
+    return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts,
+                     possible_duplicate_charge=duplicate)
+
+
+def _resumed(pending: PendingRecord) -> Submission:
+    submitted = pending.submitted_at.timestamp() if pending.submitted_at else time.time()
+    return Submission(pending.prediction_id or "", submitted, max(pending.attempts, 1))
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+async def run(runtime: Runtime, state: ItemState) -> ItemReport:
+    """Take a planned or submitted item to its end, archived or failed with its reason, and
+    return its report entry. Failed predictions end the item; errors of our own (the archive, the
+    network) are raised with the state left where it stands, so a repeat goes on from there."""
+    while state.active:
+        if state.submission is None:
+            slot = await _submit(runtime, state)
+            if slot is None:
+                continue
+        else:  # resumed, or repeated: the prediction may still run on the server, in one of its slots
+            slot = await runtime.traffic.acquire_slot()
+        await _wait_and_archive(runtime, state, slot)
+    return state.report()
+
+
+async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
+    """Take an in-flight slot, send ``POST /v1/run`` once and record the prediction id durably;
+    the slot, which the prediction now occupies, is returned (None after an ambiguous answer).
+
+    The images are encoded before the slot is taken, so a freed slot is reused at once; the slot
+    is taken here rather than before the task starts, so a task run's start-up is paid while
+    waiting for one. After an ambiguous answer the slot stays taken (a phantom) for as long as the
+    prediction the server may have created would run; after any other error it is freed.
+    """
+    item = state.item
+    request: RunRequest = await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
+    state.attempt += 1
+    slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
+    submitted_at = time.time()
+    try:
+        prediction_id = await runtime.client.start(request)
+    except AmbiguousSubmission as exc:
+        runtime.traffic.hold_phantom(item.model_name, item.mode, slot=slot)
+        await _record(runtime.archive.record_ambiguous(item, state.key, attempt=state.attempt),
+                      f"{item.label}: could not record the ambiguous submission")
+        # The server may have created (and will bill) a prediction whose id we never got.
+        state.possible_duplicate_charge = True
+        state.notes.append(f"attempt {state.attempt}: {exc}")
+        if not (runtime.resubmit_ambiguous and state.attempt <= runtime.max_resubmits):
+            state.fail(exc, name="AmbiguousSubmission")
+        return None
+    except BaseException:
+        runtime.traffic.release_slot(slot)
+        raise
+    # The prediction exists (and will be billed) whether or not its id is recorded: never abandon
+    # it. Only a kill before its result.json is written can lose an id the archive refused.
+    await _record(runtime.archive.record_pending(item, state.key, prediction_id, attempt=state.attempt),
+                  f"{item.label}: prediction {prediction_id} is running but its id could not be recorded; "
+                  "archiving it anyway")
+    state.submission = Submission(prediction_id, submitted_at, state.attempt)
+    state.stage = "submitted"
+    return slot
+
+
+async def _record(write, what: str) -> None:
+    try:
+        await write
+    except ArchiveError as exc:
+        logger.warning("%s (%s)", what, exc)
+
+
+async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | None) -> None:
+    """Wait for the prediction's end (frees ``slot`` the moment it comes); archive its outputs, or
+    end the item failed, or put it back to ``planned`` when submitting again can help."""
+    item, submission = state.item, state.submission
+    assert submission is not None
+    try:
+        prediction = await _wait(runtime, item, submission, slot)
+    except NotFound:
+        if state.resubmitted_after_404:
+            raise
+        # The provider no longer tracks it: submit once more, and say so in the report.
+        state.resubmitted_after_404 = True
+        state.notes.append(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
+        _back_to_planned(state)
+        return
+    if prediction.status == "completed":
+        try:
+            state.end(await _archive(runtime, state, prediction))
+        except OutputExpired as exc:  # final: the provider no longer has the images
+            await _record_failure(runtime, state, ItemResult.failed(
+                item, state.key, submission, exc, credits_used=prediction.credits_used, **state.flags()))
+        return
+    failure = _failure_of(prediction)
+    if failure.retryable and state.attempt <= runtime.max_resubmits:
+        state.notes.append(f"attempt {state.attempt}: {failure.name}: {failure.message}; submitted again")
+        _back_to_planned(state)
+        return
+    await _record_failure(runtime, state, ItemResult.failed(item, state.key, submission, failure, **state.flags()))
+
+
+def _back_to_planned(state: ItemState) -> None:
+    state.submission = None
+    state.stage = "planned"
+
+
+async def _wait(runtime: Runtime, item: Item, submission: Submission, slot: Slot | None) -> Prediction:
+    """The terminal answer, polled through the key's shared scheduler."""
+    elapsed = max(0.0, time.time() - submission.submitted_at)
+    return await runtime.traffic.wait(
+        submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
+        submitted_at=runtime.traffic.clock.now() - elapsed, timeout=runtime.prediction_timeout, slot=slot,
+    )
+
+
+async def _archive(runtime: Runtime, state: ItemState, prediction: Prediction) -> ItemResult:
+    """Copy every output into the archive, verify it, and write ``result.json`` last, with the
+    item's flags in that one write (a second could fail or be killed, losing a possible duplicate
+    charge)."""
+    item = state.item
+    if not prediction.output:
+        raise OutputExpired(f"prediction {prediction.id} completed with no output")
+    ext = "jpg" if item.output_format == "jpeg" else "png"
+    outputs: list[OutputRecord] = []
+    for index, url in enumerate(prediction.output):
+        data = await runtime.client.download(url)
+        outputs.append(await runtime.archive.write_output(item, index, data, ext))
+    result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, **state.flags())
+    return await runtime.archive.write_result(item, result)
+
+
+async def _record_failure(runtime: Runtime, state: ItemState, result: ItemResult) -> None:
+    """End the item failed: write its ``result.json`` and keep the prediction's own reason.
+
+    An archive that refuses the record does not change why the item failed: the report keeps the
+    reason and says the record may be missing. The next run then finds the pending record and
+    polls the same prediction again rather than paying for a new one.
+    """
+    try:
+        result = await runtime.archive.write_result(state.item, result)
+    except ArchiveError as exc:
+        state.notes.append(f"its result.json could not be written: {exc}")
+    state.end(result)
+
+
+def _failure_of(prediction: Prediction) -> PredictionFailed:
+    error = prediction.error
+    name = error.name if error else prediction.status
+    message = error.message if error else f"prediction ended {prediction.status}"
+    return PredictionFailed(name, message, prediction_id=prediction.id)

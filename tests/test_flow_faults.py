@@ -224,7 +224,7 @@ async def test_completed_and_failed_runs_emit_events_with_counts(prefect_server,
 
 async def test_wait_and_archive_tasks_retry_unless_the_error_is_final(prefect_server):
     """The retry condition is awaited by Prefect's async engine: ``state.result()`` there returns a
-    coroutine instead of raising, which once made every condition answer False (no retries at all)."""
+    coroutine instead of raising, so a condition built on it must be awaited to ever answer True."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 

@@ -240,9 +240,9 @@ def test_only_a_record_a_newcomer_waits_for_hands_admissions_over():
 
 
 def test_a_hand_over_leaves_our_windows_only_once_a_newcomer_says_it_started_on_it():
-    # Found at 8 000 cases, with counts seen 10 s late: an incumbent acknowledged a newcomer at 1/2,
-    # the newcomer started on it; the incumbent's late count then grew to 3 and its next record
-    # handed its excess over 1/3 to nobody (51 runs in a window while each dropped them at once).
+    # With counts seen 10 s late: an incumbent acknowledges a newcomer at 1/2, the newcomer starts
+    # on it; the incumbent's late count then grows to 3 and its next record hands its excess over
+    # 1/3 on: it must stay counted until a newcomer's record says it started on it.
     key = Key(FakeClock())
     latency = (0.5, 2.0)
     plan = [(Member(key, "first", 1, latency, lag=10.0), 0.0, 300.0, False)]

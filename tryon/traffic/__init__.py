@@ -32,10 +32,9 @@ flight. One :class:`TrafficController` per key and event loop holds:
 
 Why in the process and not in Prefect's global concurrency/rate limits: Prefect's
 ``rate_limit`` is a leaky bucket that admits a burst of L after idle time and then d/s,
-so it overran the provider's windows (86 admitted in one 60 s window for "50/60"), and
-each acquisition is a server round trip (~80-100 ms, serialized per process; on SQLite
-20-38 % of them failed with "database is locked"). See
-``/work/shared/reference/prefect-notes.md``. Per call, the decision has to be local,
+so it can admit more than L in one of the provider's sliding windows, and each acquisition is
+a server round trip (tens of milliseconds, serialized per process; on SQLite some fail with
+"database is locked"). Per call, the decision has to be local,
 exact and cheap; Prefect still bounds work at the flow level.
 
 The client takes any :class:`Gate` (``await gate.acquire(endpoint)`` before every

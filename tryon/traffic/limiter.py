@@ -18,8 +18,7 @@ def default_margin(window: float, *, answers: bool = False) -> float:
     Counted from admission: 2 % of it plus 100 ms, the fixed part capped at 10 % for short
     windows. The server stamps a request when it arrives, a little after we admit it, and the
     delay varies (network, a busy event loop): the margin keeps N+1 requests from landing inside
-    one of the server's windows. 100 ms because 20 ms still drew a few status 429s from a loaded
-    emulator at a 2x time scale. 60 s -> 1.3 s, 10 s -> 0.3 s, 1 s -> 0.12 s (a 10x time-scaled
+    one of the server's windows. 60 s -> 1.3 s, 10 s -> 0.3 s, 1 s -> 0.12 s (a 10x time-scaled
     emulator), 0.1 s -> 12 ms.
 
     Counted from the answer (``answers``): the server stamped the request before it answered, so

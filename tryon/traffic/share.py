@@ -14,8 +14,8 @@ of the in-flight slots, and:
   its share of that limit; seeded admissions it answers for included), and offers them: every
   later record of its repeats them while they may be in a window, so a newcomer that starts on any
   of those counts them, and they leave its windows once a newcomer's record says it started on one
-  (until then both count them; dropped at once, an offer made after the newcomer had started on
-  an earlier record reached nobody: 51 runs in a window). The excess is spread
+  (until then both count them: dropped at once, an offer made after the newcomer had started on
+  an earlier record would reach nobody's window). The excess is spread
   evenly over the window, not the oldest, so that both keep admissions expiring all through it
   at about their share's rate (handing over the oldest left the incumbent none expiring, and its
   slots idle, for a third of a window). From then on it admits only while its window holds fewer
@@ -45,7 +45,7 @@ of the in-flight slots, and:
 
 Records are plain JSON (times as milliseconds before the record's wall-clock time, so they
 fit a Prefect variable); clocks of the processes are assumed to agree within the limiter's
-margin (100 ms), as NTP keeps them.
+margin (1 % of a window plus 10 ms), as NTP keeps them.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class KeyShare:
         # every record of ours), handed once a newcomer says it started on a record that carried
         # them (no longer in our windows: it answers for them; still in our records while they may
         # be in a window). Forgotten at once, a hand-over made after the newcomer had started on an
-        # earlier record reached nobody's window (fake clock: 51 runs in a window).
+        # earlier record would reach nobody's window.
         self._handed: dict[str, list[float]] = {name: [] for name in controller.limiters}
         self._offered: list[tuple[float, dict[str, list[float]]]] = []  # (record time, times) not confirmed
         self._handing: tuple[float, dict[str, list[float]]] | None = None  # (record time, times)
@@ -185,7 +185,7 @@ class KeyShare:
         handing: dict[str, list[float]] = {}
         # Only a record a newcomer waits for hands anything over: it seeds what it starts on. Handed
         # in a heartbeat, the excess (a leaver's admissions taken over by two members, ...) would
-        # leave our windows and reach nobody's (fake clock: 51 runs in a window).
+        # leave our windows and reach nobody's.
         acknowledging = self.members > self.acknowledged or self._refresh
         self._offered = [offer for offer in self._offered if any(  # no longer in any window: nothing to offer
             t > now - self.controller.limiters[name].window for name, times in offer[1].items() for t in times)]

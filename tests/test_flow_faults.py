@@ -31,6 +31,28 @@ def url_collection(folder: Path, emulator, *, garments: list[str], models: int =
     return path
 
 
+def refuse_pending_and_first_output(monkeypatch) -> list[str]:
+    """Break the archive on purpose: no pending record is ever written, and the first output
+    write fails (after its submission). Returns the list the refusal is recorded in."""
+    from tryon.archive import Archive, ArchiveError
+
+    write_output = Archive.write_output
+    refused: list[str] = []
+
+    async def refuse_pending(self, *args, **kwargs):
+        raise ArchiveError("injected: the pending record could not be written")
+
+    async def refuse_first_output(self, *args, **kwargs):
+        if not refused:
+            refused.append("output")
+            raise ArchiveError("injected: the archive refused the first output")
+        return await write_output(self, *args, **kwargs)
+
+    monkeypatch.setattr(Archive, "record_pending", refuse_pending)
+    monkeypatch.setattr(Archive, "write_output", refuse_first_output)
+    return refused
+
+
 async def run_flow(**params):
     from flows.collection import tryon_collection
 
@@ -97,25 +119,10 @@ async def test_an_item_retried_after_its_submission_polls_the_same_prediction(pr
                                                                               env_for, monkeypatch, tmp_path):
     """One Prefect task per item, retried: a retry must go on with the prediction it started, even
     when its id never reached the archive and the run forces resubmission of archived items."""
-    from tryon.archive import Archive, ArchiveError
-
     emulator = make_emulator()
     env_for(emulator, 20.0)
     spec = url_collection(tmp_path, emulator, garments=["good"])
-    write_output = Archive.write_output
-    refused: list[str] = []
-
-    async def refuse_pending(self, *args, **kwargs):
-        raise ArchiveError("injected: the pending record could not be written")
-
-    async def refuse_first_output(self, *args, **kwargs):
-        if not refused:
-            refused.append("output")
-            raise ArchiveError("injected: the archive refused the first output")
-        return await write_output(self, *args, **kwargs)
-
-    monkeypatch.setattr(Archive, "record_pending", refuse_pending)
-    monkeypatch.setattr(Archive, "write_output", refuse_first_output)
+    refused = refuse_pending_and_first_output(monkeypatch)
     state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"), force=True)
     assert state.is_completed(), state.message
     assert refused == ["output"], "the first attempt failed after its submission"

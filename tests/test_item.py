@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.collections import write_collection
-from tests.test_flow_faults import url_collection
+from tests.test_flow_faults import refuse_pending_and_first_output, url_collection
 from tests.fixtures.emulator import TEST_KEY
 from tryon import batch, item
 from tryon.archive import Archive, ArchiveError
@@ -75,18 +75,6 @@ async def test_a_repeat_after_an_error_goes_on_with_the_prediction_it_started(ma
     emulator = make_emulator(time_scale=TIME_SCALE)
     spec = write_collection(tmp_path, name="repeat", garments=1, models=1)
     archive = Archive(str(tmp_path / "archive"))
-    write_output = Archive.write_output
-    refused: list[str] = []
-
-    async def refuse_pending(self, *args, **kwargs):
-        raise ArchiveError("injected: the pending record could not be written")
-
-    async def refuse_first_output(self, *args, **kwargs):
-        if not refused:
-            refused.append("output")
-            raise ArchiveError("injected: the archive refused the first output")
-        return await write_output(self, *args, **kwargs)
-
     async def run_twice(runtime, state):
         try:
             return await item.run(runtime, state)
@@ -94,8 +82,7 @@ async def test_a_repeat_after_an_error_goes_on_with_the_prediction_it_started(ma
             assert state.stage == "submitted", "left waiting on the prediction it started"
             return await item.run(runtime, state)
 
-    monkeypatch.setattr(Archive, "record_pending", refuse_pending)
-    monkeypatch.setattr(Archive, "write_output", refuse_first_output)
+    refused = refuse_pending_and_first_output(monkeypatch)
     _, report = await run_collection(emulator, spec, archive, force=True, run_one=run_twice)
     assert refused == ["output"]
     assert report.totals["archived"] == 1

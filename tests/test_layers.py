@@ -129,11 +129,11 @@ def import_graph() -> dict[str, dict[str, Import]]:
     for imp in all_imports():
         source = module_name(imp.file)
         for target in targets(imp, modules):
-            if target == source and not is_package(imp.file):
-                pass  # a module importing itself is still a (trivial) cycle: keep it
-            elif is_package(imp.file) and is_ancestor(source, target):
+            if target == source:
+                continue  # e.g. a package's __init__ doing ``from . import name`` of its own attribute
+            if is_package(imp.file) and is_ancestor(source, target):
                 continue  # a package's __init__ importing its own submodules is fine
-            elif is_ancestor(target, source):
+            if is_ancestor(target, source):
                 continue  # a module importing its parent package (e.g. tryon itself) is fine
             graph[source].setdefault(target, imp)
     return graph

@@ -5,7 +5,14 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tryon.settings import DEFAULT_BASE_URL, FashnSettings
+from tryon.settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CREDITS_LIMIT,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RUN_LIMIT,
+    DEFAULT_STATUS_LIMIT,
+    FashnSettings,
+)
 
 
 class FashnCredentials(Block):
@@ -25,10 +32,10 @@ class FashnCredentials(Block):
 
     api_key: SecretStr = Field(description="The FASHN API key (fa-...). Stored encrypted; never logged.")
     base_url: str = Field(DEFAULT_BASE_URL, description="API base URL (the emulator's URL in tests).")
-    run_limit: str = Field("50/60", description="POST /v1/run requests allowed per window, as N/SECONDS.")
-    status_limit: str = Field("50/10", description="GET /v1/status requests allowed per window, as N/SECONDS.")
-    credits_limit: str = Field("30/10", description="GET /v1/credits requests allowed per window, as N/SECONDS.")
-    max_in_flight: int = Field(6, ge=1, description="Predictions the key may have running at once.")
+    run_limit: str = Field(str(DEFAULT_RUN_LIMIT), description="POST /v1/run requests allowed per window, as N/SECONDS.")
+    status_limit: str = Field(str(DEFAULT_STATUS_LIMIT), description="GET /v1/status requests allowed per window, as N/SECONDS.")
+    credits_limit: str = Field(str(DEFAULT_CREDITS_LIMIT), description="GET /v1/credits requests allowed per window, as N/SECONDS.")
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, description="Predictions the key may have running at once.")
 
     def settings(self) -> FashnSettings:
         """These credentials as :class:`tryon.settings.FashnSettings` (timeouts from the environment)."""

@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tryon.collection import Garment, ModelPhoto, Pair
+from tryon.models import ACCEPTED_MODES, DEFAULT_MODEL_NAME, MODELS
 
-ModelName = Literal["tryon-v1.6", "tryon-v1.5"]
-Mode = Literal["performance", "balanced", "quality"]
+# Built from the model registry (tryon.models.MODELS), so a new model or mode shows in the forms.
+ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+Mode = Literal[ACCEPTED_MODES]  # type: ignore[valid-type]
 NumSamples = Annotated[int, Field(ge=1, le=4)]
 
 
@@ -22,7 +24,7 @@ class InlineCollection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Collection name: letters, digits, '-', '_', '.'; names the archive folder.")
-    model_name: ModelName = Field("tryon-v1.6", description="FASHN model that renders the try-ons.")
+    model_name: ModelName = Field(DEFAULT_MODEL_NAME, description="FASHN model that renders the try-ons.")
     date: dt.date | None = Field(None, description="Collection date (backfills can select by it).")
     inputs: dict[str, Any] = Field(default_factory=dict,
                                    description='Try-on inputs for every item, e.g. {"category": "tops"}.')

@@ -39,6 +39,13 @@ class Limit(NamedTuple):
 # NoDecode: the env value is the 'N/SECONDS' string, not JSON.
 LimitSetting = Annotated[Limit, NoDecode]
 
+# The limits a FASHN key is granted by default: the one source for FashnSettings, the
+# FashnCredentials block and TrafficController's defaults.
+DEFAULT_RUN_LIMIT = Limit(50, 60)
+DEFAULT_STATUS_LIMIT = Limit(50, 10)
+DEFAULT_CREDITS_LIMIT = Limit(30, 10)
+DEFAULT_MAX_IN_FLIGHT = 6
+
 
 class FashnSettings(BaseSettings):
     """How to reach one FASHN API key, and the limits it was granted."""
@@ -47,10 +54,10 @@ class FashnSettings(BaseSettings):
 
     api_key: SecretStr | None = Field(None, description="API key (fa-...). Never logged.")
     base_url: str = Field(DEFAULT_BASE_URL, description="API base URL; point it at `tryon emulator` for tests.")
-    run_limit: LimitSetting = Field(Limit(50, 60), description="POST /v1/run requests per window, as N/SECONDS.")
-    status_limit: LimitSetting = Field(Limit(50, 10), description="GET /v1/status requests per window, as N/SECONDS.")
-    credits_limit: LimitSetting = Field(Limit(30, 10), description="GET /v1/credits requests per window, as N/SECONDS.")
-    max_in_flight: int = Field(6, ge=1, description="Predictions running at once for this key.")
+    run_limit: LimitSetting = Field(DEFAULT_RUN_LIMIT, description="POST /v1/run requests per window, as N/SECONDS.")
+    status_limit: LimitSetting = Field(DEFAULT_STATUS_LIMIT, description="GET /v1/status requests per window, as N/SECONDS.")
+    credits_limit: LimitSetting = Field(DEFAULT_CREDITS_LIMIT, description="GET /v1/credits requests per window, as N/SECONDS.")
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, description="Predictions running at once for this key.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
     submit_timeout: float = Field(120.0, gt=0, description="Seconds to wait for POST /v1/run (large base64 bodies are slow).")
     request_timeout: float = Field(30.0, gt=0, description="Seconds to wait for other requests.")

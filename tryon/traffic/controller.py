@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCredits
 from tryon.models import Prediction
-from tryon.settings import Limit
+from tryon.settings import (
+    DEFAULT_CREDITS_LIMIT,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RUN_LIMIT,
+    DEFAULT_STATUS_LIMIT,
+    Limit,
+)
 from tryon.traffic.clock import Clock, MonotonicClock
 from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter
@@ -60,8 +66,8 @@ class TrafficController:
     every flow/task coroutine of the process that uses the key.
     """
 
-    def __init__(self, run_limit: Limit | str = Limit(50, 60), status_limit: Limit | str = Limit(50, 10),
-                 credits_limit: Limit | str = Limit(30, 10), max_in_flight: int = 6,
+    def __init__(self, run_limit: Limit | str = DEFAULT_RUN_LIMIT, status_limit: Limit | str = DEFAULT_STATUS_LIMIT,
+                 credits_limit: Limit | str = DEFAULT_CREDITS_LIMIT, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  clock: Clock | None = None, latency_scale: float = 1.0, *,
                  margin: float | None = None, priors: dict[str, float] | None = None,
                  min_poll_interval: float | None = None, max_poll_interval: float | None = None,

@@ -10,7 +10,8 @@ nonparametric maximum-likelihood estimate for interval-censored data (Turnbull's
 most recent brackets, on a grid; the poll scheduler asks it how likely a prediction is to
 have ended since it was last seen running.
 
-The prior is the provider's published time per mode, spread uniformly within ±25 % (the
+The prior is the provider's published time per mode (from the model registry,
+:data:`tryon.models.MODELS`), spread uniformly within ±25 % (the
 provider's variation), worth two observations, so the first real ones outweigh it at once; it
 is dropped after 20, when it could only bias the estimate.
 """
@@ -21,10 +22,12 @@ import bisect
 from collections import deque
 from dataclasses import dataclass
 
+from tryon.models import DEFAULT_MODE, DEFAULT_MODEL_NAME, MODELS, latency_prior
+
 Profile = tuple[str, str]  # (model_name, mode)
 
-DEFAULT_PRIORS: dict[str, float] = {"performance": 5.0, "balanced": 8.0, "quality": 14.0}
-DEFAULT_MODE = "balanced"
+#: The default model's published seconds per mode (each model's own are in its registry entry).
+DEFAULT_PRIORS: dict[str, float] = dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
 
 
 @dataclass
@@ -151,20 +154,24 @@ def _cumulative(mass: list[float]) -> list[float]:
 
 
 class LatencyModel:
-    """One :class:`LatencyDistribution` per profile, starting from the provider's published times."""
+    """One :class:`LatencyDistribution` per profile, starting from the provider's published times
+    (each model's own, from the registry), or from ``priors`` (seconds per mode, for every model)."""
 
     def __init__(self, latency_scale: float = 1.0, priors: dict[str, float] | None = None, *,
                  spread: float = 0.25, keep: int = 200) -> None:
         if latency_scale <= 0:
             raise ValueError("latency_scale must be > 0")
         self.latency_scale = latency_scale
+        self._registry_priors = priors is None
         self.priors = dict(DEFAULT_PRIORS if priors is None else priors)
         self.spread, self.keep = spread, keep
         self._distributions: dict[Profile, LatencyDistribution] = {}
 
     def prior(self, profile: Profile) -> float:
         mode = profile[1] if len(profile) > 1 else DEFAULT_MODE
-        base = self.priors.get(mode, self.priors.get(DEFAULT_MODE, 8.0))
+        if self._registry_priors:
+            return latency_prior(profile[0] if profile else None, mode) / self.latency_scale
+        base = self.priors.get(mode, self.priors.get(DEFAULT_MODE, DEFAULT_PRIORS[DEFAULT_MODE]))
         return base / self.latency_scale
 
     def distribution(self, profile: Profile) -> LatencyDistribution:

@@ -20,6 +20,7 @@ from tryon.collection import CollectionSpec, iter_items, load_spec, spec_from_da
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import render_gallery
 from tryon.item import ItemState
+from tryon.models import credits_for
 from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
 from tryon.settings import ArchiveSettings, FashnSettings
@@ -54,7 +55,8 @@ class Plan:
     def __init__(self, states: list[ItemState], balance: int | None = None) -> None:
         self.states = states
         self.actions = Counter(ACTIONS[s.stage][0] for s in states)
-        self.credits_needed = sum(s.item.num_samples for s in states if s.stage == "planned")
+        self.credits_needed = sum(credits_for(s.item.model_name, s.item.inputs) for s in states
+                                  if s.stage == "planned")
         self.balance = balance  # the key's credits, when asked
 
     def line(self) -> str:

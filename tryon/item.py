@@ -3,7 +3,7 @@
 One state type, :class:`ItemState`, and its stages::
 
     planned ──submit──▶ submitted ──wait──▶ (completed) ──archive──▶ archived
-       ▲                    │                                         
+       ▲                    │
        └── resubmit ────────┤ (retryable failure, 404, ambiguous answer)
                             └──────────────────────────────────────▶ failed
     skipped: archived by an earlier run (planned so, nothing to do)

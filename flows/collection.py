@@ -73,9 +73,9 @@ async def tryon_collection(
 
     # Leaving the key goes on while the report and the artifacts are written (Prefect writes).
     async with leaves_in_background(), open_runtime(settings, store) as runtime:
-        # Joined early (a newcomer's wait for the others overlaps the planning), left as soon as
-        # the key is no longer needed (the others take our share at once).
-        async with key_membership(runtime.traffic, key_fingerprint(settings)):
+        # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
+        # longer needed.
+        async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits)
             if planned.credits_needed or dry_run:
                 planned.balance = (await runtime.client.credits()).total

@@ -27,7 +27,7 @@ class Runtime:
         self.resubmit_ambiguous = resubmit_ambiguous
         self.prediction_timeout = prediction_timeout
         # Enough items in progress to keep every slot busy while others download or archive.
-        self.workers = workers or 2 * traffic.slots.capacity + 2
+        self.workers = workers or 2 * traffic.limits.in_flight + 2
 
     def __repr__(self) -> str:
         return f"Runtime(archive={self.archive.url!r})"

@@ -64,6 +64,10 @@ class FashnSettings(BaseSettings):
     prediction_timeout: float = Field(600.0, gt=0, description="Seconds a prediction may take before it is given up.")
     latency_scale: float = Field(1.0, gt=0, description="Divides the expected latencies the poll scheduler starts "
                                  "from (set it to the emulator's time scale); it learns real ones as it goes.")
+    share_staleness: float | None = Field(
+        None, gt=0, description="Seconds a process sharing the key may go on from its last count of the others "
+                                "(D; default: a sixth of the longest window, at least 1 s). A join or leave costs "
+                                "the longest window plus D.")
     max_resubmits: int = Field(2, ge=0, description="Times an item is submitted again after a retryable failure.")
     resubmit_ambiguous: bool = Field(
         True, description="After an ambiguous answer to a submission (5xx, dropped connection after sending), submit "

@@ -30,6 +30,9 @@ flight. One :class:`TrafficController` per key and event loop holds:
   :class:`tryon.errors.OutOfCredits` at once) while polling goes on, so work in
   flight still finishes and is archived.
 
+Several processes on one key each keep to an equal share (:mod:`tryon.traffic.share`): to the
+controller, a share is only a smaller :class:`KeyLimits` (:meth:`TrafficController.set_limits`).
+
 Why in the process and not in Prefect's global concurrency/rate limits: Prefect's
 ``rate_limit`` is a leaky bucket that admits a burst of L after idle time and then d/s,
 so it can admit more than L in one of the provider's sliding windows, and each acquisition is
@@ -45,7 +48,7 @@ HTTP attempt, whose admission it answers when the attempt ends,
 
 from tryon.client import Gate
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
-from tryon.traffic.controller import ENDPOINTS, TrafficController, TrafficStats
+from tryon.traffic.controller import ENDPOINTS, KeyLimits, TrafficController, TrafficStats
 from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
 from tryon.traffic.polling import PollScheduler, consume_preadmission
@@ -59,6 +62,7 @@ __all__ = [
     "FakeClock",
     "Gate",
     "InFlightSlots",
+    "KeyLimits",
     "LatencyDistribution",
     "LatencyEstimate",
     "LatencyModel",

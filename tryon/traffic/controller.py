@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,7 +23,6 @@ from tryon.traffic.clock import Clock, MonotonicClock
 from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter
 from tryon.traffic.polling import PollFn, PollScheduler, consume_preadmission
-from tryon.traffic.share import KeyShare
 from tryon.traffic.slots import InFlightSlots, Slot
 
 if TYPE_CHECKING:
@@ -38,6 +37,22 @@ def _profile(profile: Profile | None, model_name: str | None, mode: str | None) 
     if profile is not None:
         return (str(profile[0]), str(profile[1]))
     return (model_name or DEFAULT_PROFILE[0], mode or DEFAULT_MODE)
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What a key allows: requests per window for each endpoint, and predictions in flight."""
+
+    requests: Mapping[str, Limit]  # by endpoint: run, status, credits
+    in_flight: int
+
+    def share(self, members: Mapping[str, int]) -> KeyLimits:
+        """``1 / members[endpoint]`` of each limit, in flight as the run endpoint (0 members: nothing)."""
+        def part(count: int, n: int) -> int:
+            return count // n if n else 0
+        return KeyLimits({name: Limit(part(limit.count, members[name]), limit.seconds)
+                          for name, limit in self.requests.items()},
+                         part(self.in_flight, members["run"]))
 
 
 @dataclass(frozen=True)
@@ -73,17 +88,19 @@ class TrafficController:
                  min_poll_interval: float | None = None, max_poll_interval: float | None = None,
                  concurrency_backoff: float | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
+        self.limits = KeyLimits(dict(zip(ENDPOINTS, (Limit.parse(lim) for lim in (run_limit, status_limit, credits_limit)),
+                                         strict=True)), max_in_flight)  # the whole key, as configured
         self.limiters: dict[str, SlidingWindowLimiter] = {
             # Counted from each answer: the client answers every admission (tryon.client.Gate).
-            name: SlidingWindowLimiter(Limit.parse(limit), self.clock, margin=margin, name=name, answers=True)
-            for name, limit in zip(ENDPOINTS, (run_limit, status_limit, credits_limit), strict=True)
+            name: SlidingWindowLimiter(limit, self.clock, margin=margin, name=name, answers=True)
+            for name, limit in self.limits.requests.items()
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
         self.latency = LatencyModel(latency_scale, priors)
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
                                        budget=lambda: status.effective_count() / status.window,
-                                       fill=lambda: len(status.recent()) / status.effective_count(),
+                                       fill=lambda: len(status.recent()) / max(1, status.effective_count()),
                                        min_interval=min_poll_interval, max_interval=max_poll_interval)
         # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
         self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None
@@ -95,7 +112,6 @@ class TrafficController:
         self._unknown_occupants: set[Slot] = set()
         self._concurrency_strikes: tuple[float, int] = (-math.inf, 0)  # (last at, how many in a row)
         self._rejected: Counter[str] = Counter()
-        self.share = KeyShare(self)  # this process's share when several use the key
 
     @classmethod
     def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
@@ -114,6 +130,13 @@ class TrafficController:
             latency_scale = time_scale
         return cls(*limits, settings.max_in_flight, clock=clock, latency_scale=latency_scale,
                    **kwargs)  # type: ignore[arg-type]
+
+    def set_limits(self, limits: KeyLimits, until: float = math.inf) -> None:
+        """Keep within ``limits`` (a share of the configured ones) until ``until`` on this
+        controller's clock; after it nothing is admitted until the next call."""
+        for name, limit in limits.requests.items():
+            self.limiters[name].set_limit(limit, until)
+        self.slots.capacity = limits.in_flight
 
     # -- the Gate protocol ---------------------------------------------------------------
     def _limiter(self, endpoint: str) -> SlidingWindowLimiter:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
-from collections import Counter, deque
-from collections.abc import Iterable
+from collections import deque
 
 from tryon.settings import Limit
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
@@ -29,18 +27,6 @@ def default_margin(window: float, *, answers: bool = False) -> float:
     if answers:
         return 0.01 * window + min(0.010, 0.01 * window)
     return 0.02 * window + min(0.100, 0.1 * window)
-
-
-def without(times: Iterable[float], taken: Iterable[float]) -> list[float]:
-    """``times`` less one entry for each of ``taken`` (several admissions may share a time)."""
-    gone = Counter(taken)
-    kept = []
-    for t in times:
-        if gone[t] > 0:
-            gone[t] -= 1
-        else:
-            kept.append(t)
-    return kept
 
 
 class Admission:
@@ -78,11 +64,9 @@ class SlidingWindowLimiter:
     slows down: each strike lowers the effective count by ``slowdown`` (never below 1);
     one strike is forgiven per quiet window, so the limiter recovers by itself.
 
-    When processes share a key (:mod:`tryon.traffic.share`), :meth:`seed` adds admissions that
-    another process made to the log, so they count against this one's windows until they
-    expire, and :meth:`hold` stops admission until the share protocol lifts it
-    (:meth:`release_hold`), independently of 429 pauses. :meth:`recent` is what this process
-    publishes for the others: its admissions and the seeded ones it now answers for.
+    When processes share a key (:mod:`tryon.traffic.share`), :meth:`set_limit` gives this process
+    its share: a smaller count (0 admits nothing), valid until a time after which nothing is admitted
+    until the next :meth:`set_limit`.
     """
 
     def __init__(self, limit: Limit | tuple[int, float] | str, clock: Clock | None = None, *,
@@ -98,9 +82,9 @@ class SlidingWindowLimiter:
         self.name = name
         self.slowdown = slowdown
         self.max_backoff = self.window if max_backoff is None else float(max_backoff)
-        self._log: deque[float] = deque(maxlen=self.limit.count)  # ours and seeded ones, in order
+        self._log: deque[float] = deque(maxlen=self.limit.count)  # the latest ``count`` admissions, in order
         self._unanswered: set[Admission] = set()  # with answers: counted as just sent until answered
-        self._held_until = -math.inf
+        self._until = math.inf  # the current limit holds until then; nothing is admitted after it
         self._lock = asyncio.Lock()
         self._wake: asyncio.Future[None] | None = None
         self._paused_until = -math.inf
@@ -120,7 +104,7 @@ class SlidingWindowLimiter:
         return max(0, self._strikes - int((now - self._strike_at) // self.window))
 
     def effective_count(self, now: float | None = None) -> int:
-        return max(1, int(self.limit.count * self.slowdown ** self.strikes(now)))
+        return max(min(1, self.limit.count), int(self.limit.count * self.slowdown ** self.strikes(now)))
 
     @property
     def paused_until(self) -> float:
@@ -129,12 +113,12 @@ class SlidingWindowLimiter:
     def next_admission(self, now: float | None = None) -> float:
         """The earliest time >= now at which one more request may be admitted."""
         now = self.clock.now() if now is None else now
-        at = max(now, self._paused_until, self._held_until)
+        at = max(now, self._paused_until)
         n = self.effective_count(now)
         k = len(self._log) + len(self._unanswered)  # the unanswered are the newest of all
-        if k < n:
-            return at
-        return max(at, self._log[k - n] + self.window) if k - n < len(self._log) else math.inf
+        if k >= n:
+            at = max(at, self._log[k - n] + self.window) if k - n < len(self._log) else math.inf
+        return at if at <= self._until else math.inf  # past it: only a new set_limit admits more
 
     @property
     def waiting(self) -> int:
@@ -164,19 +148,8 @@ class SlidingWindowLimiter:
     def _answered(self, admission: Admission) -> None:
         if admission in self._unanswered:
             self._unanswered.discard(admission)
-            self._insert(self.clock.now())
+            self._log.append(self.clock.now())  # answers come in time order
             self._notify()
-
-    def _insert(self, t: float) -> None:
-        """Into the log in order (seeded times may be later than an answer that comes now)."""
-        if len(self._log) == self._log.maxlen:
-            if t <= self._log[0]:
-                return  # older than all the newest ``count``: never the one that decides
-            self._log.popleft()
-        if not self._log or t >= self._log[-1]:
-            self._log.append(t)
-        else:
-            self._log.insert(bisect.bisect_right(self._log, t), t)
 
     def _wake_future(self) -> asyncio.Future[None]:
         if self._wake is None or self._wake.done():
@@ -187,46 +160,19 @@ class SlidingWindowLimiter:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    def set_limit(self, limit: Limit) -> None:
-        """Change the count (a process's share of the key); the window stays. Lowering is safe
-        at once: the log still holds the admissions of the current window."""
-        if limit.seconds != self.limit.seconds or not 1 <= limit.count <= (self._log.maxlen or limit.count):
-            raise ValueError(f"{limit} must keep the window {self.limit.seconds}s and a count in 1..{self._log.maxlen}")
-        self.limit = limit
+    def set_limit(self, limit: Limit, until: float = math.inf) -> None:
+        """Change the count (a process's share of the key; 0 admits nothing) until ``until`` (on this
+        limiter's clock), after which nothing is admitted until the next call; the window stays.
+        Lowering is safe at once: the log still holds this process's admissions of the current window."""
+        if limit.seconds != self.limit.seconds or not 0 <= limit.count <= (self._log.maxlen or limit.count):
+            raise ValueError(f"{limit} must keep the window {self.limit.seconds}s and a count in 0..{self._log.maxlen}")
+        self.limit, self._until = limit, until
         self._notify()
 
     def recent(self, now: float | None = None) -> list[float]:
-        """Admission times inside one window of ``now``: ours, and the seeded ones we answer for
-        (an unanswered request as at ``now``)."""
+        """Admission times inside one window of ``now`` (an unanswered request as at ``now``)."""
         now = self.clock.now() if now is None else now
         return [t for t in self._log if t > now - self.window] + [now] * len(self._unanswered)
-
-    def seed(self, times: list[float]) -> None:
-        """Count another process's admissions (times on this clock) in our windows until they
-        expire: one more is admitted only while ours and these together stay under the count."""
-        if times:
-            self._log = deque(sorted([*self._log, *times]), maxlen=self._log.maxlen)
-            self._notify()
-
-    def forget(self, times: list[float]) -> None:
-        """Stop counting these admissions (exact times from :meth:`recent`): another process
-        answers for them now. Times no longer in the log (expired) are ignored."""
-        if times:
-            self._log = deque(without(self._log, times), maxlen=self._log.maxlen)
-            self._notify()
-
-    def hold(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (the share protocol's wait; 429 pauses are separate)."""
-        self._held_until = max(self._held_until, self.clock.now() + max(0.0, seconds))
-        self._notify()
-
-    def release_hold(self) -> None:
-        self._held_until = -math.inf
-        self._notify()
-
-    @property
-    def held(self) -> bool:
-        return self._held_until > self.clock.now()
 
     # -- feedback ------------------------------------------------------------------------
     def pause(self, seconds: float) -> None:

@@ -60,8 +60,9 @@ class InFlightSlots:
 
     @capacity.setter
     def capacity(self, value: int) -> None:
-        if value < 1:
-            raise ValueError("capacity must be >= 1")
+        """At runtime (a process's share of the key; 0 while it may admit nothing)."""
+        if value < 0:
+            raise ValueError("capacity must be >= 0")
         self._capacity = int(value)
         self._grant()
 

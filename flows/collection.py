@@ -19,7 +19,7 @@ from prefect.states import Failed
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
-from flows.coordination import key_membership, leaves_in_background
+from flows.coordination import key_membership
 from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
 from flows.tasks import tryon_item
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
@@ -71,8 +71,7 @@ async def tryon_collection(
     store = await resolve_archive(archive, archive_block)
     await store.check_writable(collection.name)
 
-    # Leaving the key goes on while the report and the artifacts are written (Prefect writes).
-    async with leaves_in_background(), open_runtime(settings, store) as runtime:
+    async with open_runtime(settings, store) as runtime:
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
         async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -103,7 +102,6 @@ class _Member:
 
 
 _members: dict[int, _Member] = {}  # by controller
-_background_leaves: ContextVar[list[asyncio.Task] | None] = ContextVar("tryon_background_leaves", default=None)
 
 
 async def _hold(controller: TrafficController, name: str, joined: asyncio.Future[None],
@@ -119,19 +117,6 @@ async def _hold(controller: TrafficController, name: str, joined: asyncio.Future
                 joined.set_exception(exc)
             else:
                 log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
-
-
-@contextlib.asynccontextmanager
-async def leaves_in_background() -> AsyncIterator[None]:
-    """Within this block a key's membership is given back in the background (a Prefect write) and
-    the block's end waits for it: a flow writes its report meanwhile."""
-    leaves: list[asyncio.Task] = []
-    token = _background_leaves.set(leaves)
-    try:
-        yield
-    finally:
-        _background_leaves.reset(token)
-        await asyncio.gather(*leaves, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -157,8 +142,4 @@ async def key_membership(controller: TrafficController, fingerprint: str,
         if member.users == 0:
             _members.pop(id(controller), None)
             member.stop.set_result(None)
-            background = _background_leaves.get()
-            if background is None:
-                await asyncio.gather(member.task, return_exceptions=True)
-            else:
-                background.append(member.task)
+            await asyncio.gather(member.task, return_exceptions=True)  # the slot given back

@@ -5,17 +5,24 @@ counted through a Prefect server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.collections import write_collection
 from tryon.settings import Limit
 from tryon.traffic import FakeClock, TrafficController
 from tryon.traffic.share import KeyShare, default_staleness, hold_share
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RUN, STATUS = Limit(12, 60), Limit(6, 10)
 LEASE = 60.0
@@ -309,3 +316,61 @@ async def test_a_join_outlasts_a_busy_server_and_a_join_refused_throughout_spend
         async with key_membership(c, fingerprint):
             raise AssertionError("ran without being counted")
     assert c.limiters["run"].next_admission() == float("inf"), "admits nothing"
+
+
+async def _until_members(fingerprint: str, n: int, *processes: subprocess.Popen) -> None:
+    from flows.coordination import count_members, limit_name
+
+    while True:
+        try:
+            if await count_members(limit_name(fingerprint)) >= n:
+                return
+        except Exception:  # the key's limit does not exist yet
+            pass
+        assert all(p.poll() is None for p in processes), [p.communicate()[1][-3000:] for p in processes]
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_server, make_emulator, tmp_path):
+    # Three `tryon run` processes on one key through one Prefect server: the second starts while the
+    # first runs, the third while both do, then the second is killed with SIGKILL (its slot stays
+    # counted until its lease lapses).
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+    from tryon.runtime import key_fingerprint
+    from tryon.settings import FashnSettings
+
+    key = f"fa-share-{uuid.uuid4().hex}"
+    emulator = make_emulator(keys={key: 10**6})
+    env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key, "PYTHONPATH": str(ROOT),
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    sizes = {"first": 12, "second": 8, "third": 4}  # garments, times 6 models; quality: 2 s each here
+
+    def start(name: str) -> subprocess.Popen:
+        spec = write_collection(tmp_path / name, name=name, garments=sizes[name], models=6,
+                                inputs={"mode": "quality", "seed": list(sizes).index(name)})  # no pair shared
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(spec), "--archive",
+                                 str(tmp_path / "archive"), "--report", str(tmp_path / f"{name}.json")],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    fingerprint = key_fingerprint(FashnSettings(api_key=key))
+    first = start("first")
+    await _until_members(fingerprint, 1, first)
+    second = start("second")
+    await _until_members(fingerprint, 2, first, second)
+    third = start("third")
+    await _until_members(fingerprint, 3, first, second, third)
+    second.kill()
+    for name, process in (("first", first), ("third", third)):
+        _, err = await asyncio.to_thread(process.communicate, timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["totals"].get("archived") == sizes[name] * 6, report["totals"]
+    second.communicate()
+    stats = emulator.stats()
+    assert "RateLimitExceeded" not in stats["too_many_requests"], stats["too_many_requests"]
+    assert stats["duplicate_hashes"] == 0, "every item submitted once"
+    limits = stats["limits"]
+    assert all(stats["most_in_window"][e] <= limits[e][0] for e in ("run", "status", "credits")), stats["most_in_window"]

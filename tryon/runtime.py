@@ -14,6 +14,7 @@ from tryon.client import FashnClient
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
 
+
 class Runtime:
     """What one run needs to take items through their life on one key into one archive."""
 

@@ -10,14 +10,14 @@ from PIL import Image
 
 def write_collection(folder: Path, *, name: str = "test-coll", garments: int = 2, models: int = 2,
                      inputs: dict | None = None, model_name: str = "tryon-v1.6", garment_inputs: dict | None = None,
-                     image_ext: str = "png") -> Path:
+                     image_ext: str = "png", garment_size: tuple[int, int] = (64, 64)) -> Path:
     """A spec with ``garments × models`` items over local images; returns the spec path."""
     (folder / "img").mkdir(parents=True, exist_ok=True)
     spec: dict = {"name": name, "model_name": model_name, "inputs": inputs or {"mode": "performance"},
                   "garments": [], "models": [], "pairs": "all"}
     for i in range(garments):
         path = folder / "img" / f"g{i}.{image_ext}"
-        Image.new("RGB", (64, 64), (40 * i % 255, 100, 200)).save(path)
+        Image.new("RGB", garment_size, (40 * i % 255, 100, 200)).save(path)
         spec["garments"].append({"id": f"g{i}", "image": f"img/g{i}.{image_ext}",
                                  **({"inputs": garment_inputs[f"g{i}"]} if garment_inputs and f"g{i}" in garment_inputs else {})})
     for i in range(models):

@@ -47,12 +47,13 @@ class KeyLimits:
     in_flight: int
 
     def share(self, members: Mapping[str, int]) -> KeyLimits:
-        """``1 / members[endpoint]`` of each limit, in flight as the run endpoint (0 members: nothing)."""
-        def part(count: int, n: int) -> int:
-            return count // n if n else 0
-        return KeyLimits({name: Limit(part(limit.count, members[name]), limit.seconds)
+        """``1 / members[endpoint]`` of each limit (0 members: nothing). In flight as the run
+        endpoint, but at least one: the provider refuses a prediction over its limit
+        (``ConcurrencyLimitExceeded``) without creating or charging it."""
+        run = members["run"]
+        return KeyLimits({name: Limit(limit.count // members[name] if members[name] else 0, limit.seconds)
                           for name, limit in self.requests.items()},
-                         part(self.in_flight, members["run"]))
+                         max(1, self.in_flight // run) if run else 0)
 
 
 @dataclass(frozen=True)

@@ -3,4 +3,5 @@
 # Extra arguments go to pytest.
 source "$(dirname "$0")/_env.sh" --dev  # explicit: a sourced script would otherwise pass on our pytest arguments
 source "$(dirname "$0")/_chromium.sh"
+source "$(dirname "$0")/_postgres.sh"
 exec uv run --locked python -m pytest "$@"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -98,11 +99,11 @@ class PrefectStack:
         self.http.close()
 
 
-@pytest.fixture
-def stack(tmp_path_factory, emulator, s3_server) -> Iterator[PrefectStack]:
+@contextmanager
+def _stack(tmp_path_factory, emulator, **extra_env: str) -> Iterator[PrefectStack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FASHN_", "TRYON_"))}
     env.update({"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(TIME_SCALE),
-                "PYTHONPATH": str(ROOT)})
+                "PYTHONPATH": str(ROOT), **extra_env})
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
         env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / TIME_SCALE:g}"
     stack = PrefectStack(tmp_path_factory.mktemp("prefect-e2e-home"), env)
@@ -112,6 +113,19 @@ def stack(tmp_path_factory, emulator, s3_server) -> Iterator[PrefectStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def stack(tmp_path_factory, emulator, s3_server) -> Iterator[PrefectStack]:
+    with _stack(tmp_path_factory, emulator) as stack:
+        yield stack
+
+
+@pytest.fixture
+def pg_stack(tmp_path_factory, emulator, s3_server, postgres_url) -> Iterator[PrefectStack]:
+    """The production shape: the server's database in PostgreSQL."""
+    with _stack(tmp_path_factory, emulator, PREFECT_API_DATABASE_CONNECTION_URL=postgres_url) as stack:
+        yield stack
 
 
 def upload_collection(s3, local: Path, folder: str, **kwargs) -> str:
@@ -127,7 +141,7 @@ def archived_outputs(s3, archive: str) -> list[str]:
     return [p for p in fs.find(archive) if re.search(r"/output_\d+\.\w+$", p)]
 
 
-def check_report(s3, emulator, archive: str, name: str, items: int, samples: int) -> None:
+def check_report(s3, emulator, archive: str, name: str, items: int, samples: int = 1) -> None:
     """Every item archived, each output byte for byte what the emulator served for its prediction."""
     fs = s3.fs()
     report = json.loads(fs.cat(f"{archive}/{name}/tryon-v1.6/report.json"))
@@ -187,3 +201,38 @@ def test_deploy_run_backfill_and_sweep_on_a_real_server_and_worker(stack, emulat
         assert sum(emulator.stats()["requests"]["run"].values()) - before == expected_new
     check_report(s3, emulator, archive, "inbox-coll", 2, 1)
     assert len(archived_outputs(s3, archive)) == 4 * 2 + 2 + 2 + 2
+
+
+def test_three_runs_at_once_on_one_key_two_workers_and_postgresql(pg_stack, emulator, s3, tmp_path):
+    # A backfill, a UI-style run and a sweep started together on one key, picked up by two process
+    # workers of one pool, against a server whose database is PostgreSQL.
+    stack = pg_stack
+    emulator.reset()
+    archive = s3.url("pg-archive")
+    inputs = {"mode": "balanced"}
+    sizes = {"spring": (3, 2), "linen": (2, 2), "ui-run": (3, 2), "swept": (2, 2)}  # garments, models
+    upload_collection(s3, tmp_path, "pg-specs/a", name="spring", garments=3, models=2, inputs=inputs)
+    upload_collection(s3, tmp_path, "pg-specs/b", name="linen", garments=2, models=2, inputs=inputs)
+    single = upload_collection(s3, tmp_path, "pg-ui", name="ui-run", garments=3, models=2, inputs=inputs)
+    upload_collection(s3, tmp_path, "pg-inbox/drop", name="swept", garments=2, models=2, inputs=inputs)
+
+    stack.cli("work-pool", "create", "tryon", "--type", "process")
+    stack.cli("--no-prompt", "deploy", "--all")
+    for worker in ("worker-1", "worker-2"):
+        stack.start("worker", "start", "--pool", "tryon", "--limit", "2", "--name", worker, name=worker)
+    runs = [stack.run_deployment("tryon-backfill/backfill", pattern=s3.url("pg-specs") + "/", archive=archive),
+            stack.run_deployment("tryon-collection/collection", spec=single, archive=archive),
+            stack.run_deployment("tryon-sweep-inbox/sweep", inbox=s3.url("pg-inbox"), archive=archive)]
+    finished = [stack.wait_terminal(run_id, timeout=300) for run_id in runs]
+    assert [run["state_type"] for run in finished] == ["COMPLETED"] * 3, f"{finished}\n{stack.logs()}"
+
+    for name, (garments, models) in sizes.items():
+        check_report(s3, emulator, archive, name, garments * models)
+    items = sum(g * m for g, m in sizes.values())
+    stats = emulator.stats()
+    assert stats["too_many_requests"] == {}, stats["too_many_requests"]
+    assert stats["requests"]["run"] == {"200": items}, "one submission per item, none twice"
+    assert len(archived_outputs(s3, archive)) == items, "every image archived once"
+    took = {log.name: sum(run_id in log.read_text(errors="replace") for run_id in runs)
+            for _, log in stack.processes if log.name.startswith("worker")}
+    assert len(took) == 2 and all(took.values()), f"both workers ran some: {took}"

@@ -15,16 +15,19 @@ class TryonArchive(Block):
     """An archive root for try-on outputs.
 
     Example:
-        An S3 bucket (MinIO works through ``client_kwargs.endpoint_url``)::
+        Save once, e.g. an S3 bucket (MinIO works through ``client_kwargs.endpoint_url``):
+        ``TryonArchive(url="s3://shop-tryon/archive", storage_options={"key": "...", "secret": "..."})
+        .save("BLOCK_NAME")``; then load it::
 
             from blocks import TryonArchive
-            TryonArchive(url="s3://shop-tryon/archive",
-                         storage_options={"key": "...", "secret": "..."}).save("catalogue")
-            archive = TryonArchive.load("catalogue").archive()
+            block = TryonArchive.load("BLOCK_NAME")
+            archive = block.archive()
     """
 
     _block_type_name = "Try-on Archive"
     _block_type_slug = "tryon-archive"
+    _logo_url = "https://raw.githubusercontent.com/tryon-flows/tryon-flows/main/blocks/logo.png"
+    _documentation_url = "https://github.com/tryon-flows/tryon-flows/blob/main/docs/operations.md#blocks"
     _description = "fsspec URL and storage options of the archive that receives every try-on output."
 
     url: str = Field(description="Archive root: s3://bucket/prefix, file:///path, or a local path.")

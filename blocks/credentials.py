@@ -19,15 +19,18 @@ class FashnCredentials(Block):
     """An API key for FASHN and the limits the provider granted it.
 
     Example:
-        Save once, then name the block in a flow run or deployment::
+        Save once (``FashnCredentials(api_key="fa-...").save("BLOCK_NAME")``), then name the block in
+        a flow run or deployment, or load it::
 
             from blocks import FashnCredentials
-            FashnCredentials(api_key="fa-...").save("production")
-            settings = FashnCredentials.load("production").settings()
+            credentials = FashnCredentials.load("BLOCK_NAME")
+            settings = credentials.settings()
     """
 
     _block_type_name = "FASHN Credentials"
     _block_type_slug = "fashn-credentials"
+    _logo_url = "https://raw.githubusercontent.com/tryon-flows/tryon-flows/main/blocks/logo.png"
+    _documentation_url = "https://github.com/tryon-flows/tryon-flows/blob/main/docs/operations.md#blocks"
     _description = "API key, base URL and rate limits of one FASHN API key."
 
     api_key: SecretStr = Field(description="The FASHN API key (fa-...). Stored encrypted; never logged.")

@@ -15,27 +15,27 @@ from prefect.states import Failed
 from pydantic import Field
 
 from flows.launch import bounded, idempotency_key, launch
-from flows.params import Mode, ModelName, NumSamples
+from flows.params import AS_IN_SPEC, ModeChoice, ModelChoice, SamplesChoice, given
 from tryon.catalog import find_specs, in_range, spec_date, spec_digest
 
 
 @flow(name="tryon-backfill", description="Run many collections: by list, prefix or glob, and date range.")
 async def backfill(
-    collections: list[str] | None = None,
-    pattern: str | None = None,
+    collections: list[str] = [],  # noqa: B006 (never mutated: the empty form)
+    pattern: str = "",
     date_from: dt.date | None = None,
     date_to: dt.date | None = None,
-    model_name: ModelName | None = None,
-    mode: Mode | None = None,
-    num_samples: NumSamples | None = None,
+    model_name: ModelChoice = AS_IN_SPEC,
+    mode: ModeChoice = AS_IN_SPEC,
+    num_samples: SamplesChoice = 0,
     force: bool = False,
     dry_run: bool = False,
     max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2,
-    deployment: str | None = None,
+    deployment: str = "",
     rerun: Annotated[int, Field(ge=0)] = 0,
-    archive: str | None = None,
-    credentials_block: str | None = None,
-    archive_block: str | None = None,
+    archive: str = "",
+    credentials_block: str = "",
+    archive_block: str = "",
 ) -> dict[str, Any]:
     """Backfill collections.
 
@@ -46,7 +46,7 @@ async def backfill(
         date_to: Only specs dated on or before this day.
         model_name: Re-render with this model instead of each spec's (e.g. tryon-v1.6 over a tryon-v1.5 catalogue).
         mode: Set this mode on every item.
-        num_samples: Set this many outputs per item (1-4; each costs a credit).
+        num_samples: Set this many outputs per item (1-4; each costs a credit); 0: as in each spec.
         force: Submit again items already archived (costs credits).
         dry_run: Plan every collection and check the balance; submit nothing.
         max_concurrent: Collections run at once.
@@ -58,13 +58,14 @@ async def backfill(
         archive_block: Name of a TryonArchive block.
     """
     logger = get_run_logger()
-    specs = await find_specs([*(collections or []), *([pattern] if pattern else [])])
+    specs = await find_specs([*collections, *([pattern] if pattern else [])])
     chosen = [url for url in specs if in_range(await spec_date(url), date_from, date_to)]
     logger.info("backfill: %d spec(s) found, %d in the date range", len(specs), len(chosen))
     parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
                   "force": force, "dry_run": dry_run, "credentials_block": credentials_block,
                   "archive_block": archive_block}
-    parameters = {k: v for k, v in parameters.items() if v is not None}
+    parameters = {k: v for k, v in parameters.items() if v not in (None, "", AS_IN_SPEC, 0)}
+    deployment = given(deployment)
 
     async def run(url: str):
         key = idempotency_key("backfill", {"spec": url, **parameters}, await spec_digest(url), rerun) \

@@ -20,7 +20,7 @@ from prefect.states import Failed
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
-from flows.params import InlineCollection, Mode, ModelName, NumSamples, input_overrides
+from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
 from flows.tasks import tryon_item
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
@@ -35,40 +35,41 @@ progress_listener: ContextVar[Callable[[RunReport], Awaitable[None]] | None] = C
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
 async def tryon_collection(
-    spec: str | None = None,
-    inline_spec: InlineCollection | None = None,
-    archive: str | None = None,
-    model_name: ModelName | None = None,
-    mode: Mode | None = None,
-    num_samples: NumSamples | None = None,
+    spec: str = "",
+    inline_spec: InlineCollection = InlineCollection(),  # noqa: B008 (an immutable default: the empty form)
+    archive: str = "",
+    model_name: ModelChoice = AS_IN_SPEC,
+    mode: ModeChoice = AS_IN_SPEC,
+    num_samples: SamplesChoice = 0,
     dry_run: bool = False,
     force: bool = False,
-    credentials_block: str | None = None,
-    archive_block: str | None = None,
+    credentials_block: str = "",
+    archive_block: str = "",
 ) -> dict[str, Any]:
     """Run one collection.
 
     Args:
         spec: Path or fsspec URL (s3://...) of the collection spec: YAML, JSON or CSV. Give this or inline_spec.
         inline_spec: The collection itself, typed in the form. Give this or spec.
-        archive: Archive root URL; default: the archive block, then TRYON_ARCHIVE_URL, then ./archive.
+        archive: Archive root URL; empty: the archive block, then TRYON_ARCHIVE_URL, then ./archive.
         model_name: Use this model instead of the spec's (re-render a catalogue with a newer model).
         mode: Set this mode on every item (over the spec's inputs).
-        num_samples: Set this many outputs per item (1-4; each output costs a credit).
+        num_samples: Set this many outputs per item (1-4; each output costs a credit); 0: as in the spec.
         dry_run: Validate, plan and check the balance only; submit nothing.
         force: Submit again items that are already archived (costs credits).
-        credentials_block: Name of a FashnCredentials block; default: the worker's FASHN_* settings.
+        credentials_block: Name of a FashnCredentials block; empty: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block (URL and storage credentials).
     """
-    if (spec is None) == (inline_spec is None):
+    inline = inline_spec if inline_spec is not None and not inline_spec.empty else None
+    if bool(given(spec)) == (inline is not None):
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
-    source = inline_spec.as_spec_data() if inline_spec is not None else spec
+    source = inline.as_spec_data() if inline is not None else spec
     logger = get_run_logger()
     listener = progress_listener.get()
     progress_listener.set(None)  # subflows started from here are runs of their own
-    collection = await load_and_validate(source, model_name, input_overrides(mode, num_samples))
-    settings = await resolve_settings(credentials_block)
-    store = await resolve_archive(archive, archive_block)
+    collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
+    settings = await resolve_settings(given(credentials_block))
+    store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
 
     async with open_runtime(settings, store) as runtime:

@@ -62,8 +62,9 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
                        counts=f"{t['archived']} archived · {t['failed']} failed · {t['skipped']} skipped")
 
         progress_listener.set(on_item)
-        state = await tryon_collection(spec, archive=archive, model_name=model_name, force=force,
-                                       return_state=True)
+        options = {"archive": archive, "model_name": model_name}  # unset: the flow's defaults
+        state = await tryon_collection(spec, force=force, return_state=True,
+                                       **{name: value for name, value in options.items() if value is not None})
     return await _finish(state, report)
 
 

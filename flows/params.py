@@ -4,7 +4,6 @@ grouped fields for models, help text from ``Field(description=...)``), and what
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,33 +13,53 @@ from tryon.models import ACCEPTED_MODES, DEFAULT_MODEL_NAME, MODELS
 
 # Built from the model registry (tryon.models.MODELS), so a new model or mode shows in the forms.
 ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
-Mode = Literal[ACCEPTED_MODES]  # type: ignore[valid-type]
-NumSamples = Annotated[int, Field(ge=1, le=4)]
+# The run form's choices: a real default ("as in the spec") instead of an optional value, so the
+# form shows a ready dropdown rather than a type toggle set to None.
+AS_IN_SPEC = "as in the spec"
+ModelChoice = Literal[(AS_IN_SPEC, *MODELS)]  # type: ignore[valid-type]
+ModeChoice = Literal[(AS_IN_SPEC, *ACCEPTED_MODES)]  # type: ignore[valid-type]
+SamplesChoice = Annotated[int, Field(ge=0, le=4)]  # 0: as in the spec
+
+
+def given(value: str | None) -> str | None:
+    """A form's text or choice as an option: None when left empty or "as in the spec"."""
+    return None if value in (None, "", AS_IN_SPEC) else value
 
 
 class InlineCollection(BaseModel):
-    """A collection typed into the run form instead of a spec file."""
+    """A collection typed into the run form instead of a spec file (left empty: none)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Collection name: letters, digits, '-', '_', '.'; names the archive folder.")
+    name: str = Field("", description="Collection name: letters, digits, '-', '_', '.'; names the archive folder.")
     model_name: ModelName = Field(DEFAULT_MODEL_NAME, description="FASHN model that renders the try-ons.")
-    date: dt.date | None = Field(None, description="Collection date (backfills can select by it).")
+    date: str = Field("", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                      description="Collection date, YYYY-MM-DD (backfills can select by it); may stay empty.")
     inputs: dict[str, Any] = Field(default_factory=dict,
                                    description='Try-on inputs for every item, e.g. {"category": "tops"}.')
-    garments: list[Garment] = Field(min_length=1, description="Garment photos: id and image URL.")
-    models: list[ModelPhoto] = Field(min_length=1, description="Model photos: id and image URL (or saved:<name>).")
-    pairs: Literal["all"] | list[Pair] = Field("all", description="'all' (every garment on every model) or pairs.")
+    garments: list[Garment] = Field(default_factory=list, description="Garment photos: id and image URL.")
+    models: list[ModelPhoto] = Field(default_factory=list,
+                                     description="Model photos: id and image URL (or saved:NAME).")
+    pairs: list[Pair] = Field(default_factory=list,
+                              description="Which garment goes on which model; empty: every garment on every model.")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.name or self.garments or self.models)
 
     def as_spec_data(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["pairs"] = data["pairs"] or "all"
+        if not data["date"]:
+            del data["date"]
+        return data
 
 
 def input_overrides(mode: str | None, num_samples: int | None) -> dict[str, Any]:
     """The run-level inputs set on every item (over everything the spec says)."""
     overrides: dict[str, Any] = {}
-    if mode is not None:
+    if given(mode) is not None:
         overrides["mode"] = mode
-    if num_samples is not None:
+    if num_samples:
         overrides["num_samples"] = num_samples
     return overrides

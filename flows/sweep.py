@@ -19,10 +19,10 @@ RECORDED = {"COMPLETED", "FAILED"}  # a crash or cancellation is not recorded: t
 @flow(name="tryon-sweep-inbox", description="Run every new or changed collection spec under an inbox prefix once.")
 async def sweep_inbox(
     inbox: str,
-    archive: str | None = None,
+    archive: str = "",
     max_concurrent: Annotated[int, Field(ge=1, le=8)] = 1,
-    credentials_block: str | None = None,
-    archive_block: str | None = None,
+    credentials_block: str = "",
+    archive_block: str = "",
 ) -> dict[str, Any]:
     """Sweep an inbox.
 

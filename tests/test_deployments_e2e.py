@@ -103,10 +103,11 @@ class PrefectStack:
 def _stack(tmp_path_factory, emulator, **extra_env: str) -> Iterator[PrefectStack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FASHN_", "TRYON_"))}
     env.update({"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(TIME_SCALE),
-                "PYTHONPATH": str(ROOT), **extra_env})
+                "PYTHONPATH": str(ROOT)})
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
         env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / TIME_SCALE:g}"
     stack = PrefectStack(tmp_path_factory.mktemp("prefect-e2e-home"), env)
+    stack.env.update(extra_env)
     try:
         stack.start("server", "start", "--host", "127.0.0.1", "--port", str(stack.port), name="server")
         stack.wait_healthy()
@@ -236,3 +237,50 @@ def test_three_runs_at_once_on_one_key_two_workers_and_postgresql(pg_stack, emul
     took = {log.name: sum(run_id in log.read_text(errors="replace") for run_id in runs)
             for _, log in stack.processes if log.name.startswith("worker")}
     assert len(took) == 2 and all(took.values()), f"both workers ran some: {took}"
+
+
+@pytest.fixture
+def ui_stack(tmp_path_factory, emulator) -> Iterator[PrefectStack]:
+    with _stack(tmp_path_factory, emulator, PREFECT_UI_ENABLED="true") as stack:
+        yield stack
+
+
+async def test_the_run_form_is_ready_to_type_in_a_real_browser(ui_stack):
+    # The deployment's run page as a person opens it: every field an input or a select, the model and
+    # mode dropdowns from the registry, no "str / None" type toggle. The screenshot is kept in
+    # test-artifacts/ (TRYON_TEST_ARTIFACTS).
+    import asyncio
+
+    from tests.browser import Browser, chromium_path
+    from tryon.models import ACCEPTED_MODES, MODELS
+
+    if chromium_path() is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("chromium is not installed (scripts/_chromium.sh)")
+    stack = ui_stack
+    stack.cli("work-pool", "create", "tryon", "--type", "process")
+    stack.cli("--no-prompt", "deploy", "--all")
+    deployment = stack.http.get("/deployments/name/tryon-collection/collection").json()["id"]
+    page_url = stack.api.removesuffix("/api") + f"/deployments/deployment/{deployment}/run"
+    artifacts = Path(os.environ.get("TRYON_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    async with Browser(width=1400, height=2400, timeout=60) as page:
+        await page.open(page_url)
+        form = None
+        for _ in range(300):  # the form renders after the page's scripts fetched the deployment
+            form = await page.evaluate("""(() => {
+                const text = document.body.innerText;
+                if (!text.includes('archive_block')) return null;
+                return {text, selects: Array.from(document.querySelectorAll('select')).map(
+                            s => Array.from(s.options).map(o => o.textContent.trim())),
+                        fields: document.querySelectorAll('input, textarea').length};
+            })()""")
+            if form:
+                break
+            await asyncio.sleep(0.1)
+        await page.screenshot(artifacts / "run-form.png")
+    assert form, "the run form never rendered"
+    assert 'Property is type "None"' not in form["text"] and "is a const" not in form["text"], form["text"]
+    choices = [options for options in form["selects"] if options and options[0] == "as in the spec"]
+    assert [*MODELS] in [options[1:] for options in choices], form["selects"]
+    assert [*ACCEPTED_MODES] in [options[1:] for options in choices], form["selects"]
+    assert form["fields"] >= 6, "spec, the inline spec's name and date, archive, num_samples and the block names"

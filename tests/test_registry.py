@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from blocks.credentials import FashnCredentials
-from flows.params import InlineCollection, Mode, ModelName
+from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, ModelName
 from tryon.models import (
     ACCEPTED_MODES,
     DEFAULT_MODEL_NAME,
@@ -31,10 +31,11 @@ IMAGES = {"model_image": "https://x/m.jpg", "garment_image": "https://x/g.jpg"}
 
 def test_form_choices_are_the_registry():
     assert get_args(ModelName) == tuple(MODELS)
-    assert set(get_args(Mode)) == {mode for spec in MODELS.values() for mode in spec.modes}
-    assert get_args(Mode) == ACCEPTED_MODES
-    assert TypeAdapter(ModelName).json_schema()["enum"] == list(MODELS)
-    assert TypeAdapter(Mode).json_schema()["enum"] == list(ACCEPTED_MODES)
+    assert get_args(ModelChoice) == (AS_IN_SPEC, *MODELS)
+    assert set(get_args(ModeChoice)) == {AS_IN_SPEC} | {mode for spec in MODELS.values() for mode in spec.modes}
+    assert get_args(ModeChoice) == (AS_IN_SPEC, *ACCEPTED_MODES)
+    assert TypeAdapter(ModelChoice).json_schema()["enum"] == [AS_IN_SPEC, *MODELS]
+    assert TypeAdapter(ModeChoice).json_schema()["enum"] == [AS_IN_SPEC, *ACCEPTED_MODES]
     assert InlineCollection.model_fields["model_name"].default == DEFAULT_MODEL_NAME in MODELS
 
 

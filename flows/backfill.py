@@ -1,6 +1,7 @@
 """Backfills: run (or re-render) many collections, chosen by list, prefix or glob, and date.
 
-Safe to re-run: archived items are skipped by every collection run, and deployment runs are
+Safe to re-run: archived items are skipped by every collection run, items another collection
+archived are copied from it (one payment per distinct pair), and deployment runs are
 started with idempotency keys (same spec content and parameters → the same run, never a
 second one; raise ``rerun`` to start fresh runs on purpose).
 """
@@ -29,6 +30,7 @@ async def backfill(
     mode: Mode | None = None,
     num_samples: NumSamples | None = None,
     force: bool = False,
+    reuse: bool | None = None,
     dry_run: bool = False,
     max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2,
     deployment: str | None = None,
@@ -48,6 +50,8 @@ async def backfill(
         mode: Set this mode on every item.
         num_samples: Set this many outputs per item (1-4; each costs a credit).
         force: Submit again items already archived (costs credits).
+        reuse: Copy outputs another collection archived for the same pair instead of paying again (default:
+            TRYON_REUSE, on). Collections sharing a pair run as subflows here pay for it once.
         dry_run: Plan every collection and check the balance; submit nothing.
         max_concurrent: Collections run at once.
         deployment: Run each collection as a run of this deployment (e.g. tryon-collection/collection) on the
@@ -62,7 +66,7 @@ async def backfill(
     chosen = [url for url in specs if in_range(await spec_date(url), date_from, date_to)]
     logger.info("backfill: %d spec(s) found, %d in the date range", len(specs), len(chosen))
     parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
-                  "force": force, "dry_run": dry_run, "credentials_block": credentials_block,
+                  "force": force, "reuse": reuse, "dry_run": dry_run, "credentials_block": credentials_block,
                   "archive_block": archive_block}
     parameters = {k: v for k, v in parameters.items() if v is not None}
 

@@ -131,7 +131,7 @@ def check_report(s3, emulator, archive: str, name: str, items: int, samples: int
     """Every item archived, each output byte for byte what the emulator served for its prediction."""
     fs = s3.fs()
     report = json.loads(fs.cat(f"{archive}/{name}/tryon-v1.6/report.json"))
-    assert report["totals"] == {"archived": items, "failed": 0, "skipped": 0}, name
+    assert report["totals"] == {"archived": items, "reused": 0, "failed": 0, "skipped": 0}, name
     for entry in report["items"]:
         served = emulator.prediction(entry["prediction_id"])["output_sha256"]
         assert len(entry["outputs"]) == len(served) == samples

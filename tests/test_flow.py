@@ -36,7 +36,7 @@ async def test_collection_archived_to_s3_with_the_emulators_sha256(prefect_serve
     assert state.is_completed(), state.message
     fs = s3.fs()
     report = json.loads(fs.cat(s3.url("archive", "test-coll", "tryon-v1.6", "report.json")))
-    assert report["totals"] == {"archived": 4, "failed": 0, "skipped": 0}
+    assert report["totals"] == {"archived": 4, "reused": 0, "failed": 0, "skipped": 0}
     for entry in report["items"]:
         assert len(entry["outputs"]) == 2
         served = fashn_env.prediction(entry["prediction_id"])["output_sha256"]

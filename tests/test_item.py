@@ -34,10 +34,10 @@ async def runtime_for(emulator, archive: Archive, **options):
         await traffic.aclose()
 
 
-async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, run_one=item.run,
-                         **options) -> tuple[batch.Plan, RunReport]:
+async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, reuse: bool = True,
+                         run_one=item.run, **options) -> tuple[batch.Plan, RunReport]:
     collection = await batch.load_and_validate(str(spec))
-    planned = await batch.plan(collection, archive, force=force)
+    planned = await batch.plan(collection, archive, force=force, reuse=reuse)
     report = RunReport.start(collection.name, collection.model_name)
     seen: list[int] = []
 

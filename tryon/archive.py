@@ -295,6 +295,10 @@ class Archive:
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.local = isinstance(self.fs, LocalFileSystem)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+        # s3fs asks for an object's size (HEAD, and a LIST when it is missing) before each GET unless
+        # reads are not split: then a read, found or not, is one GET (bench/reuse_lookup.py).
+        self._read_options = {"max_concurrency": 1} if "s3" in protocols else {}
 
     def __repr__(self) -> str:  # storage options may hold secrets: never shown
         return f"Archive({self.url!r})"
@@ -352,7 +356,7 @@ class Archive:
 
     def _read_sync(self, path: str) -> bytes | None:
         try:
-            return self.fs.cat_file(path)
+            return self.fs.cat_file(path, **self._read_options)
         except FileNotFoundError:
             return None
 
@@ -614,7 +618,7 @@ class Archive:
                 raise FileNotFoundError(source)
             self._write_sync(path, data)
         else:
-            self.fs.copy(source, path)  # s3fs: a server-side CopyObject, no bytes through this process
+            self.fs.cp_file(source, path)  # s3fs: a server-side CopyObject, no bytes through this process
 
     async def copy_output(self, entry: IndexEntry, output: IndexedOutput, item: Item) -> OutputRecord:
         """Copy one output of ``entry``'s item into ``item``'s folder and verify it by reading it

@@ -3,13 +3,13 @@
 One state type, :class:`ItemState`, and its stages::
 
     reuse ──copy, verify──▶ reused (0 credits)
-      │
-      ▼ (the copy does not verify)
+     ▲ │
+     │ ▼ a copy does not verify
     planned ──submit──▶ submitted ──wait──▶ (completed) ──archive──▶ archived
-       ▲   │                │
-       │   │                └── resubmit: retryable failure, 404, ambiguous answer ──▶ planned
-       │   └── another item of this process is paying for the same key: wait ──▶ reuse
-       └───────────────────────────────────────────────────── (or failed, with its reason)
+       ▲                    │
+       └── resubmit ────────┤ (retryable failure, 404, ambiguous answer)
+                            └──────────────────────────────────────▶ failed
+    planned → reuse: another item of this process was paying for the same key (waited for)
     skipped: archived by an earlier run (planned so, nothing to do)
 
 :func:`plan` decides the stage from the archive alone (no API call): an item not archived under

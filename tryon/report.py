@@ -104,7 +104,8 @@ class RunReport(BaseModel):
         return [e for e in self.items if e.state == "failed"]
 
     def summary_line(self) -> str:
-        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES)
+        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES
+                           if s != "reused" or self.totals.get(s))  # reused: only when some were
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
                 f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used")
 

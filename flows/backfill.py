@@ -1,6 +1,7 @@
 """Backfills: run (or re-render) many collections, chosen by list, prefix or glob, and date.
 
-Safe to re-run: archived items are skipped by every collection run, and deployment runs are
+Safe to re-run: archived items are skipped by every collection run, items another collection
+archived are copied from it (one payment per distinct pair), and deployment runs are
 started with idempotency keys (same spec content and parameters → the same run, never a
 second one; raise ``rerun`` to start fresh runs on purpose).
 """
@@ -8,12 +9,14 @@ second one; raise ``rerun`` to start fresh runs on purpose).
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 from pydantic import Field
 
+from flows.collection import tryon_collection
 from flows.launch import bounded, idempotency_key, launch
 from flows.params import AS_IN_SPEC, ModeChoice, ModelChoice, SamplesChoice, given
 from tryon.catalog import find_specs, in_range, spec_date, spec_digest
@@ -29,6 +32,7 @@ async def backfill(
     mode: ModeChoice = AS_IN_SPEC,
     num_samples: SamplesChoice = 0,
     force: bool = False,
+    reuse: bool = True,
     dry_run: bool = False,
     max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2,
     deployment: str = "",
@@ -48,6 +52,9 @@ async def backfill(
         mode: Set this mode on every item.
         num_samples: Set this many outputs per item (1-4; each costs a credit); 0: as in each spec.
         force: Submit again items already archived (costs credits).
+        reuse: Copy outputs another collection archived for the same pair instead of paying again
+            (TRYON_REUSE=false turns this off for every run). Collections sharing a pair run as subflows here pay
+            for it once.
         dry_run: Plan every collection and check the balance; submit nothing.
         max_concurrent: Collections run at once.
         deployment: Run each collection as a run of this deployment (e.g. tryon-collection/collection) on the
@@ -61,10 +68,12 @@ async def backfill(
     specs = await find_specs([*collections, *([pattern] if pattern else [])])
     chosen = [url for url in specs if in_range(await spec_date(url), date_from, date_to)]
     logger.info("backfill: %d spec(s) found, %d in the date range", len(specs), len(chosen))
+    # Only what differs from the collection flow's defaults (so idempotency keys stay stable).
     parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
-                  "force": force, "dry_run": dry_run, "credentials_block": credentials_block,
+                  "force": force, "reuse": reuse, "dry_run": dry_run, "credentials_block": credentials_block,
                   "archive_block": archive_block}
-    parameters = {k: v for k, v in parameters.items() if v not in (None, "", AS_IN_SPEC, 0)}
+    parameters = {k: v for k, v in parameters.items()
+                  if v != inspect.signature(tryon_collection.fn).parameters[k].default}
     deployment = given(deployment)
 
     async def run(url: str):

@@ -53,6 +53,7 @@ def run(
     model_name: str | None = None,
     dry_run: bool = False,
     force: bool = False,
+    reuse: bool | None = None,
 ) -> int:
     """Run a collection: submit, wait, archive every output once; exit 1 if any item failed.
 
@@ -71,6 +72,9 @@ def run(
         balance; submits nothing and starts no Prefect server.
     force
         Submit again items that are already archived (costs credits).
+    reuse
+        Copy outputs another collection archived for the same model and inputs instead of paying
+        again (default TRYON_REUSE, on).
     """
     from tryon.collection import SpecError
     from tryon.errors import FashnError
@@ -79,12 +83,35 @@ def run(
         if dry_run:
             from tryon.batch import dry_run as plan
 
-            return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, out=sys.stdout))
+            return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, reuse=reuse,
+                                    out=sys.stdout))
         from flows.console import run_with_progress
 
-        return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force)
+        return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force,
+                                 reuse=reuse)
     except (SpecError, FashnError) as exc:
         return _fail(str(exc))
+
+
+@app.command
+def index(archive: str, /) -> int:
+    """Index an archive made before the reuse index: every archived item's outputs become
+    reusable by other collections. Reads each result.json once and no image; safe to repeat.
+
+    Parameters
+    ----------
+    archive
+        Archive root (fsspec URL or path).
+    """
+    from tryon.archive import Archive
+    from tryon.errors import FashnError
+    from tryon.index import index_archive
+
+    try:
+        print(asyncio.run(index_archive(Archive(archive))).line())
+    except FashnError as exc:
+        return _fail(str(exc))
+    return 0
 
 
 @app.command

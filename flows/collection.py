@@ -25,6 +25,7 @@ from flows.tasks import tryon_item
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
 from tryon.runtime import key_fingerprint, open_runtime
+from tryon.settings import ArchiveSettings
 
 #: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
 #: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
@@ -43,6 +44,7 @@ async def tryon_collection(
     num_samples: SamplesChoice = 0,
     dry_run: bool = False,
     force: bool = False,
+    reuse: bool = True,
     credentials_block: str = "",
     archive_block: str = "",
 ) -> dict[str, Any]:
@@ -57,6 +59,8 @@ async def tryon_collection(
         num_samples: Set this many outputs per item (1-4; each output costs a credit); 0: as in the spec.
         dry_run: Validate, plan and check the balance only; submit nothing.
         force: Submit again items that are already archived (costs credits).
+        reuse: Copy the outputs of items another collection archived with the same model and inputs instead of
+            paying again (TRYON_REUSE=false turns this off for every run).
         credentials_block: Name of a FashnCredentials block; empty: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block (URL and storage credentials).
     """
@@ -76,7 +80,8 @@ async def tryon_collection(
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
         async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):
-            planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits)
+            planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
+                                 reuse=reuse and ArchiveSettings().reuse)
             if planned.credits_needed or dry_run:
                 planned.balance = (await runtime.client.credits()).total
             logger.info("%s: %s", collection.name, planned.line())

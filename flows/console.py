@@ -37,14 +37,15 @@ def set_env_defaults(values: dict[str, str]) -> None:
 
 
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
-                      force: bool) -> int:
+                      force: bool, reuse: bool | None = None) -> int:
     """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
     if not os.environ.get("PREFECT_API_URL"):
         set_env_defaults(PREFECT_DEFAULTS)
-    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force))
+    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse))
 
 
-async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool) -> int:
+async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
+               reuse: bool | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.collection import progress_listener, tryon_collection
@@ -59,10 +60,11 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
         async def on_item(run_report) -> None:
             t = run_report.totals
             bar.update(task_id, completed=run_report.total,
-                       counts=f"{t['archived']} archived · {t['failed']} failed · {t['skipped']} skipped")
+                       counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
+                              f"{t['skipped']} skipped")
 
         progress_listener.set(on_item)
-        options = {"archive": archive, "model_name": model_name}  # unset: the flow's defaults
+        options = {"archive": archive, "model_name": model_name, "reuse": reuse}  # unset: the flow's defaults
         state = await tryon_collection(spec, force=force, return_state=True,
                                        **{name: value for name, value in options.items() if value is not None})
     return await _finish(state, report)
@@ -76,7 +78,7 @@ async def _finish(state, report_path: Path | None) -> int:
     if state.is_completed():
         totals = await state.aresult()
         location = totals.get("report")
-        print(f"done: {totals['archived']} archived, {totals['skipped']} skipped, 0 failed; "
+        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed; "
               f"{totals['credits_used']} credits used")
     else:
         print(f"failed: {message}")

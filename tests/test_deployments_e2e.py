@@ -146,7 +146,7 @@ def check_report(s3, emulator, archive: str, name: str, items: int, samples: int
     """Every item archived, each output byte for byte what the emulator served for its prediction."""
     fs = s3.fs()
     report = json.loads(fs.cat(f"{archive}/{name}/tryon-v1.6/report.json"))
-    assert report["totals"] == {"archived": items, "failed": 0, "skipped": 0}, name
+    assert report["totals"] == {"archived": items, "reused": 0, "failed": 0, "skipped": 0}, name
     for entry in report["items"]:
         served = emulator.prediction(entry["prediction_id"])["output_sha256"]
         assert len(entry["outputs"]) == len(served) == samples
@@ -160,7 +160,8 @@ def test_deploy_run_backfill_and_sweep_on_a_real_server_and_worker(stack, emulat
     inputs = {"mode": "performance"}
     single = upload_collection(s3, tmp_path, "specs/2026-11-01", name="autumn", garments=2, models=2, inputs=inputs)
     upload_collection(s3, tmp_path, "specs/2026-11-02", name="denim", garments=2, models=1, inputs=inputs)
-    upload_collection(s3, tmp_path, "specs/2026-11-03", name="knits", garments=1, models=2, inputs=inputs)
+    # Images of their own (variant): collections sharing pairs would reuse each other's outputs.
+    upload_collection(s3, tmp_path, "specs/2026-11-03", name="knits", garments=1, models=2, inputs=inputs, variant=1)
     upload_collection(s3, tmp_path, "specs/2025-01-01", name="old", garments=1, models=1, inputs=inputs)
 
     stack.cli("work-pool", "create", "tryon", "--type", "process")
@@ -193,7 +194,8 @@ def test_deploy_run_backfill_and_sweep_on_a_real_server_and_worker(stack, emulat
     again = stack.run_deployment("tryon-backfill/backfill", pattern=s3.url("specs") + "/", archive=archive,
                                  date_from="2026-11-02")
     assert stack.wait_terminal(again)["state_type"] == "COMPLETED"
-    upload_collection(s3, tmp_path, "inbox/drop-1", name="inbox-coll", garments=1, models=2, inputs=inputs)
+    upload_collection(s3, tmp_path, "inbox/drop-1", name="inbox-coll", garments=1, models=2, inputs=inputs,
+                      variant=2)
     for expected_new in (2, 0):
         before = sum(emulator.stats()["requests"].get("run", {}).values())
         run_id = stack.run_deployment("tryon-sweep-inbox/sweep", inbox=s3.url("inbox"), archive=archive)

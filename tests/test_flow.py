@@ -36,7 +36,7 @@ async def test_collection_archived_to_s3_with_the_emulators_sha256(prefect_serve
     assert state.is_completed(), state.message
     fs = s3.fs()
     report = json.loads(fs.cat(s3.url("archive", "test-coll", "tryon-v1.6", "report.json")))
-    assert report["totals"] == {"archived": 4, "failed": 0, "skipped": 0}
+    assert report["totals"] == {"archived": 4, "reused": 0, "failed": 0, "skipped": 0}
     for entry in report["items"]:
         assert len(entry["outputs"]) == 2
         served = fashn_env.prediction(entry["prediction_id"])["output_sha256"]
@@ -147,3 +147,94 @@ async def test_progress_updates_never_hold_up_the_item_that_finished(monkeypatch
     release.set()
     await asyncio.wait_for(final, timeout=1)
     assert calls == [25.0, 100.0]
+
+
+# -- reuse across collections, over moto's S3 server --------------------------------------------
+
+def s3_json(fs, url: str) -> dict:
+    return json.loads(fs.cat(url))
+
+
+async def archive_a_on_s3(s3, fashn_env, tmp_path) -> tuple[str, set[str]]:
+    """Collection a (g0, g1 × m0, m1) archived on S3; the emulator's input hashes it paid for."""
+    archive = s3.url("archive")
+    a = write_collection(tmp_path / "a", name="a", garments=2, models=2)
+    state = await run_flow(spec=str(a), archive=archive)
+    assert state.is_completed(), state.message
+    paid = {p["hash"] for p in fashn_env.predictions()}
+    assert len(paid) == 4
+    fashn_env.reset()
+    return archive, paid
+
+
+async def test_a_collection_sharing_half_its_pairs_pays_for_the_other_half(prefect_server, fashn_env, s3, tmp_path):
+    archive, paid_for_a = await archive_a_on_s3(s3, fashn_env, tmp_path)
+    b = write_collection(tmp_path / "b", name="b", garments=2, models=4)  # shares g0, g1 × m0, m1 with a
+
+    dry = await run_flow(spec=str(b), archive=archive, dry_run=True)
+    assert {k: v for k, v in (await dry.aresult()).items() if k in ("submit", "reuse", "credits_needed")} == \
+        {"submit": 4, "reuse": 4, "credits_needed": 4}
+
+    state = await run_flow(spec=str(b), archive=archive)
+    assert state.is_completed(), state.message
+    result = await state.aresult()
+    assert (result["archived"], result["reused"], result["credits_used"]) == (4, 4, 4)
+    paid_for_b = [p["hash"] for p in fashn_env.predictions()]
+    assert len(paid_for_b) == 4 and not set(paid_for_b) & paid_for_a, "no prediction for a shared pair"
+
+    fs = s3.fs()
+    report = s3_json(fs, s3.url("archive", "b", "tryon-v1.6", "report.json"))
+    gallery = fs.cat(s3.url("archive", "b", "tryon-v1.6", "index.html")).decode()
+    for entry in report["items"]:
+        for output in entry["outputs"]:
+            assert f'src="{entry["label"]}/{output["name"]}"' in gallery
+            assert fs.exists(output["url"])
+        if entry["state"] == "reused":
+            assert entry["credits_used"] == 0 and entry["reused_from"] == f"a/tryon-v1.6/{entry['label']}"
+            for output in entry["outputs"]:
+                theirs = fs.cat(s3.url("archive", entry["reused_from"], output["name"]))
+                assert fs.cat(output["url"]) == theirs, "a reused object is byte for byte a's"
+    assert sorted(e["label"] for e in report["items"] if e["state"] == "reused") == \
+        ["g0__m0", "g0__m1", "g1__m0", "g1__m1"]
+
+
+async def test_a_tampered_index_entry_on_s3_makes_its_item_paid_for_and_reported(prefect_server, fashn_env, s3,
+                                                                                tmp_path):
+    archive, _ = await archive_a_on_s3(s3, fashn_env, tmp_path)
+    fs = s3.fs()
+    key = s3_json(fs, s3.url("archive", "a", "tryon-v1.6", "g1__m0", "result.json"))["key"]
+    entry_url = s3.url("archive", "_index", key[:2], f"{key}.json")
+    entry = s3_json(fs, entry_url)
+    entry["outputs"][0]["sha256"] = "f" * 64
+    fs.pipe(entry_url, json.dumps(entry).encode())
+
+    b = write_collection(tmp_path / "b", name="b", garments=2, models=2)  # every pair of a
+    state = await run_flow(spec=str(b), archive=archive)
+    assert state.is_completed(), state.message
+    assert [p["hash"] for p in fashn_env.predictions()] and fashn_env.stats()["requests"]["run"] == {"200": 1}
+    report = s3_json(fs, s3.url("archive", "b", "tryon-v1.6", "report.json"))
+    assert report["totals"] == {"archived": 1, "reused": 3, "failed": 0, "skipped": 0}
+    [paid] = [e for e in report["items"] if e["state"] == "archived"]
+    assert paid["label"] == "g1__m0" and "index entry" in paid["reuse_refused"]
+    served = fashn_env.prediction(paid["prediction_id"])["output_sha256"]
+    assert hashlib.sha256(fs.cat(paid["outputs"][0]["url"])).hexdigest() == served[0]
+    assert "g1__m0" in fs.cat(s3.url("archive", "b", "tryon-v1.6", "summary.txt")).decode()
+    assert s3_json(fs, entry_url)["folder"] == "b/tryon-v1.6/g1__m0", "the entry now names the item paid for"
+
+
+@pytest.mark.timeout(300)
+async def test_a_backfill_over_five_overlapping_collections_pays_for_each_pair_once(prefect_server, fashn_env, s3,
+                                                                                   tmp_path):
+    from flows.backfill import backfill
+
+    # Collection k has g0..g(k-1) × m0, m1: 30 items, 10 distinct pairs, run two at a time.
+    specs = [write_collection(tmp_path / f"c{k}", name=f"c{k}", garments=k, models=2) for k in range(1, 6)]
+    state = await backfill(collections=[str(s) for s in specs], archive=s3.url("archive"), return_state=True)
+    assert state.is_completed(), state.message
+    stats = fashn_env.stats()
+    assert len(stats["created_per_hash"]) == 10 and stats["duplicate_hashes"] == 0
+    assert stats["credits_charged"] == 10
+    fs = s3.fs()
+    totals = [s3_json(fs, s3.url("archive", f"c{k}", "tryon-v1.6", "report.json"))["totals"] for k in range(1, 6)]
+    assert [t["archived"] + t["reused"] for t in totals] == [2, 4, 6, 8, 10]
+    assert sum(t["archived"] for t in totals) == 10 and not any(t["failed"] for t in totals)

@@ -225,7 +225,8 @@ async def test_completed_and_failed_runs_emit_events_with_counts(prefect_server,
     assert [e["event"] for e in done] == ["tryon.collection.completed"]
     assert [e["event"] for e in failed] == ["tryon.collection.failed"]
     assert done[0]["payload"]["archived"] == 2 and done[0]["payload"]["failed"] == 0
-    assert failed[0]["payload"]["archived"] == 1 and failed[0]["payload"]["failed"] == 1
+    # The pair good × m0 was archived by events-good: events-bad reuses it.
+    assert failed[0]["payload"]["reused"] == 1 and failed[0]["payload"]["failed"] == 1
     assert failed[0]["payload"]["gallery"].endswith("events-bad/tryon-v1.6/index.html")
 
 

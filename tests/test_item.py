@@ -34,10 +34,10 @@ async def runtime_for(emulator, archive: Archive, **options):
         await traffic.aclose()
 
 
-async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, run_one=item.run,
-                         **options) -> tuple[batch.Plan, RunReport]:
+async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, reuse: bool = True,
+                         run_one=item.run, **options) -> tuple[batch.Plan, RunReport]:
     collection = await batch.load_and_validate(str(spec))
-    planned = await batch.plan(collection, archive, force=force)
+    planned = await batch.plan(collection, archive, force=force, reuse=reuse)
     report = RunReport.start(collection.name, collection.model_name)
     seen: list[int] = []
 
@@ -58,14 +58,14 @@ async def test_items_are_planned_once_archived_and_skipped_on_a_rerun(make_emula
     planned, report = await run_collection(emulator, spec, archive)
     assert planned.as_dict()["submit"] == 4 and planned.credits_needed == 4
     assert [s.stage for s in planned.states] == ["archived"] * 4, "the plan's states are the ones the run took on"
-    assert report.totals == {"archived": 4, "failed": 0, "skipped": 0}
+    assert report.totals == {"archived": 4, "reused": 0, "failed": 0, "skipped": 0}
     assert emulator.stats()["requests"]["run"] == {"200": 4}
     for entry in report.items:
         assert entry.outputs and (tmp_path / "archive" / entry.outputs[0].path).stat().st_size == entry.outputs[0].size
 
     again, rerun = await run_collection(emulator, spec, archive)
     assert again.as_dict()["skip"] == 4 and again.credits_needed == 0
-    assert rerun.totals == {"archived": 0, "failed": 0, "skipped": 4} and rerun.credits_used == 0
+    assert rerun.totals == {"archived": 0, "reused": 0, "failed": 0, "skipped": 4} and rerun.credits_used == 0
     assert emulator.stats()["requests"]["run"] == {"200": 4}, "nothing submitted again"
 
 
@@ -97,10 +97,10 @@ async def test_a_failed_prediction_ends_failed_with_its_reason_and_stays_failed(
     _, report = await run_collection(emulator, spec, archive)
     [failed] = report.failures()
     assert (failed.garment_id, failed.error_name) == ("posey", "PoseError")
-    assert report.totals == {"archived": 1, "failed": 1, "skipped": 0}
+    assert report.totals == {"archived": 1, "reused": 0, "failed": 1, "skipped": 0}
 
     again, rerun = await run_collection(emulator, spec, archive)
-    assert again.as_dict() == {"submit": 0, "resume": 0, "skip": 1, "failed": 1, "credits_needed": 0, "balance": None}
+    assert again.as_dict() == {"submit": 0, "resume": 0, "reuse": 0, "skip": 1, "failed": 1, "credits_needed": 0, "balance": None}
     assert rerun.failures()[0].error_name == "PoseError" and rerun.credits_used == 0
 
 

@@ -10,6 +10,7 @@ path, ``memory://`` in tests). Layout::
             prediction.json                           # pending: written right after /v1/run answers
             output_0.png  output_1.png ...            # verified by reading back (size, sha256)
             result.json                               # written last: a reader never sees half an item
+    <root>/_index/<key[:2]>/<key>.json                # where a key's outputs are: written after result.json
 
 Every file is written whole or not at all: locally to a temporary name, flushed, fsynced and
 renamed; on object stores by one PUT. A failed write is sent again (``Archive.WRITE_ATTEMPTS``).
@@ -39,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tryon import images
-from tryon.collection import Item, id_problem, item_key
+from tryon.collection import LABEL_SEPARATOR, Item, id_problem, item_key
 from tryon.errors import FashnError
 
 DEFAULT_ARCHIVE_URL = "./archive"
@@ -48,6 +49,8 @@ PENDING_FILE = "prediction.json"
 REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.txt"
 GALLERY_FILE = "index.html"
+INDEX_DIR = "_index"  # cannot be a collection name (ids start with a letter or digit)
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
 _OUTPUT_RE = re.compile(r"^output_\d+\.[a-z0-9]{1,8}$")
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|credential|secret|auth|password|session)", re.IGNORECASE)
@@ -55,6 +58,10 @@ _SECRET_PARAM = re.compile(r"(sig|signature|token|key|credential|secret|auth|pas
 
 class ArchiveError(FashnError):
     """The archive cannot be written or read as needed (named by its URL)."""
+
+
+class NotReusable(ArchiveError):
+    """An index entry whose outputs cannot be reused: missing, or not verified by size and sha256."""
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -159,6 +166,9 @@ class ItemResult(BaseModel):
     attempts: int = 1
     possible_duplicate_charge: bool = False
     resubmitted_after_404: bool = False
+    reused_from: str | None = Field(None, description="The item folder (relative to the archive root) whose "
+                                    "outputs were copied here and verified, for 0 credits.")
+    reuse_refused: str | None = Field(None, description="Why an index entry for this key was not used.")
 
     @classmethod
     def _base(cls, item: Item, key: str, submission: Any) -> dict[str, Any]:
@@ -215,11 +225,50 @@ class ItemResult(BaseModel):
         fields.update(extra)
         return cls(**fields)
 
+    @classmethod
+    def reused(cls, item: Item, key: str, entry: "IndexEntry", outputs: list[OutputRecord]) -> "ItemResult":
+        """The result of an item whose outputs were copied from ``entry``'s item, for 0 credits."""
+        now = utcnow()
+        fields = cls._base(item, key, None)
+        fields.update(state="archived", outputs=list(outputs), credits_used=0, reused_from=entry.folder,
+                      prediction_id=entry.prediction_id,
+                      prediction_ids=[entry.prediction_id] if entry.prediction_id else [],
+                      timings=Timings(completed_at=now, archived_at=now, seconds=0.0))
+        return cls(**fields)
+
+
+class IndexedOutput(BaseModel):
+    name: str
+    size: int
+    sha256: str
+
+
+class IndexEntry(BaseModel):
+    """``_index/<key[:2]>/<key>.json``: where the outputs of an item key are archived.
+
+    Written after that item's ``result.json``, so it never names an item still being written;
+    trusted only once a copy of every output verifies against it (a later run may have changed
+    or removed the item since)."""
+
+    key: str
+    collection: str
+    model_name: str
+    label: str
+    folder: str = Field(description="The item folder, relative to the archive root.")
+    prediction_id: str | None = None
+    outputs: list[IndexedOutput]
+    indexed_at: dt.datetime = Field(default_factory=utcnow)
+
 
 # -- the archive ----------------------------------------------------------------------------------
 
 def _dumps(model: BaseModel) -> bytes:
     return (model.model_dump_json(indent=2) + "\n").encode("utf-8")
+
+
+def _is_label(value: str) -> bool:
+    garment, sep, model = value.partition(LABEL_SEPARATOR)
+    return bool(sep) and id_problem(garment) is None and id_problem(model) is None
 
 
 def _safe_component(value: str, what: str) -> str:
@@ -246,6 +295,10 @@ class Archive:
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.local = isinstance(self.fs, LocalFileSystem)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+        # s3fs asks for an object's size (HEAD, and a LIST when it is missing) before each GET unless
+        # reads are not split: then a read, found or not, is one GET (bench/reuse_lookup.py).
+        self._read_options = {"max_concurrency": 1} if "s3" in protocols else {}
 
     def __repr__(self) -> str:  # storage options may hold secrets: never shown
         return f"Archive({self.url!r})"
@@ -303,7 +356,7 @@ class Archive:
 
     def _read_sync(self, path: str) -> bytes | None:
         try:
-            return self.fs.cat_file(path)
+            return self.fs.cat_file(path, **self._read_options)
         except FileNotFoundError:
             return None
 
@@ -503,6 +556,110 @@ class Archive:
         if not _OUTPUT_RE.match(name):
             raise ArchiveError(f"{name!r} is not an output file name")
         return await self._read(self._join(self.item_dir(item), name))
+
+    # -- the content-addressed index --------------------------------------------------------------
+
+    def index_path(self, key: str) -> str:
+        if not _KEY_RE.match(key):
+            raise ArchiveError(f"{key!r} is not an item key (64 hex digits)")
+        return self._join(self.root, INDEX_DIR, key[:2], f"{key}.json")
+
+    def index_entry(self, result: ItemResult) -> IndexEntry:
+        """The entry naming ``result``'s item folder as where its key's outputs are."""
+        folder = self._join(self.model_dir(result.collection, result.model_name), result.label)
+        return IndexEntry(key=result.key, collection=result.collection, model_name=result.model_name,
+                          label=result.label, folder=self.relative(folder), prediction_id=result.prediction_id,
+                          outputs=[IndexedOutput(name=o.name, size=o.size, sha256=o.sha256) for o in result.outputs])
+
+    async def write_index(self, result: ItemResult) -> IndexEntry:
+        """Index an archived item's outputs under its key (call after its ``result.json``)."""
+        entry = self.index_entry(result)
+        await self._write(self.index_path(result.key), _dumps(entry))
+        return entry
+
+    async def read_index(self, key: str) -> IndexEntry | None:
+        """The key's entry, or None; :class:`NotReusable` if it cannot be read as one."""
+        data = await self._read(self.index_path(key))
+        if data is None:
+            return None
+        try:
+            entry = IndexEntry.model_validate_json(data)
+        except ValidationError as exc:
+            raise NotReusable(f"index entry {self.location(self.index_path(key))} is not valid "
+                              f"({exc.error_count()} errors)") from exc
+        if entry.key != key:
+            raise NotReusable(f"index entry {self.location(self.index_path(key))} names another key")
+        return entry
+
+    def _source_dir(self, entry: IndexEntry) -> str:
+        parts = entry.folder.split("/")
+        if len(parts) != 3 or id_problem(parts[0]) or id_problem(parts[1]) or not _is_label(parts[2]):
+            raise NotReusable(f"index entry names an unsafe folder {entry.folder!r}")
+        return self._join(self.root, *parts)
+
+    async def check_source(self, entry: IndexEntry) -> None:
+        """The entry's item still holds the key, archived, with the same outputs (its ``result.json``);
+        :class:`NotReusable` if not."""
+        data = await self._read(self._join(self._source_dir(entry), RESULT_FILE))
+        try:
+            result = None if data is None else ItemResult.model_validate_json(data)
+        except ValidationError:
+            result = None
+        if result is None or result.key != entry.key or result.state != "archived":
+            raise NotReusable(f"{entry.folder} no longer holds these outputs")
+        listed = {(o.name, o.size, o.sha256) for o in result.outputs}
+        if listed != {(o.name, o.size, o.sha256) for o in entry.outputs}:
+            raise NotReusable(f"the index entry does not match {entry.folder}/{RESULT_FILE}")
+
+    def _copy_sync(self, source: str, path: str) -> None:
+        if self.local:  # a whole file or nothing, as every local write
+            data = self._read_sync(source)
+            if data is None:
+                raise FileNotFoundError(source)
+            self._write_sync(path, data)
+        else:
+            self.fs.cp_file(source, path)  # s3fs: a server-side CopyObject, no bytes through this process
+
+    async def copy_output(self, entry: IndexEntry, output: IndexedOutput, item: Item) -> OutputRecord:
+        """Copy one output of ``entry``'s item into ``item``'s folder and verify it by reading it
+        back against the entry's size and sha256; :class:`NotReusable` (and no copy left) if the
+        source is missing or the copy differs."""
+        if not _OUTPUT_RE.match(output.name):
+            raise NotReusable(f"index entry names {output.name!r}, not an output file")
+        source = self._join(self._source_dir(entry), output.name)
+        path = self._join(self.item_dir(item), output.name)
+        try:
+            await asyncio.to_thread(self._copy_sync, source, path)
+        except FileNotFoundError as exc:
+            raise NotReusable(f"{entry.folder}/{output.name} is missing") from exc
+        except Exception as exc:
+            raise ArchiveError(f"cannot copy {self.location(source)} to {self.location(path)}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        back = await self._read(path)
+        if back is None or len(back) != output.size or hashlib.sha256(back).hexdigest() != output.sha256:
+            await self._delete(path)
+            got = "nothing" if back is None else f"{len(back)} bytes, sha256 {hashlib.sha256(back).hexdigest()}"
+            raise NotReusable(f"the copy of {entry.folder}/{output.name} does not verify: the index says "
+                              f"{output.size} bytes, sha256 {output.sha256}; read back {got}")
+        index = int(output.name.split("_", 1)[1].split(".", 1)[0])
+        return OutputRecord(index=index, name=output.name, path=self.relative(path), url=self.location(path),
+                            size=output.size, sha256=output.sha256)
+
+    async def sizes(self) -> dict[str, int]:
+        """Every object under the root and its size, by path relative to the root (one listing:
+        on S3 one request per 1000 objects)."""
+        def find() -> dict[str, int]:
+            self.fs.invalidate_cache()
+            listing = self.fs.find(self.root, detail=True)
+            return {self.relative(path): int(info.get("size") or 0) for path, info in listing.items()}
+        try:
+            return await asyncio.to_thread(find)
+        except Exception as exc:
+            raise ArchiveError(f"cannot list archive {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def read_result_in(self, folder: str) -> ItemResult | None:
+        """The ``result.json`` of an item folder given relative to the root, or None."""
+        return await self._read_model(self._join(self.root, *folder.split("/"), RESULT_FILE), ItemResult)
 
     # -- reports ----------------------------------------------------------------------------------
 

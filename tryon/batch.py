@@ -27,6 +27,7 @@ from tryon.settings import ArchiveSettings, FashnSettings
 
 #: How each planned stage is counted in a plan's line and data.
 ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resume"),
+           "reuse": ("reuse", "to reuse from other collections (0 credits)"),
            "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
 
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
@@ -70,20 +71,21 @@ class Plan:
 
 
 async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
-               out: TextIO | None = None, batch: int = 32) -> Plan:
-    """Plan every item from the archive alone, ``batch`` at a time (on S3 each plan is one or two
-    round trips, and a catalogue planned one by one would keep the run from starting for
-    minutes); one line each to ``out``."""
+               reuse: bool = True, out: TextIO | None = None, batch: int = 32) -> Plan:
+    """Plan every item from the archive alone, ``batch`` at a time (on S3 each plan is one to
+    three round trips, see ``bench/reuse_lookup.py``, and a catalogue planned one by one would
+    keep the run from starting for minutes); one line each to ``out``. ``reuse``: consult the
+    archive's index for items another collection archived."""
     states: list[ItemState] = []
     items = iter_items(collection)
     while chunk := list(islice(items, batch)):
-        planned = await asyncio.gather(*(life.plan(archive, i, force=force, max_resubmits=max_resubmits)
+        planned = await asyncio.gather(*(life.plan(archive, i, force=force, max_resubmits=max_resubmits, reuse=reuse)
                                          for i in chunk))
         states.extend(planned)
         if out is not None:
             for state in planned:
-                print(f"  {ACTIONS[state.stage][0]:<7} {state.label}  ({state.item.num_samples} credit(s)) "
-                      f"{state.reason}", file=out)
+                credits = 0 if state.stage == "reuse" else state.item.num_samples
+                print(f"  {ACTIONS[state.stage][0]:<7} {state.label}  ({credits} credit(s)) {state.reason}", file=out)
     return Plan(states)
 
 
@@ -133,13 +135,16 @@ async def save_report(archive: Archive, report: RunReport) -> str:
 
 
 async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,
-                  out: TextIO) -> int:
-    """Validate, list what would be submitted or skipped, the credits and the balance; spend nothing."""
+                  reuse: bool | None = None, out: TextIO) -> int:
+    """Validate, list what would be submitted, reused or skipped, the credits and the balance;
+    spend nothing, write nothing."""
     settings = FashnSettings()
+    archive_settings = ArchiveSettings()
     collection = await load_and_validate(spec, model_name)
-    store = Archive(archive or ArchiveSettings().archive_url)
+    store = Archive(archive or archive_settings.archive_url)
     print(f"{collection.name} ({collection.model_name}) into {store.url}:", file=out)
-    planned = await plan(collection, store, force=force, max_resubmits=settings.max_resubmits, out=out)
+    planned = await plan(collection, store, force=force, max_resubmits=settings.max_resubmits,
+                         reuse=archive_settings.reuse if reuse is None else reuse, out=out)
     print(planned.line(), file=out)
     async with FashnClient.from_settings(settings) as client:
         balance = await client.credits()

@@ -19,7 +19,7 @@ h1{font-size:1.3rem;margin:0 0 .3rem} p.summary{margin:.2rem 0 1rem;color:#555;w
 table{border-collapse:collapse} th,td{border:1px solid #ddd;padding:.4rem;vertical-align:top;background:#fff}
 th{background:#f0f0f0;font-weight:600;font-size:.85rem} th.garment{text-align:left}
 td .imgs{display:flex;flex-wrap:wrap;gap:.25rem} td img{height:160px;width:auto;display:block;background:#eee}
-td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.none{color:#aaa;text-align:center}
+td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{background:#f6fff0} td.none{color:#aaa;text-align:center}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
 .error b{display:block}
 """
@@ -47,6 +47,8 @@ def _cell(entry: ItemReport | None, paths: Sequence[str]) -> str:
     if entry.state == "skipped":
         links = " ".join(f'<a href="{_href(p)}">{escape(p.rsplit("/", 1)[-1])}</a>' for p in paths)
         state = f"skipped (archived earlier){': ' + links if links else ''}"
+    elif entry.state == "reused":
+        state = f"reused from {escape(entry.reused_from or '')}, 0 credits"
     else:
         state = f"archived, {entry.credits_used} credit{'s' if entry.credits_used != 1 else ''}"
     return f'<td class="{entry.state}"><div class="imgs">{thumbs}</div><div class="state">{state}</div></td>'

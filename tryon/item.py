@@ -2,27 +2,34 @@
 
 One state type, :class:`ItemState`, and its stages::
 
+    reuse ──copy, verify──▶ reused (0 credits)
+     ▲ │
+     │ ▼ a copy does not verify
     planned ──submit──▶ submitted ──wait──▶ (completed) ──archive──▶ archived
        ▲                    │
        └── resubmit ────────┤ (retryable failure, 404, ambiguous answer)
                             └──────────────────────────────────────▶ failed
+    planned → reuse: another item of this process was paying for the same key (waited for)
     skipped: archived by an earlier run (planned so, nothing to do)
 
-:func:`plan` decides the stage from the archive alone (no API call); :func:`run` takes a planned or
-submitted item to its end and may be called again after it raised (``flows.tasks`` retries it as
-one Prefect task): the state it changed (the prediction it waits on, attempts, flags, notes) is
-the one it goes on from, so a repeat polls the prediction this run started instead of paying for
-another, even when its id never reached the archive and even with ``force``. Across runs the
-archive's pending record does the same. Every transition is in this module.
+:func:`plan` decides the stage from the archive alone (no API call): an item not archived under
+its own collection whose key the archive's index knows (another collection archived the same
+pair) is planned ``reuse``. :func:`run` takes an active item to its end and may be called again
+after it raised (``flows.tasks`` retries it as one Prefect task): the state it changed (the
+prediction it waits on, attempts, flags, notes) is the one it goes on from, so a repeat polls the
+prediction this run started instead of paying for another, even when its id never reached the
+archive and even with ``force``. Across runs the archive's pending record does the same. Every
+transition is in this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Literal
 
-from tryon.archive import Archive, ArchiveError, ItemResult, OutputRecord, PendingRecord
+from tryon.archive import Archive, ArchiveError, IndexEntry, ItemResult, NotReusable, OutputRecord, PendingRecord
 from tryon.collection import Item, item_key
 from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
@@ -32,8 +39,8 @@ from tryon.traffic import Slot
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["planned", "submitted", "archived", "failed", "skipped"]
-ACTIVE: frozenset[Stage] = frozenset({"planned", "submitted"})
+Stage = Literal["reuse", "planned", "submitted", "archived", "reused", "failed", "skipped"]
+ACTIVE: frozenset[Stage] = frozenset({"reuse", "planned", "submitted"})
 
 
 class Submission:
@@ -55,11 +62,13 @@ class ItemState:
     """
 
     __slots__ = ("item", "key", "stage", "reason", "attempt", "submission", "result", "notes",
-                 "possible_duplicate_charge", "resubmitted_after_404", "earlier")
+                 "possible_duplicate_charge", "resubmitted_after_404", "earlier", "source", "reusable",
+                 "reuse_refused")
 
     def __init__(self, item: Item, key: str, stage: Stage, *, reason: str = "", attempt: int = 0,
                  submission: Submission | None = None, result: ItemResult | None = None,
-                 possible_duplicate_charge: bool = False) -> None:
+                 possible_duplicate_charge: bool = False, source: IndexEntry | None = None,
+                 reusable: bool = False, reuse_refused: str | None = None) -> None:
         self.item = item
         self.key = key
         self.stage: Stage = stage
@@ -71,6 +80,11 @@ class ItemState:
         self.notes: list[str] = []
         self.possible_duplicate_charge = possible_duplicate_charge
         self.resubmitted_after_404 = False
+        self.source = source  # the index entry it copies from (stage "reuse")
+        self.reusable = reusable  # may wait for another item of this process paying for its key
+        self.reuse_refused = reuse_refused  # why an index entry for its key was not used
+        if reuse_refused:
+            self.notes.append(f"not reused: {reuse_refused}")
         if possible_duplicate_charge:
             self.notes.append("an earlier run got an ambiguous answer to a submission")
 
@@ -85,12 +99,15 @@ class ItemState:
     def __repr__(self) -> str:
         return f"ItemState({self.label!r}, {self.stage})"
 
-    def flags(self) -> dict[str, bool]:
+    def flags(self) -> dict[str, bool | str | None]:
         return {"possible_duplicate_charge": self.possible_duplicate_charge,
-                "resubmitted_after_404": self.resubmitted_after_404}
+                "resubmitted_after_404": self.resubmitted_after_404, "reuse_refused": self.reuse_refused}
 
     def end(self, result: ItemResult) -> None:
-        self.stage = "skipped" if self.earlier and result.state == "archived" else result.state
+        if self.earlier and result.state == "archived":
+            self.stage = "skipped"
+        else:
+            self.stage = "reused" if result.reused_from else result.state
         self.result = result
         self.submission = None
 
@@ -110,11 +127,13 @@ class ItemState:
 
 # -- plan -----------------------------------------------------------------------------------------
 
-async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmits: int = 2) -> ItemState:
-    """Skip what is archived, resume what was submitted, submit the rest: from the archive alone.
+async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmits: int = 2,
+               reuse: bool = True) -> ItemState:
+    """Skip what is archived, resume what was submitted, reuse what another collection archived
+    for the same key (``reuse``), submit the rest: from the archive alone.
 
     A failure that retrying cannot fix stays failed (resubmitting would pay for the same
-    answer); ``force`` re-does any item on purpose.
+    answer); ``force`` re-does any item on purpose, never reusing.
     """
     key = await item_key(item)
     if force:
@@ -122,20 +141,30 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
     result = await archive.read_result(item, key)
     if result is not None and result.state == "archived":
         return ItemState(item, key, "skipped", reason="already archived", result=result)
+    pending = await archive.read_pending(item, key) if result is None else None
+    if pending is not None and pending.prediction_id:
+        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
+                         attempt=pending.attempts, submission=_resumed(pending),
+                         possible_duplicate_charge=pending.possible_duplicate_charge, reusable=reuse)
+    refused = None
+    if reuse:
+        try:
+            entry = await archive.read_index(key)
+        except NotReusable as exc:
+            entry, refused = None, str(exc)
+        if entry is not None:
+            return ItemState(item, key, "reuse", reason=f"outputs of {entry.folder}", source=entry, reusable=True,
+                             attempt=result.attempts if result else 0)
+    common = dict(reusable=reuse, reuse_refused=refused)
     if result is not None:
         retryable = result.error_name is not None and PredictionFailed(result.error_name, "").retryable
         if not retryable or result.attempts > max_resubmits:
             return ItemState(item, key, "failed", reason="failed before; not resubmitted (use force)", result=result)
-        return ItemState(item, key, "planned", reason="retryable failure before", attempt=result.attempts)
-    pending = await archive.read_pending(item, key)
+        return ItemState(item, key, "planned", reason="retryable failure before", attempt=result.attempts, **common)
     if pending is None:
-        return ItemState(item, key, "planned")
-    duplicate = pending.possible_duplicate_charge
-    if pending.prediction_id:
-        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
-                         attempt=pending.attempts, submission=_resumed(pending), possible_duplicate_charge=duplicate)
+        return ItemState(item, key, "planned", **common)
     return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts,
-                     possible_duplicate_charge=duplicate)
+                     possible_duplicate_charge=pending.possible_duplicate_charge, **common)
 
 
 def _resumed(pending: PendingRecord) -> Submission:
@@ -146,19 +175,85 @@ def _resumed(pending: PendingRecord) -> Submission:
 # -- run ------------------------------------------------------------------------------------------
 
 async def run(runtime: Runtime, state: ItemState) -> ItemReport:
-    """Take a planned or submitted item to its end, archived or failed with its reason, and
-    return its report entry. Failed predictions end the item; errors of our own (the archive, the
+    """Take an active item to its end, archived (or reused) or failed with its reason, and return
+    its report entry. Failed predictions end the item; errors of our own (the archive, the
     network) are raised with the state left where it stands, so a repeat goes on from there."""
-    while state.active:
-        if state.submission is None:
-            slot = await _submit(runtime, state)
-            if slot is None:
+    paying: asyncio.Future | None = None
+    try:
+        while state.active:
+            if state.stage == "reuse":
+                await _reuse(runtime, state)
                 continue
-        else:  # resumed, or repeated: the prediction may still run on the server, in one of its slots
-            slot = await runtime.traffic.acquire_slot()
-        await _wait_and_archive(runtime, state, slot)
+            if state.reusable and paying is None:
+                paying, entry = await _pay_or_wait(runtime.archive, state.key)
+                if entry is not None:  # another item of this process paid for the key meanwhile
+                    state.stage, state.source, state.reason = "reuse", entry, f"outputs of {entry.folder}"
+                    continue
+            if state.submission is None:
+                slot = await _submit(runtime, state)
+                if slot is None:
+                    continue
+            else:  # resumed, or repeated: the prediction may still run on the server, in one of its slots
+                slot = await runtime.traffic.acquire_slot()
+            await _wait_and_archive(runtime, state, slot)
+    finally:
+        if paying is not None:
+            _paid(runtime.archive, state, paying)
     return state.report()
 
+
+# -- one payment per key in this process ----------------------------------------------------------
+
+#: Keys an item of this process is paying for, by (event loop, archive, key): the future ends with
+#: the index entry of the outputs it archived, or None. Runs in other processes are not seen: two
+#: of them needing the same new key at once may each pay for it once.
+_paying: dict[tuple[int, str, str], asyncio.Future] = {}
+
+
+async def _pay_or_wait(archive: Archive, key: str) -> tuple[asyncio.Future | None, IndexEntry | None]:
+    """Take the key to pay for it (the future to end when done), or wait for the item paying for
+    it and return the entry it archived; when that one ends without outputs, take the key."""
+    where = (id(asyncio.get_running_loop()), archive.url, key)
+    while (other := _paying.get(where)) is not None:
+        entry = await asyncio.shield(other)
+        if entry is not None:
+            return None, entry
+    mine = _paying[where] = asyncio.get_running_loop().create_future()
+    return mine, None
+
+
+def _paid(archive: Archive, state: ItemState, mine: asyncio.Future) -> None:
+    where = (id(asyncio.get_running_loop()), archive.url, state.key)
+    if _paying.get(where) is mine:
+        del _paying[where]
+    archived = state.stage == "archived" and state.result is not None
+    if not mine.done():
+        mine.set_result(archive.index_entry(state.result) if archived else None)
+
+
+# -- reuse ----------------------------------------------------------------------------------------
+
+async def _reuse(runtime: Runtime, state: ItemState) -> None:
+    """Copy every output of the index entry's item into this item's folder, verify each by size
+    and sha256, and write ``result.json`` marked reused (0 credits). An entry that does not verify
+    is set aside: the item is paid for, and its report says why."""
+    entry, archive = state.source, runtime.archive
+    assert entry is not None
+    try:
+        await archive.check_source(entry)
+        outputs = [await archive.copy_output(entry, output, state.item) for output in entry.outputs]
+    except NotReusable as exc:
+        state.reuse_refused = str(exc)
+        state.notes.append(f"not reused: {exc}; paid for")
+        state.source = None
+        state.stage = "planned"
+        return
+    result = ItemResult.reused(state.item, state.key, entry, outputs)
+    state.notes.append(f"reused from {entry.folder}")
+    state.end(await archive.write_result(state.item, result))
+
+
+# -- submit, wait, archive ------------------------------------------------------------------------
 
 async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     """Take an in-flight slot, send ``POST /v1/run`` once and record the prediction id durably;
@@ -263,7 +358,11 @@ async def _archive(runtime: Runtime, state: ItemState, prediction: Prediction) -
         data = await runtime.client.download(url)
         outputs.append(await runtime.archive.write_output(item, index, data, ext))
     result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, **state.flags())
-    return await runtime.archive.write_result(item, result)
+    result = await runtime.archive.write_result(item, result)
+    # After result.json, so an entry never names an item being written; another collection's
+    # items with the same key reuse these outputs rather than paying again.
+    await _record(runtime.archive.write_index(result), f"{item.label}: could not index its outputs")
+    return result
 
 
 async def _record_failure(runtime: Runtime, state: ItemState, result: ItemResult) -> None:

@@ -11,13 +11,14 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from tryon.archive import ItemResult, utcnow
 
-State = Literal["archived", "failed", "skipped"]
-STATES: tuple[State, ...] = ("archived", "failed", "skipped")
+State = Literal["archived", "reused", "failed", "skipped"]
+STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped")
 MAX_LISTED = 20
 
 
 class ItemReport(ItemResult):
     """One item of one run: how it ended (its :class:`~tryon.archive.ItemResult`, archived or not),
+    ``reused`` when its outputs were copied from another item with the same key (0 credits),
     ``skipped`` when an earlier run archived it, and what this run spent on it in ``credits_used``."""
 
     state: State  # type: ignore[assignment]
@@ -28,6 +29,8 @@ class ItemReport(ItemResult):
         """The entry for ``result``; ``earlier``: it ended in an earlier run (archived: skipped),
         so this run spent nothing on it and its flags were reported then."""
         entry = cls(**dict(result), note=note)
+        if result.reused_from and not earlier:
+            entry.state = "reused"
         if earlier:
             entry.state = "skipped" if result.state == "archived" else "failed"
             entry.credits_used = 0
@@ -101,7 +104,8 @@ class RunReport(BaseModel):
         return [e for e in self.items if e.state == "failed"]
 
     def summary_line(self) -> str:
-        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES)
+        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES
+                           if s != "reused" or self.totals.get(s))  # reused: only when some were
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
                 f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used")
 
@@ -119,6 +123,11 @@ class RunReport(BaseModel):
         if self.possible_duplicate_charges:
             lines.append(f"possibly charged twice ({len(self.possible_duplicate_charges)}; the API answered "
                          "ambiguously to a submission): " + ", ".join(self.possible_duplicate_charges[:MAX_LISTED]))
+        refused = [e for e in self.items if e.reuse_refused and e.state != "skipped"]
+        if refused:
+            lines.append(f"paid for although indexed elsewhere ({len(refused)}; the index entry did not verify):")
+            for entry in refused[:MAX_LISTED]:
+                lines.append(f"  {entry.label}: {entry.reuse_refused}")
         if self.resubmitted_after_404:
             lines.append(f"submitted again after the provider forgot the prediction (404) "
                          f"({len(self.resubmitted_after_404)}): " + ", ".join(self.resubmitted_after_404[:MAX_LISTED]))

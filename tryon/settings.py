@@ -95,3 +95,6 @@ class ArchiveSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRYON_", env_file=".env", extra="ignore")
 
     archive_url: str = Field("./archive", description="fsspec URL or local path of the archive root.")
+    reuse: bool = Field(True, description="An item another collection archived with the same key (model name and "
+                                          "inputs) is copied from there and verified, for 0 credits, instead of "
+                                          "paid for again.")

@@ -40,7 +40,7 @@ async def index_archive(archive: Archive, *, batch: int = 32) -> Indexed:
     chosen: dict[str, ItemResult] = {}
     for start in range(0, len(folders), batch):
         chunk = folders[start:start + batch]
-        for folder, result in zip(chunk, await asyncio.gather(*(archive.read_result_in(f) for f in chunk))):
+        for folder, result in zip(chunk, await asyncio.gather(*(archive.read_result_in(f) for f in chunk)), strict=True):
             if result is None or result.state != "archived":
                 done.not_archived += 1
             elif result.key in present:

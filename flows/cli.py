@@ -115,6 +115,41 @@ def index(archive: str, /) -> int:
 
 
 @app.command
+def gallery(spec: str, /, *, archive: str | None = None, model_name: str | None = None,
+            out: Path = Path("gallery.html"), expires: int = 3600) -> int:
+    """Write a copy of a collection's gallery that opens in this machine's browser: on S3 every image
+    is a presigned link (valid for EXPIRES seconds, one object each; no credentials in the page).
+
+    Parameters
+    ----------
+    spec
+        Path or fsspec URL of the spec whose latest run to show.
+    archive
+        Archive root (fsspec URL or path); default TRYON_ARCHIVE_URL or ./archive.
+    model_name
+        The run of this model instead of the spec's.
+    out
+        Where to write the page.
+    expires
+        Seconds the presigned links stay valid.
+    """
+    from tryon.archive import Archive
+    from tryon.batch import gallery_copy
+    from tryon.collection import SpecError
+    from tryon.errors import FashnError
+    from tryon.settings import ArchiveSettings
+
+    try:
+        page = asyncio.run(gallery_copy(spec, archive=Archive(archive or ArchiveSettings().archive_url),
+                                        model_name=model_name, expires=expires))
+    except (SpecError, FashnError) as exc:
+        return _fail(str(exc))
+    out.write_text(page, encoding="utf-8")
+    print(f"gallery: {out.resolve()}")
+    return 0
+
+
+@app.command
 def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time_scale: float = 10.0) -> int:
     """Start the emulator, make a small synthetic collection and run it into the archive.
 

@@ -101,7 +101,7 @@ async def tryon_collection(
             await run_items(runtime, planned, report, run_one=tryon_item, on_report=on_report)
         await tracker.update(report, force=True)
         report.finish()
-        location = await save_report(store, report)
+        location = await save_report(store, report, (state.item for state in planned.states))
         gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
         await artifacts.publish_results(report, location, gallery)
         logger.info("%s; report at %s", report.summary_line(), location)

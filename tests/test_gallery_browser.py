@@ -20,6 +20,8 @@ if chromium_path() is None:  # CI must look at the page; a developer without chr
 
 CELLS = """Array.from(document.querySelectorAll('td.failed')).map(td => ({
     error: td.querySelector('.error b').textContent, text: td.textContent}))"""
+ROWS = """Array.from(document.querySelectorAll('tbody tr')).filter(tr => tr.offsetParent !== null)
+    .map(tr => tr.querySelector('th').textContent.trim())"""
 IMAGES = """Array.from(document.images).map(i => ({src: i.getAttribute('src'), complete: i.complete,
     width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().height}))"""
 
@@ -40,9 +42,13 @@ async def test_gallery_shows_every_output_and_every_failure_reason(prefect_serve
 
     async with Browser() as page:
         await page.open((folder / "index.html").as_uri())
-        images = await page.evaluate(IMAGES)
+        images = await page.evaluate(IMAGES.replace("document.images", "document.querySelectorAll('td img')"))
+        heads = await page.evaluate(IMAGES.replace("document.images", "document.querySelectorAll('th img')"))
+        rows = await page.evaluate(ROWS)
         cells = await page.evaluate(CELLS)
         shot = await page.screenshot(tmp_path / "gallery.png")
+        await page.evaluate("document.getElementById('failed-only').click()")
+        failed_rows = await page.evaluate(ROWS)
     if os.environ.get("TRYON_SCREENSHOT_DIR"):
         shutil.copy(tmp_path / "gallery.png", os.environ["TRYON_SCREENSHOT_DIR"])
 
@@ -51,8 +57,34 @@ async def test_gallery_shows_every_output_and_every_failure_reason(prefect_serve
     assert not broken, f"images that did not load: {broken}"
     assert {(i["width"], i["height"]) for i in images} == {(864, 1296)}, "the archived outputs themselves"
     assert all(i["shown"] > 100 for i in images), "shown as thumbnails"
+    assert rows == ["shirt", "posey", "coat"], "rows in spec order"
+    assert failed_rows == ["posey"], "the filter shows only rows with a failed item"
+    assert len(heads) == 3 + 2 and all(h["complete"] and h["width"] > 0 for h in heads), heads
     assert len(cells) == 2
     for cell in cells:
         assert cell["error"] == "PoseError" and failures["PoseError"] in cell["text"]
     with Image.open(tmp_path / "gallery.png") as picture:
         assert picture.width >= 1000 and picture.height >= 400 and len(shot) > 20_000
+
+
+async def test_a_gallery_on_s3_opens_from_a_copy_with_presigned_links_and_input_thumbnails(
+        prefect_server, make_emulator, env_for, s3, tmp_path):
+    # Local input images: their thumbnails are copied into the archive beside the gallery.
+    env_for(make_emulator(), 20.0)
+    from tests.collections import write_collection
+    from tryon.archive import Archive
+    from tryon.batch import gallery_copy
+
+    spec = write_collection(tmp_path / "spec", name="on-s3", garments=2, models=2)
+    state = await run_flow(spec=str(spec), archive=s3.url("archive"))
+    assert state.is_completed()
+    assert len(s3.fs().ls(s3.url("archive", "on-s3", "tryon-v1.6", "_inputs"))) == 4, "2 garments + 2 models"
+    page_file = tmp_path / "gallery.html"
+    page_file.write_text(await gallery_copy(str(spec), archive=Archive(s3.url("archive")), expires=600))
+    text = page_file.read_text()
+    assert "Signature=" in text and s3.storage_options["secret"] not in text, "presigned, no secret"
+    async with Browser() as page:
+        await page.open(page_file.as_uri())
+        images = await page.evaluate(IMAGES)
+    assert len(images) == 4 + 4, "four outputs and four input thumbnails"
+    assert all(i["complete"] and i["width"] > 0 for i in images), images

@@ -32,6 +32,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -322,6 +323,15 @@ class Archive:
     def location(self, path: str) -> str:
         """A path as a user can open it: a local path, or a full fsspec URL."""
         return path if self.local else self.fs.unstrip_protocol(path)
+
+    def link(self, collection: str, model_name: str, relative: str, expires: int) -> str:
+        """A link a browser on this machine can open to a file of a collection's model folder: a file
+        URL, or a presigned URL valid for ``expires`` seconds (s3fs, gcsfs ...) that grants reading
+        that one object, nothing else."""
+        path = self._join(self.model_dir(collection, model_name), relative)
+        if self.local:
+            return Path(path).resolve().as_uri()
+        return self.fs.sign(path, expiration=expires)
 
     def relative(self, path: str) -> str:
         rel = path[len(self.root):] if self.root and path.startswith(self.root) else path
@@ -662,6 +672,12 @@ class Archive:
         return await self._read_model(self._join(self.root, *folder.split("/"), RESULT_FILE), ItemResult)
 
     # -- reports ----------------------------------------------------------------------------------
+
+    async def write_thumbnail(self, collection: str, model_name: str, name: str, data: bytes) -> str:
+        """An input's thumbnail for the gallery, under ``_inputs/``; its path relative to the gallery."""
+        relative = f"_inputs/{_safe_component(name, 'thumbnail name')}.jpg"
+        await self._write(self._join(self.model_dir(collection, model_name), relative), data)
+        return relative
 
     async def write_report(self, collection: str, model_name: str, run_id: str, *, report: bytes, summary: bytes,
                            gallery: bytes) -> str:

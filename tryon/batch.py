@@ -8,15 +8,19 @@ uses all of it, passing down the Prefect task that runs one item and its own pro
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any, TextIO
 
+from PIL import Image
+
+from tryon import images
 from tryon import item as life
-from tryon.archive import Archive
+from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
-from tryon.collection import CollectionSpec, iter_items, load_spec, spec_from_data, validate_spec
+from tryon.collection import CollectionSpec, Item, iter_items, load_spec, spec_from_data, validate_spec
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import render_gallery
 from tryon.item import ItemState
@@ -30,6 +34,7 @@ ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resum
            "reuse": ("reuse", "to reuse from other collections (0 credits)"),
            "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
 
+GARMENT_FIELDS = ("garment_image", "product_image")  # where a collection's garment image goes, by model
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
 OnReport = Callable[[RunReport], Awaitable[None]]
 
@@ -126,12 +131,65 @@ async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_o
     await asyncio.gather(*(worker() for _ in range(runtime.workers)))
 
 
-async def save_report(archive: Archive, report: RunReport) -> str:
-    """Write the run's report, summary and gallery into the archive; the report's location."""
+THUMBNAIL_EDGE = 240  # px, the longest edge of an input's thumbnail in the gallery
+
+
+def _thumbnail(ref: str, base: str | None) -> bytes | None:
+    """A small JPEG of an input image given as a file, fsspec URL or data URI (None: unreadable)."""
+    try:
+        if images.is_data_uri(ref):
+            data = images.parse_data_uri(ref)[1]
+        else:
+            fs, path = images.open_fs(images.resolve_ref(ref, base))
+            data = fs.cat_file(path)
+        with Image.open(io.BytesIO(data)) as picture:
+            picture = picture.convert("RGB")
+            picture.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
+            out = io.BytesIO()
+            picture.save(out, "JPEG", quality=85)
+            return out.getvalue()
+    except Exception:  # the gallery goes without this thumbnail; the run's outcome does not depend on it
+        return None
+
+
+async def gallery_headers(archive: Archive, report: RunReport, items: Iterable[Item]) -> None:
+    """Set the report's garments and model photos in spec order, each with a thumbnail in the
+    archive (``_inputs/``), or its URL when given as one (``saved:`` names have none)."""
+    for item in items:
+        for kind, ident, field, heads in (("garment", item.garment_id, GARMENT_FIELDS, report.garments),
+                                          ("model", item.model_id, ("model_image",), report.models)):
+            if ident in heads:
+                continue
+            ref = next((str(item.inputs[f]) for f in field if item.inputs.get(f)), "")
+            heads[ident] = None
+            if images.is_http(ref):
+                heads[ident] = ref
+            elif ref and not images.is_saved(ref):
+                data = await asyncio.to_thread(_thumbnail, ref, item.base_dir)
+                if data is not None:
+                    heads[ident] = await archive.write_thumbnail(report.collection, report.model_name,
+                                                                 f"{kind}-{ident}", data)
+
+
+async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:
+    """Write the run's report, summary and gallery (headed by the ``items``' input thumbnails) into
+    the archive; the report's location."""
+    await gallery_headers(archive, report, items)
     return await archive.write_report(
         report.collection, report.model_name, report.run_id, report=report.to_json().encode("utf-8"),
         summary=(report.summary_text().rstrip("\n") + "\n").encode("utf-8"),
         gallery=render_gallery(report).encode("utf-8"))
+
+
+async def gallery_copy(spec: str, *, archive: Archive, model_name: str | None = None, expires: int = 3600) -> str:
+    """The gallery of a collection's latest run, every image linked for this machine's browser
+    (presigned links on S3: no credentials in the page, each link one object for ``expires`` s)."""
+    collection = await load_spec(spec, model_name_override=model_name)
+    data = await archive.read_report(collection.name, collection.model_name)
+    if data is None:
+        raise ArchiveError(f"no report of {collection.name} ({collection.model_name}) in {archive.url}: run it first")
+    return render_gallery(RunReport.model_validate(data), link=lambda relative: archive.link(
+        collection.name, collection.model_name, relative, expires))
 
 
 async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,

@@ -1,13 +1,16 @@
 """``index.html``: a garments × models grid of every output of a run, self-contained.
 
-Written beside ``report.json`` in ``<root>/<collection>/<model_name>/``; image links are
-relative (``<garment>__<model>/output_0.png``), so the page works opened from the archive
-folder or served over HTTP. No external assets, no scripts; every text is HTML-escaped.
+Written beside ``report.json`` in ``<root>/<collection>/<model_name>/``: garment thumbnails head
+the rows and model photo thumbnails the columns, in spec order; a checkbox shows only the rows with
+a failed item, each with its reason. Image links are relative (``<garment>__<model>/output_0.png``,
+``_inputs/garment-<id>.jpg``), so the page works opened from the archive folder or served over HTTP;
+``link`` maps them elsewhere (presigned URLs for an archive on S3). An input given as an http(s) URL
+is shown from that URL. No scripts; every text is HTML-escaped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from urllib.parse import quote
 
@@ -21,7 +24,9 @@ th{background:#f0f0f0;font-weight:600;font-size:.85rem} th.garment{text-align:le
 td .imgs{display:flex;flex-wrap:wrap;gap:.25rem} td img{height:160px;width:auto;display:block;background:#eee}
 td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{background:#f6fff0} td.none{color:#aaa;text-align:center}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
-.error b{display:block}
+.error b{display:block} th img{height:96px;width:auto;display:block;margin:0 auto .2rem;background:#eee}
+label.filter{display:inline-block;margin:0 0 .8rem;font-size:.9rem}
+#failed-only:checked ~ table tbody tr:not(:has(td.failed)){display:none}
 """
 
 
@@ -30,11 +35,17 @@ def default_output_paths(report: RunReport) -> dict[str, list[str]]:
     return {entry.label: [f"{entry.label}/{output.name}" for output in entry.outputs] for entry in report.items}
 
 
-def _href(path: str) -> str:
-    return escape(quote(path, safe="/._-~"), quote=True)
+def _relative(path: str) -> str:
+    return quote(path, safe="/._-~")
 
 
-def _cell(entry: ItemReport | None, paths: Sequence[str]) -> str:
+def _head(kind: str, name: str, thumbnail: str | None, href: Callable[[str], str]) -> str:
+    image = (f'<img src="{href(thumbnail)}" alt="{escape(kind)} {escape(name, quote=True)}" loading="lazy">'
+             if thumbnail else "")
+    return f"{image}{escape(name)}"
+
+
+def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str], str]) -> str:
     if entry is None:
         return '<td class="none">—</td>'
     if entry.state == "failed":
@@ -55,30 +66,39 @@ def _cell(entry: ItemReport | None, paths: Sequence[str]) -> str:
 
 
 def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] | None = None, *,
-                   title: str | None = None) -> str:
-    """The HTML page: one row per garment, one column per model photo, thumbnails of every output
-    (``output_paths`` maps an item label to its outputs' relative paths; by default
-    ``<label>/<output name>``), failed cells with the error name and message."""
+                   title: str | None = None, link: Callable[[str], str] | None = None) -> str:
+    """The HTML page: one row per garment, one column per model photo (in the report's spec order,
+    then any others), thumbnails of every output (``output_paths`` maps an item label to its
+    outputs' relative paths; by default ``<label>/<output name>``), failed cells with the error name
+    and message. ``link`` turns a path relative to the report into the page's link (default: as is)."""
     paths = default_output_paths(report) if output_paths is None else output_paths
-    garments: dict[str, None] = {}
-    models: dict[str, None] = {}
+
+    def href(path: str) -> str:
+        if "://" in path:  # an input given by URL
+            return escape(path, quote=True)
+        return escape(link(path) if link is not None else _relative(path), quote=True)
+
+    garments: dict[str, str | None] = dict(report.garments)
+    models: dict[str, str | None] = dict(report.models)
     cells: dict[tuple[str, str], ItemReport] = {}
     for entry in report.items:
         garments.setdefault(entry.garment_id)
         models.setdefault(entry.model_id)
         cells[(entry.garment_id, entry.model_id)] = entry
     heading = escape(title or f"{report.collection} — {report.model_name}")
-    header = "".join(f"<th>{escape(m)}</th>" for m in models)
+    header = "".join(f"<th>{_head('model', m, thumb, href)}</th>" for m, thumb in models.items())
     rows = []
-    for garment in garments:
-        row = "".join(_cell(entry, paths.get(entry.label, ()) if entry else ())
+    for garment, thumb in garments.items():
+        row = "".join(_cell(entry, paths.get(entry.label, ()) if entry else (), href)
                       for entry in (cells.get((garment, model)) for model in models))
-        rows.append(f'<tr><th class="garment">{escape(garment)}</th>{row}</tr>')
+        rows.append(f'<tr><th class="garment">{_head("garment", garment, thumb, href)}</th>{row}</tr>')
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{heading}</title>"
         f"<style>{_STYLE}</style></head><body>\n<h1>{heading}</h1>\n"
         f"<p class=\"summary\">{escape(report.summary_line())}\nrun {escape(report.run_id)}</p>\n"
+        "<input type=\"checkbox\" id=\"failed-only\"><label class=\"filter\" for=\"failed-only\"> only rows with a "
+        "failed item</label>\n"
         f"<table><thead><tr><th>garment \\ model</th>{header}</tr></thead>\n<tbody>\n"
         + "\n".join(rows) + "\n</tbody></table>\n</body></html>\n"
     )

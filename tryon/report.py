@@ -56,6 +56,10 @@ class RunReport(BaseModel):
     possible_duplicate_charges: list[str] = Field(default_factory=list, description="Labels of items that may have been billed twice.")
     resubmitted_after_404: list[str] = Field(default_factory=list, description="Labels of items submitted again after a 404.")
     items: list[ItemReport] = Field(default_factory=list)
+    garments: dict[str, str | None] = Field(
+        default_factory=dict, description="Garment ids in spec order, each with its thumbnail (a path relative to "
+                                          "the report, or the input's URL), or None.")
+    models: dict[str, str | None] = Field(default_factory=dict, description="Model photo ids in spec order, the same way.")
 
     _index: dict[str, int] = PrivateAttr(default_factory=dict)
 

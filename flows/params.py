@@ -29,7 +29,8 @@ class InlineCollection(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict,
                                    description='Try-on inputs for every item, e.g. {"category": "tops"}.')
     garments: list[Garment] = Field(min_length=1, description="Garment photos: id and image URL.")
-    models: list[ModelPhoto] = Field(min_length=1, description="Model photos: id and image URL (or saved:<name>).")
+    models: list[ModelPhoto] = Field(default_factory=list, description="Model photos: id and image URL (or "
+                                     "saved:<name>); optional for a model that makes the person (product-to-model).")
     pairs: Literal["all"] | list[Pair] = Field("all", description="'all' (every garment on every model) or pairs.")
 
     def as_spec_data(self) -> dict[str, Any]:

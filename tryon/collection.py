@@ -500,6 +500,17 @@ async def spec_from_data(data: Mapping[str, Any], *, source: str = "inline spec"
         raise SpecError(problems.items, source=source, more=problems.more) from None
 
 
+def run_inputs(model_name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's ``mode`` and ``num_samples`` as the inputs of ``model_name`` that carry them
+    (``generation_mode``, ``num_images`` for tryon-max); a name the model has no input for stays,
+    so validation names it."""
+    entry = MODELS.get(model_name)
+    if entry is None:
+        return dict(overrides)
+    names = {"mode": entry.mode_field or "mode", "num_samples": entry.outputs_field or "num_samples"}
+    return {names.get(k, k): v for k, v in overrides.items()}
+
+
 def _for_model(data: dict[str, Any], target: str) -> dict[str, Any]:
     """``data`` re-rendered with ``target``: every layer of inputs without the names ``target``'s
     schema does not know (they were written for the spec's own model). Unchanged when the spec

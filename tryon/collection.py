@@ -716,7 +716,7 @@ def _check_inputs(problems: _Problems, model_name: str, where: str, prefix: str,
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"])
             if not field and error.get("type") == "value_error":  # a rule across inputs
-                problems.add(where, prefix.rstrip(".") or "inputs", None, _pydantic_message(error))
+                problems.add(where, prefix.rstrip("."), None, _pydantic_message(error))
                 continue
             if error.get("type") == "extra_forbidden":
                 problems.add(where, f"{prefix}{field}", None, f"is not an input of {model_name} (known: {known})")

@@ -70,7 +70,7 @@ class Plan:
 
     def as_dict(self) -> dict[str, int | None]:
         return {**{action: self.actions[action] for action, _ in ACTIONS.values()},
-                "credits_needed": self.credits_needed, "credits_exact": self.credits_exact, "balance": self.balance}
+                "credits_needed": self.credits_needed, "balance": self.balance}
 
 
 async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,

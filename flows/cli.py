@@ -150,7 +150,8 @@ def gallery(spec: str, /, *, archive: str | None = None, model_name: str | None 
 
 
 @app.command
-def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time_scale: float = 10.0) -> int:
+def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time_scale: float = 10.0,
+         model_name: str | None = None) -> int:
     """Start the emulator, make a small synthetic collection and run it into the archive.
 
     Parameters
@@ -163,10 +164,13 @@ def demo(*, archive: str = "./archive", garments: int = 3, models: int = 2, time
         Synthetic model photos in the sample collection.
     time_scale
         How much faster than the real API the local emulator runs.
+    model_name
+        Render with this model instead of tryon-v1.6 (one of the registry's, e.g. tryon-max).
     """
     from flows.console import run_demo
 
-    return run_demo(archive=archive, garments=garments, models=models, time_scale=time_scale)
+    return run_demo(archive=archive, garments=garments, models=models, time_scale=time_scale,
+                    model_name=model_name)
 
 
 @app.command

@@ -91,6 +91,7 @@ async def tryon_collection(
             if planned.credits_needed:
                 require_balance(planned.balance or 0, planned.credits_needed)
             report = RunReport.start(collection.name, collection.model_name)
+            report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
 
             async def on_report(current: RunReport) -> None:

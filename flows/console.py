@@ -96,7 +96,7 @@ async def _finish(state, report_path: Path | None) -> int:
     return 0 if state.is_completed() else 1
 
 
-def run_demo(*, archive: str, garments: int, models: int, time_scale: float) -> int:
+def run_demo(*, archive: str, garments: int, models: int, time_scale: float, model_name: str | None = None) -> int:
     """Start the emulator, write a small synthetic collection and run it into ``archive``."""
     from tryon.demo import DEMO_DIR, DEMO_KEY, write_sample_collection
     from tryon.emulator import EmulatorConfig, EmulatorServer
@@ -107,7 +107,7 @@ def run_demo(*, archive: str, garments: int, models: int, time_scale: float) -> 
         os.environ.update({"FASHN_API_KEY": DEMO_KEY, "FASHN_BASE_URL": emulator.url,
                            "FASHN_LATENCY_SCALE": str(time_scale)})
         os.environ.update(_scaled_limits(time_scale))
-        return run_with_progress(str(spec), archive=archive, report=None, model_name=None, force=False)
+        return run_with_progress(str(spec), archive=archive, report=None, model_name=model_name, force=False)
 
 
 def _scaled_limits(time_scale: float) -> dict[str, str]:

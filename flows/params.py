@@ -39,7 +39,8 @@ class InlineCollection(BaseModel):
                                    description='Try-on inputs for every item, e.g. {"category": "tops"}.')
     garments: list[Garment] = Field(default_factory=list, description="Garment photos: id and image URL.")
     models: list[ModelPhoto] = Field(default_factory=list,
-                                     description="Model photos: id and image URL (or saved:NAME).")
+                                     description="Model photos: id and image URL (or saved:NAME); none for a model "
+                                                 "that makes the person (product-to-model).")
     pairs: list[Pair] = Field(default_factory=list,
                               description="Which garment goes on which model; empty: every garment on every model.")
 

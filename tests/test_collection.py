@@ -484,3 +484,60 @@ async def test_spec_built_in_code():
     await validate_spec(spec)
     [item] = iter_items(spec)
     assert item.label == "g__m" and item.inputs["model_image"] == "saved:m"
+
+
+# -- one spec, different model families ------------------------------------------------------------
+
+async def family_problems(tmp_path, **kwargs) -> list[str]:
+    from tests.collections import write_collection
+
+    spec = await load_spec(write_collection(tmp_path, **kwargs))
+    with pytest.raises(SpecError) as caught:
+        await validate_spec(spec)
+    return [str(p) for p in caught.value.problems]
+
+
+async def test_a_v16_spec_is_refused_for_tryon_max_naming_each_row_and_field(tmp_path):
+    problems = await family_problems(tmp_path, model_name="tryon-max", inputs={"mode": "quality", "num_samples": 2},
+                                 garment_inputs={"g0": {"category": "tops"}, "g1": {"segmentation_free": False}})
+    assert any(p.startswith("inputs.mode: is not an input of tryon-max") for p in problems)
+    assert any(p.startswith("inputs.num_samples: is not an input of tryon-max") for p in problems)
+    assert any(p.startswith("garments[0].inputs.category: is not an input of tryon-max") for p in problems)
+    assert any(p.startswith("garments[1].inputs.segmentation_free: is not an input of tryon-max") for p in problems)
+
+
+async def test_a_tryon_max_spec_is_refused_for_v16_naming_each_row_and_field(tmp_path):
+    problems = await family_problems(tmp_path, model_name="tryon-v1.6", inputs={"resolution": "4k"},
+                                 garment_inputs={"g1": {"generation_mode": "fast"}})
+    assert any(p.startswith("inputs.resolution: is not an input of tryon-v1.6") for p in problems)
+    assert any(p.startswith("garments[1].inputs.generation_mode: is not an input of tryon-v1.6") for p in problems)
+
+
+async def test_garments_alone_only_for_a_model_that_makes_the_person(tmp_path):
+    problems = await family_problems(tmp_path / "max", model_name="tryon-max", inputs={"seed": 1}, models=0)
+    assert any(p.startswith("models: is empty") for p in problems)
+    from tests.collections import write_collection
+
+    spec = await load_spec(write_collection(tmp_path / "p2m", model_name="product-to-model", inputs={"seed": 1}, models=0))
+    await validate_spec(spec)
+    items = list(iter_items(spec))
+    assert [i.label for i in items] == ["g0__generated", "g1__generated"]
+    assert all(set(i.inputs) == {"product_image", "seed"} for i in items)
+
+
+async def test_product_to_model_with_models_refuses_an_image_prompt(tmp_path):
+    problems = await family_problems(tmp_path, model_name="product-to-model", inputs={"image_prompt": "https://x/i.jpg", "seed": 1})
+    assert any(p.startswith("inputs: is invalid: image_prompt cannot be combined with model_image") for p in problems)
+
+
+async def test_re_rendering_with_another_model_keeps_only_the_inputs_it_knows(tmp_path):
+    from tests.collections import write_collection
+
+    path = write_collection(tmp_path, inputs={"mode": "quality", "seed": 7, "output_format": "jpeg"},
+                            garment_inputs={"g0": {"category": "tops"}})
+    spec = await load_spec(path, model_name_override="tryon-max")
+    await validate_spec(spec)
+    item = next(iter_items(spec))
+    assert item.model_name == "tryon-max"
+    assert {k: v for k, v in item.inputs.items() if not k.endswith("_image")} == {"seed": 7, "output_format": "jpeg"}
+    assert set(item.inputs) >= {"product_image", "model_image"}

@@ -249,3 +249,83 @@ def test_official_sdk_subscribe_runs_to_completed_against_the_emulator(emulator)
     result = sdk.predictions.subscribe(model_name="tryon-v1.6", inputs=inputs(emulator), poll_interval=100)  # milliseconds
     assert result.status == "completed"
     assert image_size(httpx.get(result.output[0]).content) == (864, 1296)
+
+
+# -- the newer try-on models ---------------------------------------------------------------------
+
+def product_inputs(emulator, **extra) -> dict:
+    return {"product_image": f"{emulator.url}/_assets/shirt.png", "model_image": f"{emulator.url}/_assets/model.jpg",
+            **extra}
+
+
+def option_sets():
+    """Every (model, inputs without images) the registry's option values make."""
+    for resolution in ("1k", "2k", "4k"):
+        for mode in ("fast", "balanced", "quality"):
+            for num_images in (1, 3):
+                yield "tryon-max", {"resolution": resolution, "generation_mode": mode, "num_images": num_images}
+    for resolution in ("1k", "4k"):
+        yield "product-to-model", {"resolution": resolution}
+        yield "product-to-model", {"resolution": resolution, "aspect_ratio": "16:9"}
+    for mode in ("performance", "balanced", "quality"):
+        for num_samples in (1, 4):
+            yield "tryon-v1.6", {"mode": mode, "num_samples": num_samples}
+            yield "tryon-v1.5", {"mode": mode, "num_samples": num_samples}
+
+
+def test_the_estimate_is_the_charge_or_its_stated_upper_bound():
+    from tryon.emulator.conf import EmulatorConfig
+    from tryon.emulator.state import State
+    from tryon.models import MODELS, credits_for
+
+    state = State(EmulatorConfig())
+    for name, options in option_sets():
+        charged, estimated = state.credits(name, options), credits_for(name, options)
+        if MODELS[name].credits_exact:
+            assert charged == estimated, (name, options)
+        else:
+            assert 0 < charged <= estimated, (name, options)
+    assert state.credits("tryon-max", {"resolution": "1k", "generation_mode": "fast"}) == 2  # the range's ends
+    assert state.credits("tryon-max", {"resolution": "4k", "generation_mode": "quality"}) == 5
+
+
+async def test_tryon_max_outputs_at_the_asked_resolution_and_charges_by_options(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        before = (await client.credits()).total
+        prediction = await until_done(client, await client.run(
+            "tryon-max", product_inputs(emulator, resolution="2k", generation_mode="fast", num_images=2)))
+        assert prediction.status == "completed" and prediction.credits_used == 2 * 3
+        assert [image_size(await client.download(url)) for url in prediction.output] == [(1664, 2496)] * 2
+        assert (await client.credits()).total == before - 6
+
+
+async def test_product_to_model_without_a_model_photo(emulator):
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction = await until_done(client, await client.run(
+            "product-to-model", {"product_image": f"{emulator.url}/_assets/shirt.png", "aspect_ratio": "1:1"}))
+        assert prediction.status == "completed" and prediction.credits_used == 1
+        assert [image_size(await client.download(url)) for url in prediction.output] == [(1024, 1024)]
+
+
+@pytest.mark.parametrize("model_name, bad, field", [
+    ("tryon-max", {"garment_image": "https://x/g.png"}, "garment_image"),  # v1.6's name for the garment
+    ("tryon-max", {"resolution": "8k"}, "resolution"),
+    ("tryon-max", {"mode": "quality"}, "mode"),
+    ("product-to-model", {"image_prompt": "https://x/i.png"}, "image_prompt cannot be combined"),
+    ("product-to-model", {"resolution": "2k"}, "resolution"),
+])
+async def test_new_models_answer_400_for_invalid_inputs(emulator, model_name, bad, field):
+    async with httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as http:
+        response = await http.post("/v1/run", json={"model_name": model_name,
+                                                     "inputs": product_inputs(emulator, **bad)})
+    assert response.status_code == 400 and response.json()["error"] == "BadRequest"
+    assert field in response.json()["message"]
+
+
+async def test_new_models_fail_with_the_same_failure_names(make_emulator):
+    emulator = make_emulator(faults={"fail_inputs": {"broken-shirt": "ContentModerationError"}})
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        bad = product_inputs(emulator, product_image=f"{emulator.url}/_assets/broken-shirt.png")
+        prediction = await until_done(client, await client.run("tryon-max", bad))
+        assert prediction.status == "failed" and prediction.error.name == "ContentModerationError"
+        assert prediction.credits_used == 0

@@ -238,3 +238,54 @@ async def test_a_backfill_over_five_overlapping_collections_pays_for_each_pair_o
     totals = [s3_json(fs, s3.url("archive", f"c{k}", "tryon-v1.6", "report.json"))["totals"] for k in range(1, 6)]
     assert [t["archived"] + t["reused"] for t in totals] == [2, 4, 6, 8, 10]
     assert sum(t["archived"] for t in totals) == 10 and not any(t["failed"] for t in totals)
+
+
+def assert_archived(archive, emulator, collection: str, model_name: str, items: int, outputs: int) -> dict:
+    """Every item archived with ``outputs`` files whose sha256 is what the emulator served."""
+    from pathlib import Path
+
+    report = json.loads((Path(archive) / collection / model_name / "report.json").read_text())
+    assert report["totals"] == {"archived": items, "failed": 0, "skipped": 0}
+    for entry in report["items"]:
+        assert len(entry["outputs"]) == outputs
+        served = emulator.prediction(entry["prediction_id"])["output_sha256"]
+        for output in entry["outputs"]:
+            data = (Path(archive) / collection / model_name / entry["label"] / Path(output["url"]).name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == output["sha256"] == served[output["index"]]
+    return report
+
+
+@pytest.mark.parametrize("model_name, inputs, per_item, charged", [
+    ("tryon-max", {"resolution": "1k", "generation_mode": "fast", "num_images": 2}, 2, 2 * 2),
+    ("product-to-model", {"resolution": "1k"}, 1, 1),
+])
+async def test_newer_models_archive_every_output(prefect_server, fashn_env, tmp_path, model_name, inputs,
+                                                 per_item, charged):
+    spec = write_collection(tmp_path, garments=2, models=1, inputs=inputs, model_name=model_name)
+    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
+    assert state.is_completed(), state.message
+    report = assert_archived(tmp_path / "archive", fashn_env, "test-coll", model_name, items=2, outputs=per_item)
+    assert report["credits_used"] == fashn_env.stats()["credits_charged"] == 2 * charged
+    assert report["credits_estimated"] == 2 * 5 * per_item and report["credits_estimate_exact"] is False
+
+
+async def test_product_to_model_runs_a_collection_of_garments_alone(prefect_server, fashn_env, tmp_path):
+    spec = write_collection(tmp_path, garments=2, models=0, inputs={"aspect_ratio": "3:4"},
+                            model_name="product-to-model")
+    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
+    assert state.is_completed(), state.message
+    report = assert_archived(tmp_path / "archive", fashn_env, "test-coll", "product-to-model", items=2, outputs=1)
+    assert sorted(e["label"] for e in report["items"]) == ["g0__generated", "g1__generated"]
+
+
+async def test_a_v16_catalogue_re_rendered_with_tryon_max_archives_beside_the_old(prefect_server, fashn_env, tmp_path):
+    spec = write_collection(tmp_path, garments=1, models=2, inputs={"mode": "performance", "num_samples": 1},
+                            garment_inputs={"g0": {"category": "tops"}})
+    archive = tmp_path / "archive"
+    assert (await run_flow(spec=str(spec), archive=str(archive))).is_completed()
+    state = await run_flow(spec=str(spec), archive=str(archive), model_name="tryon-max", mode="fast")
+    assert state.is_completed(), state.message
+    assert_archived(archive, fashn_env, "test-coll", "tryon-max", items=2, outputs=1)
+    assert_archived(archive, fashn_env, "test-coll", "tryon-v1.6", items=2, outputs=1)  # untouched
+    sent = [p for p in fashn_env.predictions() if p["model_name"] == "tryon-max"]
+    assert len(sent) == 2 and all(p["images"]["product_image"] for p in sent)

@@ -20,11 +20,11 @@ from tryon import images
 from tryon import item as life
 from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
-from tryon.collection import CollectionSpec, Item, iter_items, load_spec, spec_from_data, validate_spec
+from tryon.collection import CollectionSpec, Item, iter_items, load_spec, run_inputs, spec_from_data, validate_spec
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import render_gallery
 from tryon.item import ItemState
-from tryon.models import credits_for
+from tryon.models import credits_for, model_spec
 from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
 from tryon.settings import ArchiveSettings, FashnSettings
@@ -49,6 +49,7 @@ async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | Non
     else:
         collection = await load_spec(spec, model_name_override=model_name)
     if overrides:
+        overrides = run_inputs(collection.model_name, overrides)
         collection = collection.model_copy(update={"overrides": {**collection.overrides, **overrides}})
     await validate_spec(collection)
     return collection
@@ -63,12 +64,15 @@ class Plan:
         self.actions = Counter(ACTIONS[s.stage][0] for s in states)
         self.credits_needed = sum(credits_for(s.item.model_name, s.item.inputs) for s in states
                                   if s.stage == "planned")
+        # False when some model's price is only known as the top of a published range.
+        self.credits_exact = all(model_spec(s.item.model_name).credits_exact for s in states)
         self.balance = balance  # the key's credits, when asked
 
     def line(self) -> str:
         parts = [f"{self.actions[action]} {label}" for action, label in ACTIONS.values()]
         balance = "" if self.balance is None else f" (balance {self.balance})"
-        return ", ".join(parts) + f"; at most {self.credits_needed} credits{balance}"
+        bound = "" if self.credits_exact else " (an upper bound: the model's price table is not published)"
+        return ", ".join(parts) + f"; at most {self.credits_needed} credits{bound}{balance}"
 
     def as_dict(self) -> dict[str, int | None]:
         return {**{action: self.actions[action] for action, _ in ACTIONS.values()},
@@ -89,7 +93,7 @@ async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = Fa
         states.extend(planned)
         if out is not None:
             for state in planned:
-                credits = 0 if state.stage == "reuse" else state.item.num_samples
+                credits = 0 if state.stage == "reuse" else credits_for(state.item.model_name, state.item.inputs)
                 print(f"  {ACTIONS[state.stage][0]:<7} {state.label}  ({credits} credit(s)) {state.reason}", file=out)
     return Plan(states)
 

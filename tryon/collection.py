@@ -16,7 +16,14 @@ mean "not set"). A CSV is never loaded whole: its rows are streamed by :func:`it
 
 Inputs of an item are merged in this order, later wins: the spec's ``inputs``, the garment's
 ``inputs``, the model photo's ``inputs``, the pair's ``inputs`` (or the CSV row's input
-columns). ``garment_image`` and ``model_image`` always come from the rows' ``image``.
+columns). The garment and model images always come from the rows' ``image``, into the inputs
+the model's registry entry names (``garment_image`` or ``product_image``; ``model_image``). A
+model whose model image is optional (product-to-model) accepts a collection of garments alone:
+its items are labelled with the model id ``generated``.
+
+``model_name_override`` re-renders a catalogue with another model: inputs the spec wrote that
+the other model's schema does not know are left out (they were written for the spec's model);
+the rest is validated for the other model. A spec that names a model itself must be valid for it.
 
 :func:`validate_spec` checks everything before anything is spent and raises one
 :class:`SpecError` listing every problem, each naming the row or field and the value.
@@ -42,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from tryon import images
 from tryon.errors import FashnError
-from tryon.models import IMAGE_FIELDS, INPUT_SCHEMAS, input_schema, validate_inputs
+from tryon.models import IMAGE_FIELDS, INPUT_SCHEMAS, MODELS, ModelSpec, input_schema, validate_inputs
 
 DEFAULT_MODEL_NAME = "tryon-v1.6"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -50,6 +57,7 @@ SAFE_ID_HINT = "use letters, digits, '-', '_', '.'"
 LABEL_SEPARATOR = "__"
 CSV_COLUMNS = ("garment_id", "garment_image", "model_id", "model_image")
 KEY_VERSION = 1
+GENERATED_MODEL_ID = "generated"  # the model id of items without a model photo
 MAX_PROBLEMS = 1000
 IMAGE_CHECK_CONCURRENCY = 8
 
@@ -289,14 +297,16 @@ class Item(BaseModel):
 
     @property
     def mode(self) -> str:
-        return str(self._input("mode", "balanced"))
+        """The value of the model's mode input (its latency profile); ``balanced`` when it has none."""
+        field = _spec_of(self.model_name).mode_field if self.model_name in MODELS else "mode"
+        return str(self._input(field, "balanced")) if field else "balanced"
 
     @property
     def num_samples(self) -> int:
-        try:
-            return int(self._input("num_samples", 1))
-        except (TypeError, ValueError):
+        """Outputs the item's prediction makes."""
+        if self.model_name not in MODELS:
             return 1
+        return _spec_of(self.model_name).outputs(self.inputs)
 
     @property
     def output_format(self) -> str:
@@ -473,6 +483,7 @@ async def spec_from_data(data: Mapping[str, Any], *, source: str = "inline spec"
     if name is not None:
         data["name"] = name
     if model_name_override:
+        data = _for_model(data, model_name_override)
         data["model_name"] = model_name_override
     if overrides:
         data["overrides"] = {**(data.get("overrides") or {}), **overrides}
@@ -487,6 +498,39 @@ async def spec_from_data(data: Mapping[str, Any], *, source: str = "inline spec"
         partial = _lenient_spec(data, {"base_dir": data["base_dir"], "source": source})
         await _collect_problems(partial, problems)
         raise SpecError(problems.items, source=source, more=problems.more) from None
+
+
+def run_inputs(model_name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's ``mode`` and ``num_samples`` as the inputs of ``model_name`` that carry them
+    (``generation_mode``, ``num_images`` for tryon-max); a name the model has no input for stays,
+    so validation names it."""
+    entry = MODELS.get(model_name)
+    if entry is None:
+        return dict(overrides)
+    names = {"mode": entry.mode_field or "mode", "num_samples": entry.outputs_field or "num_samples"}
+    return {names.get(k, k): v for k, v in overrides.items()}
+
+
+def _for_model(data: dict[str, Any], target: str) -> dict[str, Any]:
+    """``data`` re-rendered with ``target``: every layer of inputs without the names ``target``'s
+    schema does not know (they were written for the spec's own model). Unchanged when the spec
+    already names ``target`` or either model is unknown (validation then says so)."""
+    own = data.get("model_name", DEFAULT_MODEL_NAME)
+    if own == target or own not in MODELS or target not in MODELS:
+        return data
+    known = input_schema(target).model_fields
+
+    def keep(layer: Any) -> Any:
+        return {k: v for k, v in layer.items() if k in known} if isinstance(layer, Mapping) else layer
+
+    def rows(value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [{**row, "inputs": keep(row["inputs"])} if isinstance(row, Mapping) and "inputs" in row else row
+                for row in value]
+
+    return {**data, "inputs": keep(data.get("inputs") or {}),
+            **{k: rows(data[k]) for k in ("garments", "models", "pairs") if k in data}}
 
 
 # -- CSV ------------------------------------------------------------------------------------------
@@ -566,6 +610,15 @@ def _csv_inputs(values: Mapping[str, str]) -> dict[str, str]:
 
 # -- items ----------------------------------------------------------------------------------------
 
+def _spec_of(model_name: str) -> ModelSpec:
+    return MODELS[model_name]
+
+
+def _row_fields(model_name: str) -> tuple[str, ...]:
+    """The inputs a spec's rows set for ``model_name`` (every image input for an unknown name)."""
+    return _spec_of(model_name).row_fields if model_name in MODELS else IMAGE_FIELDS
+
+
 def _typed(model_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` with values converted to their schema types ("2" -> 2 from a CSV); unchanged
     when they do not validate (the submission then fails on them, loudly)."""
@@ -576,13 +629,15 @@ def _typed(model_name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return {k: getattr(validated, k) if k in type(validated).model_fields else v for k, v in inputs.items()}
 
 
-def _make_item(spec: CollectionSpec, garment_id: str, garment_image: str, model_id: str, model_image: str,
+def _make_item(spec: CollectionSpec, garment_id: str, garment_image: str, model_id: str, model_image: str | None,
                layers: list[Mapping[str, Any]], where: str) -> Item:
+    entry = _spec_of(spec.model_name)
     merged: dict[str, Any] = {}
     for layer in (*layers, spec.overrides):
-        merged.update({k: v for k, v in layer.items() if k not in IMAGE_FIELDS})
-    merged["model_image"] = model_image
-    merged["garment_image"] = garment_image
+        merged.update({k: v for k, v in layer.items() if k not in entry.row_fields})
+    if model_image:
+        merged[entry.model_field] = model_image
+    merged[entry.garment_field] = garment_image
     return Item(collection=spec.name, model_name=spec.model_name, garment_id=garment_id, model_id=model_id,
                 inputs=_typed(spec.model_name, merged), base_dir=spec.base_dir, where=where)
 
@@ -595,10 +650,16 @@ def iter_items(spec: CollectionSpec) -> Iterator[Item]:
             if row.values is None:
                 raise SpecError([Problem(f"row {row.row}", "", None, row.problem or "is invalid")], source=spec.csv)
             v = row.values
-            yield _make_item(spec, v["garment_id"], v["garment_image"], v["model_id"], v["model_image"],
+            yield _make_item(spec, v["garment_id"], v["garment_image"], v["model_id"] or GENERATED_MODEL_ID,
+                             v["model_image"] or None,
                              [spec.inputs, _csv_inputs(v)], f"row {row.row}")
         return
     if spec.pairs == "all":
+        if not spec.models:  # garments alone (a model whose model image is optional)
+            for gi, garment in enumerate(spec.garments):
+                yield _make_item(spec, garment.id, garment.image, GENERATED_MODEL_ID, None,
+                                 [spec.inputs, garment.inputs], f"garments[{gi}]")
+            return
         for gi, garment in enumerate(spec.garments):
             for mi, model in enumerate(spec.models):
                 yield _make_item(spec, garment.id, garment.image, model.id, model.image,
@@ -616,7 +677,7 @@ async def item_key(item: Item) -> str:
     """What the item pays for, as a sha256 hex: the model name and the schema-validated inputs
     with defaults applied, images replaced by their identity (content hash, or the URL)."""
     inputs = dict(item.inputs)
-    for field in IMAGE_FIELDS:
+    for field in _spec_of(item.model_name).image_fields:
         if isinstance(inputs.get(field), str):
             inputs[field] = await images.image_identity(inputs[field], item.base_dir)
     normalized = validate_inputs(item.model_name, inputs).model_dump(mode="json")
@@ -627,28 +688,36 @@ async def item_key(item: Item) -> str:
 
 # -- validation -----------------------------------------------------------------------------------
 
-_IMAGE_PLACEHOLDERS = {"model_image": "https://placeholder.invalid/model.jpg",
-                       "garment_image": "https://placeholder.invalid/garment.jpg"}
+def _placeholders(model_name: str, with_model: bool) -> dict[str, str]:
+    """Stand-ins for the images the rows give, so a layer of inputs validates on its own."""
+    entry = _spec_of(model_name)
+    fields = entry.row_fields if with_model or not entry.model_optional else (entry.garment_field,)
+    return {f: f"https://placeholder.invalid/{f}.jpg" for f in fields}
 
 
-def _check_inputs(problems: _Problems, model_name: str, where: str, prefix: str, inputs: Any) -> None:
+def _check_inputs(problems: _Problems, model_name: str, where: str, prefix: str, inputs: Any,
+                  with_model: bool = True) -> None:
     """Problems of one layer of inputs (validated on top of the server's defaults)."""
     if not isinstance(inputs, Mapping):
         problems.add(where, prefix.rstrip(".") or "inputs", inputs, "must be a mapping of input names to values")
         return
-    for field in IMAGE_FIELDS:
+    rows = _row_fields(model_name)
+    for field in rows:
         if field in inputs:
             problems.add(where, f"{prefix}{field}", inputs[field],
                          "cannot be set in inputs; images come from the garment and model rows")
     if model_name not in INPUT_SCHEMAS:
         return
-    layer = {k: v for k, v in inputs.items() if k not in IMAGE_FIELDS}
+    layer = {k: v for k, v in inputs.items() if k not in rows}
     try:
-        validate_inputs(model_name, {**layer, **_IMAGE_PLACEHOLDERS})
+        validate_inputs(model_name, {**layer, **_placeholders(model_name, with_model)})
     except ValidationError as exc:
-        known = ", ".join(n for n in input_schema(model_name).model_fields if n not in IMAGE_FIELDS)
+        known = ", ".join(n for n in input_schema(model_name).model_fields if n not in rows)
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"])
+            if not field and error.get("type") == "value_error":  # a rule across inputs
+                problems.add(where, prefix.rstrip("."), None, _pydantic_message(error))
+                continue
             if error.get("type") == "extra_forbidden":
                 problems.add(where, f"{prefix}{field}", None, f"is not an input of {model_name} (known: {known})")
             else:
@@ -689,15 +758,18 @@ def _check_header(spec: CollectionSpec, problems: _Problems) -> None:
     if spec.model_name not in INPUT_SCHEMAS:
         problems.add("model_name", "", spec.model_name,
                      f"is not a known model name (known: {', '.join(sorted(INPUT_SCHEMAS))})")
-    _check_inputs(problems, spec.model_name, "inputs", "", spec.inputs)
+    with_model = bool(spec.models) or bool(spec.csv)
+    _check_inputs(problems, spec.model_name, "inputs", "", spec.inputs, with_model)
     if spec.overrides:
-        _check_inputs(problems, spec.model_name, "overrides", "", spec.overrides)
+        _check_inputs(problems, spec.model_name, "overrides", "", spec.overrides, with_model)
 
 
 def _check_rows(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> None:
+    optional = spec.model_name in MODELS and _spec_of(spec.model_name).model_optional
     for kind, rows in (("garments", spec.garments), ("models", spec.models)):
-        if not rows and not any(p.where == kind for p in problems.items):
-            problems.add(kind, "", None, f"is empty; a collection needs at least one {kind[:-1].replace('model', 'model photo')}")
+        if not rows and not (kind == "models" and optional) and not any(p.where == kind for p in problems.items):
+            problems.add(kind, "", None, f"is empty; a collection for {spec.model_name} needs at least one "
+                                         f"{kind[:-1].replace('model', 'model photo')}")
         first: dict[str, int] = {}
         for index, row in enumerate(rows):
             where = f"{kind}[{index}]"
@@ -709,7 +781,7 @@ def _check_rows(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> 
                 else:
                     first[row.id] = index
             _check_image_ref(problems, refs, spec.base_dir, where, "image", row.image, garment=kind == "garments")
-            _check_inputs(problems, spec.model_name, where, "inputs.", row.inputs)
+            _check_inputs(problems, spec.model_name, where, "inputs.", row.inputs, bool(spec.models))
     if spec.pairs == "all":
         return
     garments = {g.id for g in spec.garments}
@@ -735,6 +807,7 @@ def _check_rows(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> 
 def _check_csv(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> int:
     """Stream a CSV spec's rows; memory grows with distinct ids and images, not with rows."""
     known = input_schema(spec.model_name).model_fields if spec.model_name in INPUT_SCHEMAS else None
+    optional = spec.model_name in MODELS and _spec_of(spec.model_name).model_optional
     images_of: dict[tuple[str, str], tuple[str, int]] = {}  # (kind, id) -> (image, first row)
     pairs_seen: dict[bytes, int] = {}
     count = 0
@@ -758,6 +831,8 @@ def _check_csv(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> i
         ok = True
         for kind in ("garment", "model"):
             ident, image = values.get(f"{kind}_id", ""), values.get(f"{kind}_image", "")
+            if kind == "model" and optional and not ident and not image:
+                continue  # a garment alone (the model image is optional)
             if (why := id_problem(ident)) is not None:
                 problems.add(where, f"{kind}_id", ident, why)
                 ok = False
@@ -777,7 +852,7 @@ def _check_csv(spec: CollectionSpec, problems: _Problems, refs: _ImageRefs) -> i
             else:
                 pairs_seen[digest] = row.row
         layer = {k: v for k, v in _csv_inputs(values).items() if known is None or (k in known and k not in IMAGE_FIELDS)}
-        _check_inputs(problems, spec.model_name, where, "", layer)
+        _check_inputs(problems, spec.model_name, where, "", layer, bool(values.get("model_image")))
     if count == 0:
         problems.add("rows", "", None, "there are none; a CSV spec needs at least one garment/model row")
     return count

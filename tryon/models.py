@@ -1,15 +1,17 @@
 """Typed requests and answers of the FASHN API, and the registry of model names.
 
-:data:`MODELS` is the one source of what a model name means: its input schema, output size,
-published latency per mode, credits per output and the modes it accepts. Adding a model name
-means adding a :class:`ModelSpec` to it, nothing else; :data:`INPUT_SCHEMAS`,
-:data:`OUTPUT_SIZES`, :data:`LEGACY_MODEL_NAME`, the flow forms' choices (``flows.params``) and
-the poll scheduler's priors (``tryon.traffic.latency``) are derived from it.
+:data:`MODELS` is the one source of what a model name means: its input schema, which inputs a
+collection's garment and model photos go to, its output size(s), published latency, credits per
+output as a function of its inputs, and the modes it accepts. Adding a model name means adding
+a :class:`ModelSpec` to it, nothing else; :data:`INPUT_SCHEMAS`, :data:`OUTPUT_SIZES`,
+:data:`IMAGE_FIELDS`, :data:`LEGACY_MODEL_NAME`, the flow forms' choices (``flows.params``) and
+the poll scheduler's priors (``tryon.traffic.latency``) are derived from it. What each entry
+rests on (confirmed, or not) is in ``docs/models.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -18,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Status = Literal["starting", "in_queue", "processing", "completed", "failed", "canceled", "time_out"]
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "time_out"})
-IMAGE_FIELDS = ("model_image", "garment_image")
 
 #: Every generation mode, fastest first; a model's accepted modes come from its schema's ``mode``.
 MODES = ("performance", "balanced", "quality")
@@ -67,50 +68,185 @@ class TryonV15Inputs(TryonV16Inputs):
     timesteps: int | None = None
 
 
+#: tryon-max and product-to-model output tiers: (width, height) px of a 2:3 portrait at each
+#: resolution (about 1, 4 and 16 megapixels). The provider states the tiers' pixel counts, not the
+#: exact sizes; the output follows the model photo's aspect ratio (the emulator assumes 2:3).
+RESOLUTION_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {"1k": (832, 1248), "2k": (1664, 2496), "4k": (3328, 4992)})
+#: Aspect ratios product-to-model accepts, as (width, height) at 1k (the provider's ~1 MP table).
+ASPECT_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "1:1": (1024, 1024), "2:3": (832, 1248), "3:4": (880, 1176), "4:5": (912, 1144), "5:4": (1144, 912),
+    "4:3": (1176, 880), "3:2": (1176, 784), "16:9": (1360, 768), "9:16": (760, 1360)})
+AspectRatio = Literal[tuple(ASPECT_SIZES)]  # type: ignore[valid-type]
+
+
+class TryonMaxInputs(BaseModel):
+    """Inputs of ``tryon-max``. The two images and ``prompt`` are confirmed on the provider's page;
+    the option names and values (``resolution``, ``generation_mode``, ``num_images``) and every
+    default are not (docs/models.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_image: str = Field(min_length=1, description="Image URL or data URI of the product.")
+    model_image: str = Field(min_length=1, description="Image URL or data URI of the person.")
+    prompt: str | None = None
+    resolution: Literal["1k", "2k", "4k"] = "1k"
+    generation_mode: Literal["fast", "balanced", "quality"] = "balanced"
+    num_images: int = Field(1, ge=1, le=4, description="Outputs per prediction; credits are charged per output.")
+    seed: int = Field(42, ge=0, le=4294967295)
+    output_format: Literal["png", "jpeg"] = "png"
+    return_base64: bool = False
+
+
+class ProductToModelInputs(BaseModel):
+    """Inputs of ``product-to-model``, as the official SDKs type them: ``model_image`` (try-on
+    mode) or ``image_prompt`` (inspiration), never both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_image: str = Field(min_length=1, description="Image URL or data URI of the product.")
+    model_image: str | None = Field(None, min_length=1, description="Person to dress (try-on mode).")
+    image_prompt: str | None = Field(None, min_length=1, description="Inspiration image for pose and scene.")
+    prompt: str | None = None
+    aspect_ratio: AspectRatio | None = None
+    resolution: Literal["1k", "4k"] = "1k"
+    seed: int = Field(42, ge=0, le=4294967295)
+    output_format: Literal["png", "jpeg"] = "png"
+    return_base64: bool = False
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> "ProductToModelInputs":
+        if self.model_image is not None and self.image_prompt is not None:
+            raise ValueError("image_prompt cannot be combined with model_image")
+        return self
+
+
+def _fixed(size: tuple[int, int]) -> Callable[[Mapping[str, Any]], tuple[int, int]]:
+    return lambda inputs: size
+
+
+def _by_resolution(inputs: Mapping[str, Any]) -> tuple[int, int]:
+    return RESOLUTION_SIZES[str(inputs.get("resolution", "1k"))]
+
+
+def _product_to_model_size(inputs: Mapping[str, Any]) -> tuple[int, int]:
+    # With a model photo the output follows its aspect ratio (assumed 2:3); 4k is 4x each side.
+    ratio = "2:3" if inputs.get("model_image") else str(inputs.get("aspect_ratio") or "2:3")
+    w, h = ASPECT_SIZES[ratio]
+    scale = 4 if inputs.get("resolution") == "4k" else 1
+    return w * scale, h * scale
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What one model name means: everything the client, the emulator, the forms and the
-    traffic controller need to know about it."""
+    traffic controller need to know about it.
+
+    ``credits_per_output`` is the provider's price for one output image with the given
+    (defaults-applied) inputs: exact when ``credits_exact``, else the upper bound of the
+    published range. The credits charged always come from ``x-fashn-credits-used``.
+    """
 
     name: str
-    inputs: type[TryonV16Inputs]
-    output_size: tuple[int, int]  # (width, height) px of each output
+    inputs: type[BaseModel]
+    output_size: tuple[int, int]  # (width, height) px of an output with the default inputs
     latency_prior: Mapping[str, float] = field(default_factory=lambda: PUBLISHED_LATENCY)  # seconds per mode
-    credits_per_output: int = 1
+    credits_per_output: Callable[[Mapping[str, Any]], int] = lambda inputs: 1
+    credits_exact: bool = True
     legacy: bool = False  # the model a body without ``model_name`` (the old API) is for
+    garment_field: str = "garment_image"  # the input a collection's garment photo goes to
+    model_field: str = "model_image"  # the input a collection's model photo goes to
+    model_optional: bool = False  # True: a collection may list garments alone
+    extra_image_fields: tuple[str, ...] = ()  # other inputs that take an image
+    mode_field: str | None = "mode"  # the input a run's ``mode`` sets (None: the model has none)
+    outputs_field: str | None = "num_samples"  # the input that sets outputs per prediction (None: one)
+    price_options: tuple[str, ...] = ()  # the inputs the price per output depends on
+    size_for: Callable[[Mapping[str, Any]], tuple[int, int]] | None = None  # output size by inputs
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """The modes its input schema accepts."""
-        return tuple(get_args(self.inputs.model_fields["mode"].annotation))
+        """The modes its input schema accepts (none when it has no mode input)."""
+        if self.mode_field is None:
+            return ()
+        return tuple(get_args(self.inputs.model_fields[self.mode_field].annotation))
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return (self.model_field, self.garment_field, *self.extra_image_fields)
+
+    @property
+    def row_fields(self) -> tuple[str, ...]:
+        """The inputs a collection's rows set (never set in a spec's ``inputs``)."""
+        return (self.model_field, self.garment_field)
+
+    def applied(self, inputs: Mapping[str, Any] | BaseModel | None) -> dict[str, Any]:
+        """``inputs`` over the schema's defaults (not validated: a plan may hold placeholders)."""
+        if isinstance(inputs, BaseModel):
+            return inputs.model_dump()
+        defaults = {n: f.default for n, f in self.inputs.model_fields.items() if not f.is_required()}
+        return {**defaults, **(inputs or {})}
+
+    def outputs(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> int:
+        """Output images one prediction with ``inputs`` makes."""
+        if self.outputs_field is None:
+            return 1
+        try:
+            return int(self.applied(inputs)[self.outputs_field])
+        except (TypeError, ValueError):
+            return 1
 
     def credits(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> int:
-        """Credits one prediction with ``inputs`` costs at most: ``num_samples`` × per-output credits."""
-        if isinstance(inputs, BaseModel):
-            num_samples = getattr(inputs, "num_samples")
-        else:
-            num_samples = (inputs or {}).get("num_samples", self.inputs.model_fields["num_samples"].default)
-        return int(num_samples) * self.credits_per_output
+        """Credits one prediction with ``inputs`` costs at most: outputs × credits per output."""
+        return self.outputs(inputs) * self.credits_per_output(self.applied(inputs))
+
+    def size(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> tuple[int, int]:
+        """(width, height) px of each output of a prediction with ``inputs``."""
+        return self.size_for(self.applied(inputs)) if self.size_for else self.output_size
 
     def prior(self, mode: str | None) -> float:
         """Published seconds for ``mode`` (the default mode's for an unknown one)."""
         prior = self.latency_prior
-        return prior.get(mode or DEFAULT_MODE, prior.get(DEFAULT_MODE, PUBLISHED_LATENCY[DEFAULT_MODE]))
+        default = prior.get(DEFAULT_MODE, next(iter(prior.values()), PUBLISHED_LATENCY[DEFAULT_MODE]))
+        return prior.get(mode or DEFAULT_MODE, default)
 
+    def latency(self, inputs: Mapping[str, Any] | BaseModel | None = None) -> float:
+        """Published seconds of a prediction with ``inputs`` (its mode's prior)."""
+        mode = self.applied(inputs).get(self.mode_field) if self.mode_field else None
+        return self.prior(mode)
+
+
+# tryon-max: "2-5 per output image depending on resolution and generation_mode"; the table is not
+# published, so the estimate is the range's top. Latency "20s-120s": priors by generation mode.
+TRYON_MAX_CREDITS_BOUND = 5
+PRODUCT_TO_MODEL_CREDITS_BOUND = 5
 
 _SPECS = (
     ModelSpec("tryon-v1.6", TryonV16Inputs, output_size=(864, 1296)),
     ModelSpec("tryon-v1.5", TryonV15Inputs, output_size=(576, 864), legacy=True),
+    ModelSpec("tryon-max", TryonMaxInputs, output_size=RESOLUTION_SIZES["1k"],
+              latency_prior=MappingProxyType({"fast": 20.0, "balanced": 50.0, "quality": 120.0}),
+              credits_per_output=lambda inputs: TRYON_MAX_CREDITS_BOUND, credits_exact=False,
+              garment_field="product_image", mode_field="generation_mode", outputs_field="num_images",
+              price_options=("resolution", "generation_mode"), size_for=_by_resolution),
+    ModelSpec("product-to-model", ProductToModelInputs, output_size=ASPECT_SIZES["2:3"],
+              latency_prior=MappingProxyType({DEFAULT_MODE: 12.0}),
+              credits_per_output=lambda inputs: PRODUCT_TO_MODEL_CREDITS_BOUND, credits_exact=False,
+              garment_field="product_image", model_optional=True, extra_image_fields=("image_prompt",),
+              mode_field=None, outputs_field=None, price_options=("resolution",),
+              size_for=_product_to_model_size),
 )
 #: The registry: model name -> :class:`ModelSpec`; the first is the default.
 MODELS: Mapping[str, ModelSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 DEFAULT_MODEL_NAME = _SPECS[0].name
 LEGACY_MODEL_NAME = next(spec.name for spec in _SPECS if spec.legacy)
-#: Every mode some model accepts, in :data:`MODES` order.
-ACCEPTED_MODES = tuple(m for m in MODES if any(m in spec.modes for spec in _SPECS))
+#: Every mode some model accepts, in :data:`MODES` order, then the others in registry order.
+ACCEPTED_MODES = tuple(dict.fromkeys(
+    [m for m in MODES if any(m in spec.modes for spec in _SPECS)] + [m for spec in _SPECS for m in spec.modes]))
+#: Every input of some model that takes an image (the client encodes these).
+IMAGE_FIELDS = tuple(dict.fromkeys(f for spec in _SPECS for f in spec.image_fields))
 
 # Derived views, kept for the modules that import them.
-INPUT_SCHEMAS: dict[str, type[TryonV16Inputs]] = {name: spec.inputs for name, spec in MODELS.items()}
+INPUT_SCHEMAS: dict[str, type[BaseModel]] = {name: spec.inputs for name, spec in MODELS.items()}
 OUTPUT_SIZES: dict[str, tuple[int, int]] = {name: spec.output_size for name, spec in MODELS.items()}
 
 
@@ -123,7 +259,7 @@ def model_spec(model_name: str) -> ModelSpec:
 
 
 def credits_for(model_name: str, inputs: Mapping[str, Any] | BaseModel | None = None) -> int:
-    """Credits a prediction of ``model_name`` with ``inputs`` costs at most (num_samples × per output)."""
+    """Credits a prediction of ``model_name`` with ``inputs`` costs at most (outputs × per output)."""
     return model_spec(model_name).credits(inputs)
 
 
@@ -132,12 +268,12 @@ def latency_prior(model_name: str | None, mode: str | None) -> float:
     return MODELS.get(model_name or DEFAULT_MODEL_NAME, MODELS[DEFAULT_MODEL_NAME]).prior(mode)
 
 
-def input_schema(model_name: str) -> type[TryonV16Inputs]:
+def input_schema(model_name: str) -> type[BaseModel]:
     """The input schema for ``model_name``; ``KeyError`` names the known ones."""
     return model_spec(model_name).inputs
 
 
-def validate_inputs(model_name: str, inputs: dict[str, Any]) -> TryonV16Inputs:
+def validate_inputs(model_name: str, inputs: dict[str, Any]) -> BaseModel:
     """Validate ``inputs`` for ``model_name`` (raises ``KeyError`` or ``pydantic.ValidationError``)."""
     return input_schema(model_name).model_validate(inputs)
 

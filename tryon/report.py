@@ -53,6 +53,8 @@ class RunReport(BaseModel):
     finished_at: dt.datetime | None = None
     totals: dict[str, int] = Field(default_factory=lambda: {s: 0 for s in STATES})
     credits_used: int = 0
+    credits_estimated: int | None = Field(None, description="The plan's estimate for the items it submitted.")
+    credits_estimate_exact: bool = Field(True, description="False: the estimate is the top of a published range.")
     possible_duplicate_charges: list[str] = Field(default_factory=list, description="Labels of items that may have been billed twice.")
     resubmitted_after_404: list[str] = Field(default_factory=list, description="Labels of items submitted again after a 404.")
     items: list[ItemReport] = Field(default_factory=list)
@@ -111,7 +113,9 @@ class RunReport(BaseModel):
         counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES
                            if s != "reused" or self.totals.get(s))  # reused: only when some were
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
-                f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used")
+                f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used"
+                + ("" if self.credits_estimated is None else
+                   f" (estimated {'' if self.credits_estimate_exact else 'at most '}{self.credits_estimated})"))
 
     def summary_text(self) -> str:
         """A short human summary: totals, then what needs attention."""
@@ -149,6 +153,7 @@ class RunReport(BaseModel):
         return {
             "collection": self.collection, "model_name": self.model_name, "run_id": self.run_id,
             "items": self.total, **{s: self.totals.get(s, 0) for s in STATES},
-            "credits_used": self.credits_used, "possible_duplicate_charges": len(self.possible_duplicate_charges),
+            "credits_used": self.credits_used, "credits_estimated": self.credits_estimated,
+            "possible_duplicate_charges": len(self.possible_duplicate_charges),
             "resubmitted_after_404": len(self.resubmitted_after_404), "report": location,
         }

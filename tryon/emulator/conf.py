@@ -34,6 +34,14 @@ class FaultConfig(BaseModel):
 
 
 DEFAULT_LATENCIES = {"performance": 5.0, "balanced": 8.0, "quality": 14.0}
+# What the emulator charges per output where the registry only knows an upper bound: one point
+# inside the published range (tryon-max 2-5 by resolution and generation_mode; product-to-model
+# 1-5), so a plan's estimate (the bound) can exceed the charge, as it may with the provider.
+ASSUMED_CREDITS = {
+    "tryon-max": {f"{r}/{g}": base + (g == "quality") for r, base in (("1k", 2), ("2k", 3), ("4k", 4))
+                  for g in ("fast", "balanced", "quality")},
+    "product-to-model": {"1k": 1, "4k": 3},
+}
 
 
 class EmulatorConfig(BaseModel):
@@ -47,6 +55,11 @@ class EmulatorConfig(BaseModel):
     latencies: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LATENCIES),
                                         description="mean latency by mode (API seconds); modes left out keep theirs")
     legacy_speedup: float = Field(0.85, description="tryon-v1.5 latency factor")
+    # Models without a mode table above take their mean latency from the registry (tryon.models).
+    assumed_credits: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in ASSUMED_CREDITS.items()},
+        description="model -> price-option values joined by '/' -> credits per output; an assumption "
+                    "inside the published range where the provider's table is not published")
     latency_jitter: float = Field(0.25, description="latency drawn uniformly within ± this share of the mean")
     cdn_retention: float = 72 * 3600.0
     base64_retention: float = 3600.0

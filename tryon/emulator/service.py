@@ -20,7 +20,7 @@ from starlette.routing import Route
 from tryon.emulator import render
 from tryon.emulator.conf import EmulatorConfig
 from tryon.emulator.state import Account, Prediction, State
-from tryon.models import LEGACY_MODEL_NAME, validate_inputs
+from tryon.models import LEGACY_MODEL_NAME, model_spec, validate_inputs
 
 
 class DroppedOnPurpose(ConnectionAbortedError):
@@ -122,7 +122,7 @@ class Emulator:
             return self._count("run", error(400, "BadRequest", problems))
         now = self.state.now()
         in_flight = self.state.in_flight(account, now)
-        needed = int(validated.get("num_samples", 1))
+        needed = self.state.credits(str(model_name), validated)
         if account.total - account.reserved < needed:
             return self._count("run", error(429, "OutOfCredits", f"{needed} credits needed, "
                                                                  f"{account.total - account.reserved} available"))
@@ -155,14 +155,16 @@ class Emulator:
         return self._count("run", JSONResponse({"id": prediction.id, "error": None}))
 
     async def _load_inputs(self, prediction: Prediction) -> None:
+        spec, inputs = model_spec(prediction.model_name), prediction.inputs
         try:
-            model = await render.load_thumbnail(prediction.inputs["model_image"], "model_image", self.http)
-            garment = await render.load_thumbnail(prediction.inputs["garment_image"], "garment_image", self.http)
+            loaded = {f: await render.load_thumbnail(inputs[f], f, self.http) for f in spec.image_fields if inputs.get(f)}
         except render.ImageLoadError as exc:
             if prediction.failure is None:
                 self.state.fail(prediction, "ImageLoadError", str(exc))
             return
-        prediction.thumbs = (render.png_bytes(model), render.png_bytes(garment))
+        model = loaded.get(spec.model_field)  # product-to-model without a model photo: a generated person
+        prediction.thumbs = (render.png_bytes(model) if model else render.PLACEHOLDER,
+                             render.png_bytes(loaded[spec.garment_field]))
 
     def _payload(self, prediction: Prediction, base_url: str, now: float) -> tuple[dict[str, Any], dict[str, str]]:
         status = prediction.status(now)
@@ -173,7 +175,7 @@ class Emulator:
             body["error"] = {"name": name, "message": message}
             headers["x-fashn-credits-used"] = "0"
         elif status == "completed":
-            headers["x-fashn-credits-used"] = str(prediction.num_samples)
+            headers["x-fashn-credits-used"] = str(prediction.credits)
             ext = "jpg" if prediction.output_format == "jpeg" else "png"
             if prediction.return_base64:
                 expired = prediction.expired or now - prediction.ends > self.config.scaled(self.config.base64_retention)

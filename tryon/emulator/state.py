@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tryon.emulator.conf import EmulatorConfig
-from tryon.models import OUTPUT_SIZES
+from tryon.models import IMAGE_FIELDS, model_spec
 
 
 def input_hash(model_name: str, inputs: dict[str, Any]) -> str:
@@ -29,7 +29,7 @@ class Prediction:
     hash: str
     created: float
     latency: float
-    num_samples: int
+    num_samples: int  # outputs
     output_format: str
     return_base64: bool
     webhook_url: str | None = None
@@ -38,6 +38,8 @@ class Prediction:
     expired: bool = False
     thumbs: tuple[bytes, bytes] | None = None  # model, garment thumbnails (PNG)
     settled: bool = False
+    credits: int = 0  # charged on completion
+    size: tuple[int, int] = (864, 1296)  # (width, height) px of each output
     served_sha256: dict[int, str] = field(default_factory=dict)
     served_all: dict[int, list[str]] = field(default_factory=dict)  # every distinct sha256 served per index
     status_calls: int = 0
@@ -59,10 +61,6 @@ class Prediction:
         if elapsed < 0.25 * self.latency:
             return "in_queue"
         return "processing"
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return OUTPUT_SIZES.get(self.model_name, OUTPUT_SIZES["tryon-v1.6"])
 
 
 class Window:
@@ -134,31 +132,47 @@ class State:
             if now < prediction.ends:
                 continue
             account.active.discard(pid)
-            account.reserved -= prediction.num_samples
+            account.reserved -= prediction.credits
             prediction.settled = True
             status = prediction.status(now)
             self.final[status] += 1
             if status == "completed":
-                account.charge(prediction.num_samples)
-                self.credits_charged += prediction.num_samples
+                account.charge(prediction.credits)
+                self.credits_charged += prediction.credits
                 self.latencies.append(prediction.latency * self.config.time_scale)
 
     def in_flight(self, account: Account, now: float) -> int:
         self.settle(account, now)
         return len(account.active)
 
+    def credits(self, model_name: str, inputs: dict[str, Any]) -> int:
+        """What a completed prediction is charged: outputs × the registry's price per output, or
+        the configured assumption where the registry knows only an upper bound."""
+        spec = model_spec(model_name)
+        applied = spec.applied(inputs)
+        per_output = spec.credits_per_output(applied)
+        if not spec.credits_exact:
+            key = "/".join(str(applied.get(o)) for o in spec.price_options)
+            per_output = self.config.assumed_credits.get(model_name, {}).get(key, per_output)
+        return spec.outputs(applied) * per_output
+
     def create(self, key: str, model_name: str, inputs: dict[str, Any], webhook_url: str | None) -> Prediction:
         config, now = self.config, self.now()
-        mode = inputs.get("mode", "balanced")
-        mean = config.latencies.get(mode, config.latencies["balanced"])
-        if model_name == "tryon-v1.5":
+        spec = model_spec(model_name)
+        if spec.mode_field == "mode":  # the v1.x family: the configured table by mode
+            mode = inputs.get("mode", "balanced")
+            mean = config.latencies.get(mode, config.latencies["balanced"])
+        else:
+            mean = spec.latency(inputs)
+        if spec.legacy:
             mean *= config.legacy_speedup
         latency = config.scaled(mean * self.rng.uniform(1 - config.latency_jitter, 1 + config.latency_jitter))
         prediction = Prediction(
             # Unique across restarts, like the provider's: a resumed id must never name another item.
             id=f"{uuid.uuid4()}-emu", key=key, model_name=model_name, inputs=inputs,
             hash=input_hash(model_name, inputs), created=now, latency=latency,
-            num_samples=int(inputs.get("num_samples", 1)), output_format=inputs.get("output_format", "png"),
+            num_samples=spec.outputs(inputs), output_format=inputs.get("output_format", "png"),
+            credits=self.credits(model_name, inputs), size=spec.size(inputs),
             return_base64=bool(inputs.get("return_base64", False)), webhook_url=webhook_url,
             expired=self.rng.random() < config.faults.expired_output_rate,
         )
@@ -167,7 +181,7 @@ class State:
         self._inject_failure(prediction)
         account = self.accounts[key]
         account.active.add(prediction.id)
-        account.reserved += prediction.num_samples
+        account.reserved += prediction.credits
         self.most_in_flight[key] = max(self.most_in_flight[key], len(account.active))
         self.predictions[prediction.id] = prediction
         self.created_per_hash[prediction.hash] += 1
@@ -175,7 +189,7 @@ class State:
 
     def _inject_failure(self, prediction: Prediction) -> None:
         faults = self.config.faults
-        images = " ".join(str(prediction.inputs.get(f, "")) for f in ("model_image", "garment_image"))
+        images = " ".join(str(prediction.inputs.get(f, "")) for f in IMAGE_FIELDS)
         for needle, name in faults.fail_inputs.items():
             if needle in images:
                 self.fail(prediction, name, f"injected {name} for inputs matching {needle!r}")
@@ -194,11 +208,12 @@ class State:
 
     def record(self, prediction: Prediction, now: float) -> dict[str, Any]:
         """One prediction as the admin endpoints show it (no image bodies)."""
-        images = {f: str(prediction.inputs.get(f, ""))[:200] for f in ("model_image", "garment_image")}
+        images = {f: str(prediction.inputs.get(f, ""))[:200] for f in IMAGE_FIELDS}
         return {
             "id": prediction.id, "hash": prediction.hash, "model_name": prediction.model_name,
             "status": prediction.status(now), "latency": prediction.latency, "created": prediction.created,
             "ends": prediction.ends, "failure": prediction.failure, "num_samples": prediction.num_samples,
+            "credits": prediction.credits, "size": list(prediction.size),
             "status_calls": prediction.status_calls, "noticed": prediction.noticed, "answer": prediction.answer, "expired": prediction.expired,
             "images": images,
             "output_sha256": [prediction.served_sha256.get(i) for i in range(prediction.num_samples)],

@@ -245,7 +245,7 @@ def assert_archived(archive, emulator, collection: str, model_name: str, items: 
     from pathlib import Path
 
     report = json.loads((Path(archive) / collection / model_name / "report.json").read_text())
-    assert report["totals"] == {"archived": items, "failed": 0, "skipped": 0}
+    assert report["totals"] == {"archived": items, "reused": 0, "failed": 0, "skipped": 0}
     for entry in report["items"]:
         assert len(entry["outputs"]) == outputs
         served = emulator.prediction(entry["prediction_id"])["output_sha256"]

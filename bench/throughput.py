@@ -219,7 +219,7 @@ def main() -> None:
                                     status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight)
             with EmulatorServer(config) as emulator:
                 env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
-                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(scale),
+                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url,
                        "FASHN_RUN_LIMIT": f"{run[0]}/{run[1] / scale:g}",
                        "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
                        "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}

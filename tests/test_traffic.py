@@ -318,8 +318,9 @@ class FakeServer:
         self.done_at[pid] = self.clock.now() + latency
 
     async def poll(self, pid: str) -> Prediction:
-        if self.gate is not None:
-            await self.gate.acquire("status")
+        admission = await self.gate.acquire("status") if self.gate is not None else None
+        if admission is not None:
+            admission.answered()  # the answer is immediate (answering twice is harmless)
         now = self.clock.now()
         self.requests.append(now)
         self.polls[pid].append(now)

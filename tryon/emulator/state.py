@@ -153,6 +153,7 @@ class State:
         mean = config.latencies.get(mode, config.latencies["balanced"])
         if model_name == "tryon-v1.5":
             mean *= config.legacy_speedup
+        mean *= config.latency_factor(len(self.predictions))
         latency = config.scaled(mean * self.rng.uniform(1 - config.latency_jitter, 1 + config.latency_jitter))
         prediction = Prediction(
             # Unique across restarts, like the provider's: a resumed id must never name another item.

@@ -11,7 +11,7 @@ since it was last seen running.
 
 Nothing here assumes a latency in seconds. The prior, the provider's published time per mode
 (from the model registry, :data:`tryon.models.MODELS`) spread within ±25 %, is only a first
-guess: it weighs one observation and is dropped at the first bracket that misses it (a
+guess: it weighs one observation and is dropped at the first bracket it made unlikely (a
 provider, a model or an emulator several times faster or slower than published). Brackets
 weigh less the older they are (half weight after ``half_life`` completions), so a latency that
 drifts (the provider's queue grows or drains) is followed within a few dozen completions. A
@@ -77,7 +77,7 @@ class LatencyDistribution:
         """One completion: still running at age ``lo`` (0: never seen running), done at ``hi``."""
         lo, hi = max(0.0, lo), max(lo, hi)
         self.samples += 1
-        if self.prior_range is not None and (hi < self.prior_range[0] or lo > self.prior_range[1]):
+        if self.prior_range is not None and self._contradicts_prior(lo, hi):
             self._drop_prior()  # the guess was wrong: the data alone from now on
         self._brackets.append((lo, hi, 1.0, self.samples, *self._cell_range(lo, hi)))
         self._fit(self.iterations)
@@ -86,6 +86,15 @@ class LatencyDistribution:
             if top / 6 <= self.mean <= top / 3:
                 break
             self._regrid(self.mean)
+
+    def _contradicts_prior(self, lo: float, hi: float) -> bool:
+        """Whether the prior gave ``(lo, hi]`` less than a tenth of the chance an even spread over the
+        prior's range gives a bracket that long: a bracket (0, 6.2] on a prior of 6-10 s (the
+        predictions took 3-5 s) contradicts it, one of (7.0, 7.2] or (0, 8] does not."""
+        assert self.prior_range is not None
+        p_lo, p_hi = self.prior_range
+        chance = max(0.0, min(hi, p_hi) - max(lo, p_lo)) / (p_hi - p_lo)
+        return chance < 0.1 * min(1.0, (hi - lo) / (p_hi - p_lo))
 
     def restart(self, keep: int) -> None:
         """Keep only the ``keep`` latest brackets and fit them from an even spread: the estimate

@@ -27,9 +27,9 @@ holds for a 0.5 s emulated prediction and a 2-minute one:
   have ended, by the estimate) and again at twice the age it was last seen running, until
   ``q``: the first completions bracket a latency far below the guess within one round;
 - past what the model has seen (fewer than 2 % of predictions still running at the age it was
-  last seen running: slower than the estimate, or stuck) it is polled at ``widen`` (20 %) more
-  than that age, and only after every likelier one, so a latency far above the guess or one that
-  doubled is bracketed within 20 % of itself;
+  last seen running: slower than the estimate, or stuck) it is polled again after ``widen`` (20 %)
+  of the time by which that age is past the tail, and only after every likelier one, so a latency
+  far above the guess, or one that doubled, is bracketed within a fifth of how far it is past;
 - a prediction not polled for ``max_share * m`` (1×) goes before every one that was (oldest first);
 - at its deadline it is polled once more, then times out.
 Bound (the test proves it on random loads): a prediction is polled again at most
@@ -97,6 +97,7 @@ class _Entry:
     t0: float
     deadline: float
     first_due: float  # planned at submission: its first probe, or when the chance it has ended reaches the likelihood
+    # (the estimate may move before then: the chance, not this plan, decides the first poll)
     probe: float | None  # the age of its next probe (None: not probing)
     on_terminal: Callable[[Prediction], None] | None = None
     last_sent: float | None = None  # send time of the latest poll
@@ -118,8 +119,9 @@ class PollScheduler:
     def __init__(self, acquire: Callable[[], Awaitable[Admission | None]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
-                 quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.02,
-                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16,
+                 quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.04,
+                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.5,
+                 probers: int = 2,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
         self._acquire = acquire
@@ -140,6 +142,8 @@ class PollScheduler:
         if not 0 < min_share <= max_share or widen <= 0 or not 0 < probe < 1:
             raise ValueError("need 0 < min_share <= max_share, widen > 0 and 0 < probe < 1")
         self.min_share, self.max_share, self.widen, self.probe = min_share, max_share, widen, probe
+        self.probe_growth = probe_growth
+        self.probers = probers  # predictions of one profile probing at once: a few find the scale
         # Per profile: the share of q at which new predictions are first probed (1: no probing),
         # and whether each of its latest completions was a surprise (see _learn).
         self._probe: dict[Profile, float] = {}
@@ -186,10 +190,15 @@ class PollScheduler:
             return self.probe
         return self._probe.get(profile, 1.0)
 
+    def _probing(self, profile: Profile) -> int:
+        return sum(1 for entry in self._active if entry.profile == profile and entry.probe is not None)
+
     def interval(self, profile: Profile, seen_running: float) -> float:
         """The re-poll interval of a prediction past what the model has seen, last seen running at
-        age ``seen_running``: ``widen`` of that age, within the profile's min and max intervals."""
-        return max(self.min_interval(profile), min(self.max_interval(profile), self.widen * seen_running))
+        age ``seen_running``: ``widen`` of the time by which that age is past the model's tail,
+        within the profile's min and max intervals."""
+        overdue = seen_running - self.latency.quantile(profile, 1.0 - STUCK_TAIL)
+        return max(self.min_interval(profile), min(self.max_interval(profile), self.widen * overdue))
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
                    submitted_at: float | None = None, timeout: float | None = None,
@@ -207,10 +216,9 @@ class PollScheduler:
         deadline = math.inf if timeout is None else t0 + timeout
         profile = (str(profile[0]), str(profile[1]))
         delay = self.first_poll_delay(profile)
-        probing = self._probe_share(profile) < 1.0
-        first_due = min(t0 + delay, deadline)
+        probing = self._probe_share(profile) < 1.0 and self._probing(profile) < self.probers
         entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
-                       first_due, delay if probing else None, on_terminal)
+                       min(t0 + delay, deadline), delay if probing else None, on_terminal)
         self._active[entry] = None
         entry.future.add_done_callback(lambda _: self._active.pop(entry, None))
         self._kick()
@@ -235,8 +243,8 @@ class PollScheduler:
         if now - since >= longest:
             return 2.0 + (now - since) / longest, now  # starved: oldest first
         ready_by = min(entry.deadline, since + longest)
-        if entry.last_sent is None and now < entry.first_due:
-            return -1.0, entry.first_due
+        if entry.probe is not None and self._probe_share(entry.profile) >= 1.0:
+            entry.probe = None  # the profile's scale is known again: no more probing
         if entry.probe is not None:
             probe_at = entry.t0 + entry.probe
             if now >= probe_at:
@@ -365,8 +373,8 @@ class PollScheduler:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))
             return
-        if entry.probe is not None:  # probing: next at twice the age, until the estimate's own first poll
-            entry.probe = 2 * entry.seen_running
+        if entry.probe is not None:  # probing: next at a wider age, until the estimate's own first poll
+            entry.probe = self.probe_growth * entry.seen_running
             if entry.probe >= self.latency.quantile(entry.profile, self.likelihood):
                 entry.probe = None
         entry.not_before = sent + self.min_interval(entry.profile)

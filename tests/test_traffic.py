@@ -382,7 +382,7 @@ def test_poll_scheduler_keeps_the_budget_and_polls_everyone_again_in_bounded_tim
     for pid, times in server.polls.items():
         gaps = [b - a for a, b in pairwise(times)]
         assert max(gaps, default=0.0) <= bound, f"{pid} waited {max(gaps)}s between polls (bound {bound}s)"
-        assert first_due[pid] - EPS <= times[0] <= first_due[pid] + bound      # not before it is planned
+        assert times[0] <= first_due[pid] + bound                               # polled by its plan
         assert noticed[pid] - max(server.done_at[pid], first_due[pid]) <= bound  # completion noticed
 
 
@@ -397,6 +397,7 @@ async def test_poll_scheduler_learns_latency_in_both_directions():
     assert controller.scheduler.first_poll_delay(fast) == pytest.approx(8 * 0.775 / 16, abs=0.01)
     assert controller.scheduler.first_poll_delay(slow) == pytest.approx(14 * 0.775 / 16, abs=0.01)
     spacing = controller.limiters["status"].window / 50  # the pacing of status calls
+    learned = False
 
     async def batch(profile, n: int, lo: float, hi: float) -> list[float]:
         delays = []
@@ -408,7 +409,8 @@ async def test_poll_scheduler_learns_latency_in_both_directions():
             first = controller.scheduler.first_poll_delay(profile)  # planned at submission
             await controller.wait(pid, profile=profile, poll=server.poll)
             delays.append(clock.now() - server.done_at[pid])
-            assert first - EPS <= server.polls[pid][0] - start <= first + n * spacing + EPS
+            if learned:  # the estimate no longer moves: the plan holds
+                assert first - EPS <= server.polls[pid][0] - start <= first + n * spacing + EPS
 
         await asyncio.gather(*(one(i) for i in range(n)))
         return delays
@@ -422,11 +424,73 @@ async def test_poll_scheduler_learns_latency_in_both_directions():
     assert est_slow.mean == pytest.approx(25.0, abs=1.0)
     assert 23.0 <= controller.scheduler.first_poll_delay(slow) <= 25.0
 
+    learned = True
     polls_before = controller.scheduler.polls
     delays = await clock.run(batch(fast, 6, 3.8, 4.2))
     # Six predictions ending within 0.4 s share the paced calls: each is noticed within six of them.
     assert max(delays) <= 6 * spacing + EPS, delays
     assert (controller.scheduler.polls - polls_before) / 6 <= 4              # few polls per completion
+
+
+async def run_workers(clock: FakeClock, controller: TrafficController, server: FakeServer, latency, count: int,
+                      *, workers: int = 6, profile=("tryon-v1.6", "balanced")) -> list[tuple[float, float, float]]:
+    """``count`` predictions through ``workers`` loops (each submits when its last one is noticed);
+    ``latency(k)`` draws the k-th one's. Returns (submitted, ended, noticed) per prediction."""
+    seen: list[tuple[float, float, float]] = []
+    started = 0
+
+    async def worker() -> None:
+        nonlocal started
+        while started < count:
+            pid = f"p{started}"
+            server.submit(pid, latency(started))
+            started += 1
+            submitted = clock.now()
+            await controller.wait(pid, profile=profile, poll=server.poll)
+            seen.append((submitted, server.done_at[pid], clock.now()))
+
+    await clock.run(asyncio.gather(*(worker() for _ in range(workers))))
+    return seen
+
+
+# The 8 s prior ten times too long (the emulator at 10x: the limits' windows a tenth too, as
+# configured), and five times too short (a slow model on a real key).
+@pytest.mark.parametrize(("mean", "scale"), [(0.8, 10.0), (40.0, 1.0)])
+async def test_a_cold_start_finds_a_latency_far_from_the_prior_within_the_first_round(mean, scale):
+    clock = FakeClock()
+    controller = TrafficController(Limit(50, 60 / scale), Limit(50, 10 / scale), clock=clock)
+    server = FakeServer(clock, controller)
+    rng = random.Random(11)
+    seen = await run_workers(clock, controller, server, lambda _: rng.uniform(0.75, 1.25) * mean, 12)
+    first_round, second_round = seen[:6], seen[6:]
+    assert all(noticed - ended <= mean for _, ended, noticed in first_round), first_round
+    # By the second round it knows: noticed within a tenth of the mean on average.
+    assert sum(noticed - ended for _, ended, noticed in second_round) / 6 <= 0.1 * mean, second_round
+    assert controller.latency.mean(("tryon-v1.6", "balanced")) == pytest.approx(mean, rel=0.2)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])  # the provider's queue grows, or drains
+async def test_the_estimate_follows_a_latency_step_within_50_completions(factor):
+    clock = FakeClock()
+    controller = TrafficController(clock=clock)
+    server = FakeServer(clock, controller)
+    profile = ("tryon-v1.6", "balanced")
+    rng = random.Random(5)
+    before, after = 8.0, 8.0 * factor
+    await run_workers(clock, controller, server, lambda _: rng.uniform(0.75, 1.25) * before, 60)
+    assert controller.latency.mean(profile) == pytest.approx(before, rel=0.1)
+    means = []
+    original = controller.latency.observe
+
+    def observe(*args) -> None:
+        original(*args)
+        means.append(controller.latency.mean(profile))
+
+    controller.latency.observe = observe  # type: ignore[method-assign]
+    await run_workers(clock, controller, server, lambda _: rng.uniform(0.75, 1.25) * after, 80)
+    within = [abs(m - after) <= 0.1 * after for m in means]
+    settled = next(k for k in range(len(within)) if all(within[k:]))  # within 10 % from then on
+    assert settled < 50, (settled, means)
 
 
 def test_the_priors_are_the_published_times():
@@ -464,7 +528,7 @@ async def test_poll_errors_propagate_transient_ones_are_retried_and_timeouts_fir
     with pytest.raises(TimeoutError):
         await clock.run(controller.wait("stuck", profile=profile, poll=server.poll, timeout=30))
     assert clock.now() - start == pytest.approx(30, abs=1e-6)
-    assert server.polls["stuck"][-1] == pytest.approx(start + 30)
+    assert server.polls["stuck"][-1] == pytest.approx(start + 30)  # its last poll is not paced
 
 
 async def test_cancelled_wait_stops_polling_and_retries_inside_a_poll_pay_again():
@@ -514,7 +578,7 @@ async def test_slot_is_freed_the_moment_the_prediction_ends():
     server.submit("a", 4.3)
     teach(controller, ("m", "performance"), 5.0)
     first = controller.scheduler.first_poll_delay(("m", "performance"))
-    assert first == pytest.approx(5 * 0.775, abs=0.05), "once 5 % of the predictions seen have ended"
+    assert first == pytest.approx(5 * 0.775, abs=0.1), "once 5 % of the predictions seen have ended"
     done = asyncio.ensure_future(controller.wait("a", model_name="m", mode="performance", poll=server.poll,
                                                  slot=slot))
     next_slot = await clock.run(controller.acquire_slot())
@@ -629,8 +693,8 @@ async def test_ambiguous_submission_keeps_a_phantom_slot():
 
 
 async def test_a_scarce_status_call_goes_to_the_prediction_most_likely_finished():
-    # One call per 4 s. A (quality, 10.5-17.5 s by the prior) is polled at its first due time,
-    # 10.85 s, and is still running. B (balanced, 6-10 s) is submitted at 6.1 s: first due at
+    # One call per 4 s. A (quality, 10.5-17.5 s as seen) is polled at its first due time,
+    # ≈10.85 s, and is still running. B (balanced, 6-10 s) is submitted at 6.1 s: first due at
     # 12.3 s, after A's re-poll would be due in a deadline order (10.85 + 10 % of 14 s). At the
     # next call (~14.9 s) A has ended with chance 0.62 and B with 0.71, so B gets it.
     clock = FakeClock()
@@ -644,8 +708,8 @@ async def test_a_scarce_status_call_goes_to_the_prediction_most_likely_finished(
     server.submit("B", 7.0)
     b = asyncio.ensure_future(controller.wait("B", profile=("m", "balanced"), poll=server.poll))
     await clock.run(b)
-    assert server.polls["A"] == [pytest.approx(10.85, abs=0.05)]
-    assert len(server.polls["B"]) == 1 and 14.85 <= server.polls["B"][0] <= 15.1
+    assert server.polls["A"] == [pytest.approx(10.85, abs=0.15)]
+    assert len(server.polls["B"]) == 1 and 14.7 <= server.polls["B"][0] <= 15.1
     a.cancel()
     await asyncio.gather(a, return_exceptions=True)
 
@@ -671,12 +735,13 @@ async def test_status_calls_are_paced_not_burst_and_a_stuck_prediction_backs_off
     server.submit("stuck", 60.0)  # long past anything the model expects
     await clock.run(controller.wait("stuck", profile=profile, poll=server.poll))
     times = server.polls["stuck"]
-    early = [b - a for a, b in pairwise(times) if b < 10.0]
+    early = [b - a for a, b in pairwise(times) if 6.0 < b < 10.0]
     late = [b - a for a, b in pairwise(times) if a > 30.0]
     scheduler = controller.scheduler
-    assert early and max(early) <= 0.3, early                        # near its expected end: often
-    # Past the tail: at a fifth more than the age it was last seen running, at most every mean latency.
-    assert late and min(late) >= 0.2 * 30 - EPS and max(late) <= scheduler.max_interval(profile) + EPS, late
+    assert early and max(early) <= scheduler.min_interval(profile) + 0.05, early  # near its expected end: often
+    # Past the tail (10 s): after a fifth of how far past it was last seen running, at most every mean latency.
+    assert late and min(late) >= scheduler.widen * (30 - 10.5) - EPS, late
+    assert max(late) <= scheduler.max_interval(profile) + EPS, late
 
 
 class LateClock(FakeClock):

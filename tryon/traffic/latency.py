@@ -50,7 +50,7 @@ class LatencyDistribution:
     >>> d = LatencyDistribution(8.0)
     >>> for lo, hi in [(7.0, 7.4), (7.4, 7.8), (7.8, 8.2)] * 20:
     ...     d.observe(lo, hi)
-    >>> 7.5 < d.mean < 7.8, d.cdf(7.0) < 0.05, d.cdf(8.3) > 0.95
+    >>> 7.5 < d.mean < 7.8, d.cdf(6.9) < 0.05, d.cdf(8.4) > 0.95
     (True, True, True)
     """
 
@@ -151,10 +151,16 @@ class LatencyDistribution:
             norm = sum(updated)
             mass = [m / norm for m in updated]
         self._mass = mass
-        self._cum = _cumulative(mass)
+        # What the scheduler is told is smoothed over ±15 % / sqrt(completions) of the mean: a few
+        # brackets leave gaps between them that no latency is believed to fall in, and one
+        # ending in a gap would go unpolled until the next bracket's age.
+        seen = sum(w for (w, _, _), bracket in zip(weights, self._brackets, strict=True) if bracket[3] > 0)
+        smooth = _smoothed(mass, round(0.15 * self.bins / self.span / max(1.0, seen) ** 0.5) if seen else 0)
+        self._smooth = smooth
+        self._cum = _cumulative(smooth)
         centres = [(j + 0.5) * self.width for j in range(self.bins)]
-        self.mean = sum(m * c for m, c in zip(mass, centres, strict=True))
-        self.dev = sum(m * abs(c - self.mean) for m, c in zip(mass, centres, strict=True))
+        self.mean = sum(m * c for m, c in zip(smooth, centres, strict=True))
+        self.dev = sum(m * abs(c - self.mean) for m, c in zip(smooth, centres, strict=True))
 
     # -- asking -----------------------------------------------------------------------------
     def cdf(self, age: float) -> float:
@@ -165,15 +171,30 @@ class LatencyDistribution:
         if x >= self.bins:
             return 1.0
         j = int(x)
-        return self._cum[j] + (x - j) * self._mass[j]
+        return self._cum[j] + (x - j) * self._smooth[j]
 
     def quantile(self, q: float) -> float:
         """The age by which a share ``q`` of predictions has ended."""
         j = min(self.bins - 1, max(0, bisect.bisect_left(self._cum, q) - 1))
-        return (j + min(1.0, max(0.0, (q - self._cum[j]) / self._mass[j]))) * self.width
+        return (j + min(1.0, max(0.0, (q - self._cum[j]) / self._smooth[j]))) * self.width
 
     def estimate(self) -> LatencyEstimate:
         return LatencyEstimate(self.mean, self.dev, self.samples)
+
+
+def _smoothed(mass: list[float], half: int) -> list[float]:
+    """``mass`` spread by a triangular kernel ``half`` cells either side (renormalised)."""
+    if half < 1:
+        return mass
+    kernel = [half + 1 - abs(o) for o in range(-half, half + 1)]
+    n = len(mass)
+    out = [0.0] * n
+    for j, m in enumerate(mass):
+        for o, k in enumerate(kernel, -half):
+            if 0 <= j + o < n:
+                out[j + o] += m * k
+    norm = sum(out)
+    return [max(v / norm, 1e-12) for v in out]
 
 
 def _cumulative(mass: list[float]) -> list[float]:

@@ -181,9 +181,17 @@ class PollScheduler:
         return longest
 
     def first_poll_delay(self, profile: Profile) -> float:
-        """When a prediction submitted now is first polled (at the earliest): once the chance
-        that it has ended reaches ``likelihood``, or earlier while the profile is probed."""
-        return self._probe_share(profile) * self.latency.quantile(profile, self.likelihood)
+        """When a prediction submitted now would be first polled: as a probe while the profile is
+        probed and fewer than ``probers`` of it probe, else once the chance that it has ended
+        reaches ``likelihood`` (by the estimate at submission; a later one decides)."""
+        return self._probe_age(profile) or self.latency.quantile(profile, self.likelihood)
+
+    def _probe_age(self, profile: Profile) -> float | None:
+        """The first probe's age of a prediction submitted now, or None if it would not probe."""
+        share = self._probe_share(profile)
+        if share >= 1.0 or self._probing(profile) >= self.probers:
+            return None
+        return share * self.latency.quantile(profile, self.likelihood)
 
     def _probe_share(self, profile: Profile) -> float:
         if not self.latency.learned(profile):
@@ -215,10 +223,10 @@ class PollScheduler:
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
         profile = (str(profile[0]), str(profile[1]))
-        delay = self.first_poll_delay(profile)
-        probing = self._probe_share(profile) < 1.0 and self._probing(profile) < self.probers
+        probe = self._probe_age(profile)
+        delay = probe or self.latency.quantile(profile, self.likelihood)
         entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
-                       min(t0 + delay, deadline), delay if probing else None, on_terminal)
+                       min(t0 + delay, deadline), probe, on_terminal)
         self._active[entry] = None
         entry.future.add_done_callback(lambda _: self._active.pop(entry, None))
         self._kick()
@@ -299,7 +307,7 @@ class PollScheduler:
                     self._wake = asyncio.get_running_loop().create_future()
                     await sleep_or_wake(self.clock, min(wake_at - now, 3600.0), self._wake)
                     continue
-                if now < self._next_send:  # paced: one call every window / count
+                if now < self._next_send and now < ready.deadline:  # paced (a deadline's last poll is not)
                     await self.clock.sleep(self._next_send - now)
                     continue
                 admission = await self._acquire()
@@ -377,7 +385,9 @@ class PollScheduler:
             entry.probe = self.probe_growth * entry.seen_running
             if entry.probe >= self.latency.quantile(entry.profile, self.likelihood):
                 entry.probe = None
-        entry.not_before = sent + self.min_interval(entry.profile)
+        # A probe's next age is its own (the mean it would be a share of is only the guess it tests).
+        gap = 0.0 if entry.probe is not None else self.min_interval(entry.profile)
+        entry.not_before = min(sent + gap, entry.deadline)
         self._kick()
 
     def _learn(self, entry: _Entry, done_at: float) -> None:

@@ -20,12 +20,14 @@ them per call frees the most slot time.
 No interval is in absolute seconds: each is a share of the profile's current mean estimate
 ``m`` (which starts as the published time and follows what the polls see), so the same policy
 holds for a 0.5 s emulated prediction and a 2-minute one:
-- a prediction seen running is not polled again for ``min_share * m`` (2 %);
+- a prediction seen running is not polled again for ``min_share * m`` (4 %);
 - **probing**: while a profile has no completion yet (the published time is only a guess) and
   after its first polls keep finding predictions already done (the latency fell), a new
-  prediction is first polled at ``probe * q`` (``q``: the age by which ``likelihood`` of them
-  have ended, by the estimate) and again at twice the age it was last seen running, until
-  ``q``: the first completions bracket a latency far below the guess within one round;
+  prediction is first polled at ``probe * q`` (1/16; ``q``: the age by which ``likelihood`` of
+  them have ended, by the estimate) and again at 1.25 times the age it was last seen running,
+  until ``q``; only ``probers`` (3) at once: a few find the scale, the others follow the
+  estimate they move. The first completions bracket a latency far below the guess within one
+  round;
 - past what the model has seen (fewer than 2 % of predictions still running at the age it was
   last seen running: slower than the estimate, or stuck) it is polled again after ``widen`` (20 %)
   of the time by which that age is past the tail, and only after every likelier one, so a latency
@@ -120,8 +122,8 @@ class PollScheduler:
                  latency: LatencyModel | None = None, *,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
                  quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.04,
-                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.5,
-                 probers: int = 2,
+                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.25,
+                 probers: int = 3,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
         self._acquire = acquire

@@ -55,7 +55,7 @@ class LatencyDistribution:
     """
 
     def __init__(self, prior_mean: float, *, spread: float = 0.25, prior_weight: float = 1.0,
-                 half_life: float = 15.0, bins: int = 128, span: float = 4.0, iterations: int = 3) -> None:
+                 half_life: float = 15.0, bins: int = 128, span: float = 4.0, iterations: int = 8) -> None:
         if prior_mean <= 0:
             raise ValueError("prior_mean must be > 0")
         self.bins, self.span, self.iterations = bins, span, iterations

@@ -32,10 +32,12 @@ holds for a 0.5 s emulated prediction and a 2-minute one:
   last seen running: slower than the estimate, or stuck) it is polled again after ``widen`` (20 %)
   of the time by which that age is past the tail, and only after every likelier one, so a latency
   far above the guess, or one that doubled, is bracketed within a fifth of how far it is past;
-- a prediction not polled for ``max_share * m`` (1×) goes before every one that was (oldest first);
+- a prediction not polled for ``max_share * m`` (1×), or for its interval past the tail if
+  longer, goes before every one that was (the longest unpolled first);
 - at its deadline it is polled once more, then times out.
 Bound (the test proves it on random loads): a prediction is polled again at most
-``max_interval + ceil(P / N) * W' + W / N`` after its previous poll, with ``P`` predictions
+``widest + ceil(P / N) * W' + W / N`` after its previous poll (``widest``: the longest of
+those intervals so far), with ``P`` predictions
 waiting and the status limit ``N`` per ``W`` (``W'``: window + margin). The limiter, not
 this policy, is what guarantees the budget is never exceeded.
 """
@@ -150,7 +152,7 @@ class PollScheduler:
         # and whether each of its latest completions was a surprise (see _learn).
         self._probe: dict[Profile, float] = {}
         self._surprises: dict[Profile, deque[bool]] = {}
-        self.widest = 0.0  # the longest max_interval so far (the bound's first term)
+        self.widest = 0.0  # the longest a prediction was allowed to go unpolled (the bound's first term)
         self.transient_errors = transient_errors
         self.max_transient_errors = max_transient_errors
         self.endpoint = endpoint
@@ -178,9 +180,7 @@ class PollScheduler:
 
     def max_interval(self, profile: Profile) -> float:
         """How long a prediction may go unpolled before it goes first."""
-        longest = self.max_share * self.latency.mean(profile)
-        self.widest = max(self.widest, longest)
-        return longest
+        return self.max_share * self.latency.mean(profile)
 
     def first_poll_delay(self, profile: Profile) -> float:
         """When a prediction submitted now would be first polled: as a probe while the profile is
@@ -206,9 +206,9 @@ class PollScheduler:
     def interval(self, profile: Profile, seen_running: float) -> float:
         """The re-poll interval of a prediction past what the model has seen, last seen running at
         age ``seen_running``: ``widen`` of the time by which that age is past the model's tail,
-        within the profile's min and max intervals."""
+        at least the profile's min interval (a stuck one is polled ever less often)."""
         overdue = seen_running - self.latency.quantile(profile, 1.0 - STUCK_TAIL)
-        return max(self.min_interval(profile), min(self.max_interval(profile), self.widen * overdue))
+        return max(self.min_interval(profile), self.widen * overdue)
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
                    submitted_at: float | None = None, timeout: float | None = None,
@@ -249,9 +249,14 @@ class PollScheduler:
         if now >= entry.deadline:
             return 3.0, now  # one last poll, then the timeout
         since = entry.last_sent if entry.last_sent is not None else entry.first_due
+        ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
+        overdue = ended_before > 1.0 - STUCK_TAIL  # past what the model has seen
         longest = self.max_interval(entry.profile)
+        if overdue:
+            longest = max(longest, self.interval(entry.profile, entry.seen_running))
+        self.widest = max(self.widest, longest)
         if now - since >= longest:
-            return 2.0 + (now - since) / longest, now  # starved: oldest first
+            return 2.0 + (now - since), now  # starved: the longest unpolled first
         ready_by = min(entry.deadline, since + longest)
         if entry.probe is not None and self._probe_share(entry.profile) >= 1.0:
             entry.probe = None  # the profile's scale is known again: no more probing
@@ -260,8 +265,7 @@ class PollScheduler:
             if now >= probe_at:
                 return self.likelihood, now
             ready_by = min(ready_by, probe_at)
-        ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
-        if ended_before > 1.0 - STUCK_TAIL:  # past what the model has seen: widen, after likelier ones
+        if overdue:  # widen, after likelier ones
             due = since + self.interval(entry.profile, entry.seen_running)
             return (self.likelihood, now) if now >= due else (-1.0, min(due, ready_by))
         chance = (self.latency.cdf(entry.profile, now - entry.t0) - ended_before) / (1.0 - ended_before)

@@ -1,17 +1,21 @@
 """The traffic controller alone on a fake clock: how close its poll policy gets to the ceiling.
 
-    uv run --locked python bench/poll_policy.py
+    uv run --locked python bench/poll_policy.py --items 300 --seeds 3
 
 No HTTP, no Prefect, no CPU limits: each run submits ``--items`` predictions through one
 :class:`TrafficController` (slots, run and status limiters, poll scheduler) against a fake
-server whose latencies are uniform within ±25 % of the mode's mean, with a fixed round trip
+server whose latencies are uniform within ±25 % of the regime's mean, with a fixed round trip
 per call. It isolates what the policy decides (when to poll, how often) from what the machine
-costs, and runs in seconds, so policy changes can be compared on several limit settings and
-seeds. Prints, per setting, the mean ratio to the ceiling min(run rate, in-flight ÷ mean
-latency, status rate) and status calls per prediction, for the scheduler as configured and,
-as the baseline of the same run, for fixed-interval polling through the same controller
-(``--fixed``: every prediction polled every second from its submission, the official SDK's
-default, its calls queued at the same status limiter, its slots freed the same way).
+costs, and runs in seconds, so policy changes can be compared on several limit settings,
+latency regimes and seeds. The controller is never told the latency: its prior is the published
+8 s, and the regimes put it ten times too long (the emulator at 10×, whose limits' windows are
+divided too), five times too short (a slow model), or double the latency for the middle third of
+the predictions. Prints, per setting and regime, the mean ratio to the ceiling min(run rate,
+in-flight ÷ mean latency, status rate), status calls per prediction and the mean delay from an
+end to its notice as a share of the mean latency, for the scheduler and, as the baseline of the
+same run, for fixed-interval polling through the same controller (``--fixed``: every prediction
+polled every second from its submission, the official SDK's default, scaled with the regime's
+latency; its calls queued at the same status limiter, its slots freed the same way).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def write_spec(folder: Path, base_url: str, items: int) -> tuple[Path, list[str]
 # -- the flow process -----------------------------------------------------------------------------
 
 def child_env(base_url: str, scale: float, prefect_api_url: str, workdir: Path, seed: int, run: int) -> dict[str, str]:
-    env = {**os.environ, "FASHN_API_KEY": KEY, "FASHN_BASE_URL": base_url, "FASHN_LATENCY_SCALE": str(scale),
+    env = {**os.environ, "FASHN_API_KEY": KEY, "FASHN_BASE_URL": base_url,
            "FASHN_MAX_RESUBMITS": str(MAX_RESUBMITS), "PREFECT_API_URL": prefect_api_url,
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
            "FLAKY_FS_SEED": f"{seed}:{run}", "FLAKY_FS_LOG": str(workdir / "flaky-writes.log"),

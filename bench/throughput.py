@@ -1,40 +1,41 @@
 """Throughput of the real collection flow against the emulator, beside the naive SDK loop.
 
-    uv run --locked python bench/throughput.py --items 300 --time-scale 10
+    uv run --locked python bench/throughput.py                 # every regime below (~20 min)
+    uv run --locked python bench/throughput.py --modes default,slow --no-naive
 
-Runs, on one emulator configuration each, in API time (wall time × time scale) so that the
-figures compare with a real key:
+Each regime runs the flow in its own process against a Prefect server and an emulator, then
+the naive baseline on the same emulator settings: the official ``fashn`` SDK's
+``predictions.subscribe`` under ``asyncio.gather`` with a semaphore of the in-flight limit (its
+1 s default poll interval divided by the time scale, as the SDK would poll a real key). The
+product is told the key's limits (their windows divided by the time scale: configuration, as a
+raised key's limits are) and nothing about latency: it starts from the published times (8 s
+for a balanced try-on) and learns the rest. Figures are in API time (wall time × time scale),
+so they compare with a real key.
 
-- ``default``: the documented limits (runs 50/60 s, status 50/10 s, 6 in flight), the flow
-  in its own process against a Prefect server, then the naive baseline in the same setting:
-  the official ``fashn`` SDK's ``predictions.subscribe`` under ``asyncio.gather`` with
-  ``Semaphore(6)`` (its 1 s default poll interval divided by the time scale);
+- ``default``: the documented limits (runs 50/60 s, status 50/10 s, 6 in flight), 10×, 300 items;
+- ``real``: the same at real timing (8 s predictions), 120 items;
+- ``slow``: a slow model, 40 s mean latency (five times the prior), emulated at 10×, 120 items;
+- ``drift``: 10×, 300 items, latency doubled for the middle third of the predictions created
+  (the provider's queue grows), then back;
 - ``raised``: 30 in flight and 250 runs per minute, status still 50/10 s, where the status
-  budget becomes the scarce resource (at ``--raised-time-scale``, 2 by default: at 10 its
-  ceiling would need more CPU than this 2-core machine has; ``--raised-items``, 900 by default:
-  with 30 slots 300 items are only ten rounds, and the ramp and the tail weigh a fifth);
-- ``two``: the default limits, two flow processes on one key at once (each half the items),
-  coordinated through the Prefect server; at ``--time-scale`` and again at
-  ``--two-time-scale`` (5 by default). The harness's Prefect server keeps its database in
-  SQLite, which takes one write at a time; the two flows' task-run writes hold it, and a
-  member's record or membership write then waits seconds for a ``503 database is locked``. At 10×
-  the server gets ten times the writes per API second that a real key would cause, so the
-  protocol's waits on those writes (a newcomer's acknowledgement, a leave) weigh twice what
-  they do at 5×, and far more than at 1×.
+  budget becomes the scarce resource; at 2× (at 10× its ceiling needs more CPU than this 2-core
+  machine has), 900 items (with 30 slots, 300 items are only ten rounds);
+- ``two`` (not run by default): the default limits, two flow processes on one key at once
+  (each half the items), coordinated through the Prefect server, 10×.
 
-The ceiling of a key is min(run rate, in-flight ÷ mean latency, status rate), with the mean
-latency the emulator observed (±25 % jitter around each mode's mean). Two rates are printed:
-``e2e``, items over the whole flow run (Prefect's flow-run start, validation, planning and
-the report included), and ``api``, items over the span in which the key was used (the first
+The ceiling of a key is min(run rate, in-flight ÷ mean latency, status rate ÷ 1 poll per
+prediction), with the mean latency the emulator observed (±25 % jitter around each mode's
+mean, the drift included). Two rates are printed: ``e2e``, items over the whole flow run
+(Prefect's flow-run start, validation, planning and the report included: ≈2 s that the time
+scale does not shrink), and ``api``, items over the span in which the key was used (the first
 prediction created to the last one ended, as the emulator saw them): that is what traffic
 control decides. ``steady`` is the ratio in that span without its first and last two mean
-latencies: the filling of the slots at the start and their draining at the end (the last
-predictions end up to ±25 % apart, and nothing is left to submit) are the collection's size, not
-the controller; the ceiling is a steady rate. ``turn s d+r`` splits the time a slot stays idle between two predictions (API
-seconds, from the emulator's records): ``d`` from a prediction's end to the status call that
-first saw it, ``r`` from that answer to the next creation. The fixed start-up cost (≈2 s) is not scaled by the time scale, so at 10×
-it weighs ten times what it would at real time. CPU per item counts the flow process(es)
-and the Prefect server together (process CPU time during the runs).
+latencies (filling and draining the slots). ``status/pred`` is status calls per prediction;
+``notice`` the mean delay from a prediction's end to the status call that first saw it, as a
+share of the mean latency. ``turn s d+r`` splits the time a slot stays idle between two
+predictions (API seconds): ``d`` from a prediction's end to the status call that first saw it,
+``r`` from that answer to the next creation. CPU per item counts the flow process(es) and the
+Prefect server together (process CPU time during the runs).
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ from flows.console import EMBEDDED_SERVER_TUNING, set_env_defaults  # noqa: E402
 set_env_defaults(EMBEDDED_SERVER_TUNING)  # the embedded server, as the product runs it
 
 KEY = "fa-bench-key"
-MODES = {  # name: (run limit, status limit, in flight, processes)
-    "default": ((50, 60), (50, 10), 6, 1),
-    "raised": ((250, 60), (50, 10), 30, 1),
-    "two": ((50, 60), (50, 10), 6, 2),
+MODES = {  # name: (run limit, status limit, in flight, processes, time scale, items, emulator settings)
+    "default": ((50, 60), (50, 10), 6, 1, 10.0, 300, {}),
+    "real": ((50, 60), (50, 10), 6, 1, 1.0, 120, {}),
+    "slow": ((50, 60), (50, 10), 6, 1, 10.0, 120, {"latencies": {"balanced": 40.0}}),
+    "drift": ((50, 60), (50, 10), 6, 1, 10.0, 300, {"latency_steps": "thirds"}),
+    "raised": ((250, 60), (50, 10), 30, 1, 2.0, 900, {}),
+    "two": ((50, 60), (50, 10), 6, 2, 10.0, 300, {}),
 }
+LABELS = {"default": "default 10x", "real": "real 1x", "slow": "slow 40s 10x", "drift": "drift 10x",
+          "raised": "raised 2x", "two": "2 procs 10x"}
 
 
 def ceiling_per_min(latency: float, run: tuple[int, float], status: tuple[int, float], in_flight: int) -> float:
@@ -105,11 +111,11 @@ def run_flows(specs: list[Path], archive: Path, env: dict[str, str]) -> tuple[fl
     return wall, sum(r["cpu"] for r in results), results
 
 
-async def naive(url: str, count: int, scale: float) -> None:
+async def naive(url: str, count: int, scale: float, in_flight: int) -> None:
     from fashn import AsyncFashn
 
     sdk = AsyncFashn(api_key=KEY, base_url=url)
-    gate = asyncio.Semaphore(6)
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(i: int) -> None:
         async with gate:
@@ -136,8 +142,8 @@ def slot_turn(predictions: list[dict], in_flight: int, scale: float) -> tuple[fl
     return detect * scale, resubmit * scale
 
 
-HEADER = (f"{'run':<23} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} {'steady':>6} "
-          f"{'429 by endpoint:code':>22} {'status/pred':>11} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
+HEADER = (f"{'run':<24} {'items':>5} {'ceiling':>8} {'e2e/min':>8} {'ratio':>6} {'api/min':>8} {'ratio':>6} {'steady':>6} "
+          f"{'429 by endpoint:code':>22} {'status/pred':>11} {'notice':>6} {'ms CPU f+s':>11} {'flight':>6} {'turn s d+r':>10}")
 
 
 def steady_rate(predictions: list[dict], first: float, last: float, mean_latency: float, scale: float) -> float:
@@ -162,9 +168,11 @@ def row(name: str, items: int, wall: float, scale: float, emulator, limits,
     too_many = ", ".join(f"{endpoint}:{code[4:]} {n}" for endpoint, codes in stats["requests"].items()
                          for code, n in codes.items() if code.startswith("429:")) or "0"
     detect, resubmit = slot_turn(predictions, in_flight, scale)
+    seen = [p["noticed"] - p["ends"] for p in predictions if p["noticed"] is not None]
+    notice = sum(seen) / len(seen) * scale / (stats["mean_latency"] or 8.0) if seen else 0.0
     cpu_text = f"{cpu[0] / items * 1000:5.0f} +{cpu[1] / items * 1000:4.0f}" if cpu is not None else f"{'-':>11}"
-    return (f"{name:<23} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.1%} {steady / ceiling:>6.1%} "
-            f"{too_many:>22} {stats['status_calls_per_prediction'] or 0:>11.2f} {cpu_text} "
+    return (f"{name:<24} {items:>5} {ceiling:>8.1f} {e2e:>8.1f} {e2e / ceiling:>6.0%} {api:>8.1f} {api / ceiling:>6.1%} {steady / ceiling:>6.1%} "
+            f"{too_many:>22} {stats['status_calls_per_prediction'] or 0:>11.2f} {notice:>6.1%} {cpu_text} "
             f"{stats['most_in_flight']:>6} {detect:>5.2f}+{resubmit:.2f}")
 
 
@@ -181,16 +189,9 @@ def where_429s_were(emulator, scale: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=300)
-    parser.add_argument("--time-scale", type=float, default=10.0)
-    parser.add_argument("--raised-time-scale", type=float, default=2.0,
-                        help="time scale of the raised mode (at 10 its ceiling needs more CPU than 2 cores have)")
-    parser.add_argument("--raised-items", type=int, default=900,
-                        help="items of the raised mode (30 slots make 300 items only ten rounds: ramp and tail weigh)")
-    parser.add_argument("--two-time-scale", type=float, default=5.0,
-                        help="the two-process mode runs again at this time scale (the Prefect server's "
-                             "writes per API second grow with the time scale)")
-    parser.add_argument("--modes", default="default,raised,two", help="comma-separated: " + ", ".join(MODES))
+    parser.add_argument("--modes", default="default,real,slow,drift,raised",
+                        help="comma-separated, in this order: " + ", ".join(MODES))
+    parser.add_argument("--items", type=int, help="items of every mode (default: each mode's own)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
     parser.add_argument("--dump", type=Path, help="write each mode's emulator records (JSON) to this folder")
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "ARCHIVE"), help=argparse.SUPPRESS)
@@ -209,22 +210,20 @@ def main() -> None:
     print(HEADER)
     with prefect_test_harness(server_startup_timeout=120):
         server_pid = SubprocessASGIServer._instances[None].server_process.pid
-        runs = [(mode, args.raised_time_scale if mode == "raised" else args.time_scale)
-                for mode in args.modes.split(",")]
-        if "two" in args.modes.split(",") and args.two_time_scale != args.time_scale:
-            runs.append(("two", args.two_time_scale))
-        for mode, scale in runs:
-            run, status, in_flight, processes = MODES[mode]
+        for mode in args.modes.split(","):
+            run, status, in_flight, processes, scale, wanted, extra = MODES[mode]
+            wanted = args.items or wanted
+            if extra.get("latency_steps") == "thirds":  # doubled for the middle third of the creations
+                extra = {**extra, "latency_steps": [(wanted // 3, 2.0), (2 * wanted // 3, 1.0)]}
             config = EmulatorConfig(time_scale=scale, keys={KEY: 10**7}, run_limit=f"{run[0]}/{run[1]}",
-                                    status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight)
+                                    status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight, **extra)
             with EmulatorServer(config) as emulator:
                 env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
-                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(scale),
+                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url,
                        "FASHN_RUN_LIMIT": f"{run[0]}/{run[1] / scale:g}",
                        "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
                        "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
                 folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
-                wanted = args.raised_items if mode == "raised" else args.items
                 garments = max(1, wanted // models // processes)
                 specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments,
                                           models=models, inputs={"mode": "balanced"}) for p in range(processes)]
@@ -236,9 +235,7 @@ def main() -> None:
                     print("  processes (wall s from the first start): " + ", ".join(
                         f"{r['start'] - first:.1f}-{r['end'] - first:.1f}" for r in results), file=sys.stderr)
                 server_cpu = cpu_seconds(server_pid) - server_cpu
-                label = {"default": "tryon-flows", "raised": "tryon-flows raised", "two": "tryon-flows 2 procs"}[mode]
-                if scale != args.time_scale:
-                    label += f" {scale:g}x"
+                label = f"tryon-flows {LABELS[mode]}"
                 print(row(label, items, wall, scale, emulator, (run, status, in_flight), (flow_cpu, server_cpu)),
                       flush=True)
                 if where := where_429s_were(emulator, scale):
@@ -247,11 +244,11 @@ def main() -> None:
                     args.dump.mkdir(parents=True, exist_ok=True)
                     (args.dump / f"{mode}-{scale:g}x.json").write_text(json.dumps(
                         {"scale": scale, "in_flight": in_flight, "predictions": emulator.predictions()}))
-                if mode == "default" and not args.no_naive:
+                if not args.no_naive and processes == 1:
                     emulator.reset()
                     start = time.monotonic()
-                    asyncio.run(naive(emulator.url, items, scale))
-                    print(row("naive SDK", items, time.monotonic() - start, scale, emulator,
+                    asyncio.run(naive(emulator.url, items, scale, in_flight))
+                    print(row(f"naive SDK {LABELS[mode]}", items, time.monotonic() - start, scale, emulator,
                               (run, status, in_flight), None), flush=True)
     print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
           f"largest flow process {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB; "

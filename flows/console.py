@@ -104,8 +104,7 @@ def run_demo(*, archive: str, garments: int, models: int, time_scale: float, mod
     spec = write_sample_collection(DEMO_DIR / "collection", garments, models)
     with EmulatorServer(EmulatorConfig(time_scale=time_scale, keys={DEMO_KEY: 10_000})) as emulator:
         print(f"FASHN emulator on {emulator.url} (time scale {time_scale:g})")
-        os.environ.update({"FASHN_API_KEY": DEMO_KEY, "FASHN_BASE_URL": emulator.url,
-                           "FASHN_LATENCY_SCALE": str(time_scale)})
+        os.environ.update({"FASHN_API_KEY": DEMO_KEY, "FASHN_BASE_URL": emulator.url})
         os.environ.update(_scaled_limits(time_scale))
         return run_with_progress(str(spec), archive=archive, report=None, model_name=model_name, force=False)
 

@@ -102,8 +102,7 @@ class PrefectStack:
 @contextmanager
 def _stack(tmp_path_factory, emulator, **extra_env: str) -> Iterator[PrefectStack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FASHN_", "TRYON_"))}
-    env.update({"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url, "FASHN_LATENCY_SCALE": str(TIME_SCALE),
-                "PYTHONPATH": str(ROOT)})
+    env.update({"FASHN_API_KEY": TEST_KEY, "FASHN_BASE_URL": emulator.url, "PYTHONPATH": str(ROOT)})
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
         env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / TIME_SCALE:g}"
     stack = PrefectStack(tmp_path_factory.mktemp("prefect-e2e-home"), env)

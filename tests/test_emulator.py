@@ -61,6 +61,17 @@ async def test_statuses_progress_over_time(make_emulator):
     assert seen <= {"starting", "in_queue", "processing"} and seen & {"in_queue", "processing"}
 
 
+async def test_latency_follows_its_mode_and_steps(make_emulator):
+    # performance is 5 s; a slow model's mean by mode; from the 2nd creation x3, from the 3rd back.
+    emulator = make_emulator(time_scale=1000.0, latency_jitter=0.0, latencies={"performance": 40.0},
+                             latency_steps=[(1, 3.0), (2, 1.0)])
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        for _ in range(3):
+            await client.run("tryon-v1.6", inputs(emulator))
+    latencies = [record["latency"] * 1000.0 for record in emulator.predictions()]
+    assert latencies == [pytest.approx(40.0), pytest.approx(120.0), pytest.approx(40.0)]
+
+
 async def test_legacy_body_is_served_as_v15_at_576x864(emulator):
     async with httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as http:
         answer = (await http.post("/v1/run", json=inputs(emulator, cover_feet=True))).json()

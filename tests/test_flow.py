@@ -17,7 +17,6 @@ from tests.fixtures.emulator import TEST_KEY, TIME_SCALE
 def fashn_env(monkeypatch, emulator):
     monkeypatch.setenv("FASHN_API_KEY", TEST_KEY)
     monkeypatch.setenv("FASHN_BASE_URL", emulator.url)
-    monkeypatch.setenv("FASHN_LATENCY_SCALE", str(TIME_SCALE))
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
         monkeypatch.setenv(f"FASHN_{name}_LIMIT", f"{count}/{seconds / TIME_SCALE:g}")
     emulator.reset()
@@ -62,7 +61,6 @@ async def test_flow_takes_its_key_and_archive_from_blocks(prefect_server, emulat
 
     for name in ("FASHN_API_KEY", "FASHN_BASE_URL", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FASHN_LATENCY_SCALE", str(TIME_SCALE))
     emulator.reset()
     await FashnCredentials(api_key=SecretStr(TEST_KEY), base_url=emulator.url, run_limit=f"50/{60 / TIME_SCALE:g}",
                            status_limit=f"50/{10 / TIME_SCALE:g}").save("test-key", overwrite=True)

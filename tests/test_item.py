@@ -26,7 +26,7 @@ TIME_SCALE = 20.0
 @asynccontextmanager
 async def runtime_for(emulator, archive: Archive, **options):
     settings = FashnSettings(api_key=TEST_KEY, base_url=emulator.url)
-    traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE, latency_scale=TIME_SCALE)
+    traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE)
     try:
         async with FashnClient.from_settings(settings, gate=traffic) as client:
             yield Runtime(client, traffic, archive, **options)

@@ -56,10 +56,10 @@ def test_derived_views_follow_the_registry():
 
 def test_latency_priors_come_from_the_registry():
     assert DEFAULT_PRIORS == dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
-    model = LatencyModel(latency_scale=2.0)
+    model = LatencyModel()
     for name, spec in MODELS.items():
         for mode in spec.modes:
-            assert model.prior((name, mode)) == pytest.approx(spec.latency_prior[mode] / 2.0)
+            assert model.prior((name, mode)) == pytest.approx(spec.latency_prior[mode])
     assert LatencyModel(priors={"balanced": 3.0}).prior((DEFAULT_MODEL_NAME, "quality")) == 3.0
 
 

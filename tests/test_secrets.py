@@ -24,7 +24,6 @@ async def test_the_key_appears_in_no_log_artifact_report_or_archive_object(prefe
     emulator = make_emulator(keys={CANARY: 1000})
     monkeypatch.setenv("FASHN_API_KEY", CANARY)
     monkeypatch.setenv("FASHN_BASE_URL", emulator.url)
-    monkeypatch.setenv("FASHN_LATENCY_SCALE", str(TIME_SCALE))
     # Local images: they travel as base64 data URIs, which must not reach any log or file either.
     spec = write_collection(tmp_path, name="secrets", garments=2, models=1)
     archive = tmp_path / "archive"

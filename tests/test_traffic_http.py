@@ -25,8 +25,7 @@ def inputs(emulator, seed: int) -> dict:
 
 
 def documented_limits() -> TrafficController:
-    return TrafficController(Limit(50, 60 / TIME_SCALE), Limit(50, 10 / TIME_SCALE), Limit(30, 10 / TIME_SCALE), 6,
-                             latency_scale=TIME_SCALE)
+    return TrafficController(Limit(50, 60 / TIME_SCALE), Limit(50, 10 / TIME_SCALE), Limit(30, 10 / TIME_SCALE), 6)
 
 
 async def try_on(client: FashnClient, traffic: TrafficController, emulator, seed: int) -> str:
@@ -106,7 +105,7 @@ async def test_requests_sent_late_after_their_admission_draw_no_429_when_counted
     # 429s); counted from their answers, they wait until the late ones are a window old.
     window = 10 / TIME_SCALE
     emulator = make_emulator(credits_limit="5/10")
-    traffic = TrafficController(credits_limit=Limit(5, window), latency_scale=TIME_SCALE)
+    traffic = TrafficController(credits_limit=Limit(5, window))
     if not answers:  # the same limiter counting from admissions, its margin as small
         limiter = traffic.limiters["credits"]
         traffic.limiters["credits"] = SlidingWindowLimiter(limiter.limit, traffic.clock, margin=limiter.margin)

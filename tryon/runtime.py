@@ -65,7 +65,7 @@ def controller_for(settings: FashnSettings) -> TrafficController:
     key = (loop, settings.base_url, key_fingerprint(settings))
     controller = _controllers.get(key)
     if controller is None:
-        controller = _controllers[key] = TrafficController.from_settings(settings, latency_scale=settings.latency_scale)
+        controller = _controllers[key] = TrafficController.from_settings(settings)
     return controller
 
 

@@ -62,8 +62,6 @@ class FashnSettings(BaseSettings):
     submit_timeout: float = Field(120.0, gt=0, description="Seconds to wait for POST /v1/run (large base64 bodies are slow).")
     request_timeout: float = Field(30.0, gt=0, description="Seconds to wait for other requests.")
     prediction_timeout: float = Field(600.0, gt=0, description="Seconds a prediction may take before it is given up.")
-    latency_scale: float = Field(1.0, gt=0, description="Divides the expected latencies the poll scheduler starts "
-                                 "from (set it to the emulator's time scale); it learns real ones as it goes.")
     share_staleness: float | None = Field(
         None, gt=0, description="Seconds a process sharing the key may go on from its last count of the others "
                                 "(D; default: a sixth of the longest window, at least 1 s). A join or leave costs "

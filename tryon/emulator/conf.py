@@ -61,6 +61,10 @@ class EmulatorConfig(BaseModel):
         description="model -> price-option values joined by '/' -> credits per output; an assumption "
                     "inside the published range where the provider's table is not published")
     latency_jitter: float = Field(0.25, description="latency drawn uniformly within ± this share of the mean")
+    latency_steps: list[tuple[int, float]] = Field(
+        default_factory=list, description="(n, factor): from the n-th prediction created (0-based, since the last "
+                                          "reset) on, latencies are multiplied by factor (a provider's queue growing "
+                                          "and draining); the last step reached holds")
     cdn_retention: float = 72 * 3600.0
     base64_retention: float = 3600.0
     seed: int = 0
@@ -71,6 +75,14 @@ class EmulatorConfig(BaseModel):
     @classmethod
     def _fill_latencies(cls, given: dict[str, float]) -> dict[str, float]:
         return {**DEFAULT_LATENCIES, **given}
+
+    def latency_factor(self, created: int) -> float:
+        """The multiplier of the ``created``-th prediction's latency (see ``latency_steps``)."""
+        factor = 1.0
+        for start, step in sorted(self.latency_steps):
+            if created >= start:
+                factor = step
+        return factor
 
     def scaled(self, seconds: float) -> float:
         return seconds / self.time_scale

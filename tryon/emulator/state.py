@@ -166,6 +166,7 @@ class State:
             mean = spec.latency(inputs)
         if spec.legacy:
             mean *= config.legacy_speedup
+        mean *= config.latency_factor(len(self.predictions))
         latency = config.scaled(mean * self.rng.uniform(1 - config.latency_jitter, 1 + config.latency_jitter))
         prediction = Prediction(
             # Unique across restarts, like the provider's: a resumed id must never name another item.

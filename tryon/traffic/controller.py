@@ -84,9 +84,8 @@ class TrafficController:
 
     def __init__(self, run_limit: Limit | str = DEFAULT_RUN_LIMIT, status_limit: Limit | str = DEFAULT_STATUS_LIMIT,
                  credits_limit: Limit | str = DEFAULT_CREDITS_LIMIT, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 clock: Clock | None = None, latency_scale: float = 1.0, *,
+                 clock: Clock | None = None, *,
                  margin: float | None = None, priors: dict[str, float] | None = None,
-                 min_poll_interval: float | None = None, max_poll_interval: float | None = None,
                  concurrency_backoff: float | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.limits = KeyLimits(dict(zip(ENDPOINTS, (Limit.parse(lim) for lim in (run_limit, status_limit, credits_limit)),
@@ -97,15 +96,12 @@ class TrafficController:
             for name, limit in self.limits.requests.items()
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
-        self.latency = LatencyModel(latency_scale, priors)
+        self.latency = LatencyModel(priors)
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
                                        budget=lambda: status.effective_count() / status.window,
-                                       fill=lambda: len(status.recent()) / max(1, status.effective_count()),
-                                       min_interval=min_poll_interval, max_interval=max_poll_interval)
-        # How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After.
-        self.concurrency_backoff = (self.latency.prior(DEFAULT_PROFILE) / 4 if concurrency_backoff is None
-                                    else float(concurrency_backoff))
+                                       fill=lambda: len(status.recent()) / max(1, status.effective_count()))
+        self._concurrency_backoff = None if concurrency_backoff is None else float(concurrency_backoff)
         self._stopped: str | None = None
         self._stopped_by: type[ApiError] = OutOfCredits
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
@@ -116,21 +112,22 @@ class TrafficController:
 
     @classmethod
     def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
-                      latency_scale: float | None = None, time_scale: float | None = None,
-                      **kwargs: object) -> TrafficController:
-        """From ``FashnSettings`` (``latency_scale`` defaults to ``settings.latency_scale``).
-
-        ``time_scale`` (a fast emulator whose limits are not scaled in the settings)
-        shortens every window by that factor and divides the latency priors by it.
+                      time_scale: float | None = None, **kwargs: object) -> TrafficController:
+        """From ``FashnSettings``. ``time_scale`` (a fast emulator whose limits are not scaled in
+        the settings) shortens every limit's window by that factor; latencies are learned, never told.
         """
         limits = [settings.run_limit, settings.status_limit, settings.credits_limit]
-        if latency_scale is None:
-            latency_scale = float(getattr(settings, "latency_scale", 1.0) or 1.0)
         if time_scale is not None:
             limits = [limit.scaled(time_scale) for limit in limits]
-            latency_scale = time_scale
-        return cls(*limits, settings.max_in_flight, clock=clock, latency_scale=latency_scale,
-                   **kwargs)  # type: ignore[arg-type]
+        return cls(*limits, settings.max_in_flight, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def concurrency_backoff(self) -> float:
+        """How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After:
+        a quarter of the default profile's mean latency as learned so far (unless set)."""
+        if self._concurrency_backoff is not None:
+            return self._concurrency_backoff
+        return self.latency.mean(DEFAULT_PROFILE) / 4
 
     def set_limits(self, limits: KeyLimits, until: float = math.inf) -> None:
         """Keep within ``limits`` (a share of the configured ones) until ``until`` on this
@@ -189,7 +186,7 @@ class TrafficController:
         # Back off exponentially while the 429s keep coming (forgiven after one quiet mean
         # latency), up to one mean latency, by when some occupant has surely finished.
         now = self.clock.now()
-        ceiling = max(self.concurrency_backoff, self.latency.prior(DEFAULT_PROFILE))
+        ceiling = max(self.concurrency_backoff, self.latency.mean(DEFAULT_PROFILE))
         last_at, strikes = self._concurrency_strikes
         strikes = 1 if now - last_at > ceiling else strikes + 1
         self._concurrency_strikes = (now, strikes)

@@ -4,30 +4,40 @@ Every time the budget allows a status call, the scheduler polls the prediction m
 to have ended since it was last seen running: ``P(latency <= age | latency > last seen
 running)``, from the :class:`~tryon.traffic.latency.LatencyModel` of its ``(model_name,
 mode)``. A prediction is not polled before that chance reaches ``likelihood`` (5 %), so
-while the budget is ample every prediction near its end is polled every few hundred ms, and
-when it is scarce (raised in-flight limits) each call goes where it most likely finds a
-finished prediction and frees its slot. Calls are paced at the budget's rate (``window / count``
+while the budget is ample every prediction near its end is polled often, and when it is
+scarce (raised in-flight limits) each call goes where it most likely finds a finished
+prediction and frees its slot. Calls are paced at the budget's rate (``window / count``
 apart): the sliding-window limiter alone would let a burst of ``count`` through and then nothing
 for the rest of the window, and during that gap completions go unnoticed. The pace quickens while
 the window has room: a step shrinks with the share of the window's count already spent, down to
 ``quickest`` (0.6) of it, so what a quiet spell left unspent goes to the completions that cluster
-after it, and a busy spell settles back to the even pace as the window fills (on the benchmark's
-emulator: 94.7-95.0 % of the ceiling against 94.0-94.3 % for the even pace, 4 interleaved runs each).
+after it, and a busy spell settles back to the even pace as the window fills.
 
 Why greedy on that probability: a finished prediction nobody has noticed costs one slot for
 as long as it stays unnoticed, whichever prediction it is; the poll that finds the most of
-them per call frees the most slot time. On the fake clock (``bench/poll_policy.py``, 1 200
-predictions, 3 seeds) it gives 96.2 % of the ceiling at the default limits and 85.7 % at raised
-ones, where the deadline-ordered policy it replaced gave 95.2 % and 84.7 %.
+them per call frees the most slot time.
 
-Three rules bound it, so no prediction is starved or burns the budget:
-- a prediction not polled for ``max_interval`` goes before every one that was (oldest first);
+No interval is in absolute seconds: each is a share of the profile's current mean estimate
+``m`` (which starts as the published time and follows what the polls see), so the same policy
+holds for a 0.5 s emulated prediction and a 2-minute one:
+- a prediction seen running is not polled again for ``min_share * m`` (4 %);
+- **probing**: while a profile has no completion yet (the published time is only a guess) and
+  after its first polls keep finding predictions already done (the latency fell), a new
+  prediction is first polled at ``probe * q`` (1/16; ``q``: the age by which ``likelihood`` of
+  them have ended, by the estimate) and again at 1.25 times the age it was last seen running,
+  until ``q``; only ``probers`` (3) at once: a few find the scale, the others follow the
+  estimate they move. The first completions bracket a latency far below the guess within one
+  round;
 - past what the model has seen (fewer than 2 % of predictions still running at the age it was
-  last seen running: a stuck one) it is re-polled every :meth:`PollScheduler.interval`, which
-  grows with the overdue time up to ``max_interval``, and only after every likelier one;
+  last seen running: slower than the estimate, or stuck) it is polled again after ``widen`` (20 %)
+  of the time by which that age is past the tail, and only after every likelier one, so a latency
+  far above the guess, or one that doubled, is bracketed within a fifth of how far it is past;
+- a prediction not polled for ``max_share * m`` (1×), or for its interval past the tail if
+  longer, goes before every one that was (the longest unpolled first);
 - at its deadline it is polled once more, then times out.
 Bound (the test proves it on random loads): a prediction is polled again at most
-``max_interval + ceil(P / N) * W' + W / N`` after its previous poll, with ``P`` predictions
+``widest + ceil(P / N) * W' + W / N`` after its previous poll (``widest``: the longest of
+those intervals so far), with ``P`` predictions
 waiting and the status limit ``N`` per ``W`` (``W'``: window + margin). The limiter, not
 this policy, is what guarantees the budget is never exceeded.
 """
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,7 +60,8 @@ from tryon.traffic.limiter import Admission
 PollFn = Callable[[str], Awaitable[Prediction]]
 
 TRANSIENT_POLL_ERRORS: tuple[type[BaseException], ...] = (TooManyRequests, ServerError, TransportError)
-STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a prediction is stuck
+STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a prediction is overdue
+SURPRISED = 0.1  # found done at its first poll although the estimate gave it at most this chance
 
 
 # -- pre-admission: a status call the scheduler already paid for ------------------------------
@@ -88,7 +100,9 @@ class _Entry:
     future: asyncio.Future[Prediction]
     t0: float
     deadline: float
-    first_due: float  # planned at submission: when the chance it has ended reaches the likelihood
+    first_due: float  # planned at submission: its first probe, or when the chance it has ended reaches the likelihood
+    # (the estimate may move before then: the chance, not this plan, decides the first poll)
+    probe: float | None  # the age of its next probe (None: not probing)
     on_terminal: Callable[[Prediction], None] | None = None
     last_sent: float | None = None  # send time of the latest poll
     last_pending: float | None = None  # send time of the latest "still running" answer
@@ -107,10 +121,11 @@ class PollScheduler:
     """Polls many predictions through one status budget, the most likely finished first."""
 
     def __init__(self, acquire: Callable[[], Awaitable[Admission | None]], clock: Clock | None = None,
-                 latency: LatencyModel | None = None, *, latency_scale: float = 1.0,
+                 latency: LatencyModel | None = None, *,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
-                 quickest: float = 0.6, likelihood: float = 0.05,
-                 min_interval: float | None = None, max_interval: float | None = None,
+                 quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.04,
+                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.25,
+                 probers: int = 3,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8, endpoint: str = "status") -> None:
         self._acquire = acquire
@@ -127,12 +142,17 @@ class PollScheduler:
             raise ValueError("likelihood must be within (0, 1)")
         self.likelihood = likelihood
         self.clock: Clock = clock or MonotonicClock()
-        self.latency = latency or LatencyModel(latency_scale)
-        scale = self.latency.latency_scale
-        self.min_interval = 0.2 / scale if min_interval is None else float(min_interval)
-        self.max_interval = 5.0 / scale if max_interval is None else float(max_interval)
-        if not 0 < self.min_interval <= self.max_interval:
-            raise ValueError("need 0 < min_interval <= max_interval")
+        self.latency = latency or LatencyModel()
+        if not 0 < min_share <= max_share or widen <= 0 or not 0 < probe < 1:
+            raise ValueError("need 0 < min_share <= max_share, widen > 0 and 0 < probe < 1")
+        self.min_share, self.max_share, self.widen, self.probe = min_share, max_share, widen, probe
+        self.probe_growth = probe_growth
+        self.probers = probers  # predictions of one profile probing at once: a few find the scale
+        # Per profile: the share of q at which new predictions are first probed (1: no probing),
+        # and whether each of its latest completions was a surprise (see _learn).
+        self._probe: dict[Profile, float] = {}
+        self._surprises: dict[Profile, deque[bool]] = {}
+        self.widest = 0.0  # the longest a prediction was allowed to go unpolled (the bound's first term)
         self.transient_errors = transient_errors
         self.max_transient_errors = max_transient_errors
         self.endpoint = endpoint
@@ -154,18 +174,41 @@ class PollScheduler:
     def polls_per_completion(self) -> float | None:
         return self.polls_of_completed / self.completions if self.completions else None
 
-    def first_poll_delay(self, profile: Profile) -> float:
-        """When a prediction submitted now is first polled (at the earliest): once the chance
-        that it has ended reaches ``likelihood``."""
-        return self.latency.quantile(profile, self.likelihood)
+    def min_interval(self, profile: Profile) -> float:
+        """How soon a prediction seen running may be polled again."""
+        return self.min_share * self.latency.mean(profile)
 
-    def interval(self, profile: Profile, elapsed: float) -> float:
-        """The re-poll interval of a stuck prediction ``elapsed`` seconds after submission: 10 %
-        of the mean latency, growing with the time past mean + 2 deviations."""
-        est = self.latency.estimate(profile)
-        overdue = max(0.0, elapsed - (est.mean + 2 * est.dev))
-        base = max(self.min_interval, 0.1 * est.mean) * (1 + overdue / est.mean)
-        return max(self.min_interval, min(self.max_interval, base))
+    def max_interval(self, profile: Profile) -> float:
+        """How long a prediction may go unpolled before it goes first."""
+        return self.max_share * self.latency.mean(profile)
+
+    def first_poll_delay(self, profile: Profile) -> float:
+        """When a prediction submitted now would be first polled: as a probe while the profile is
+        probed and fewer than ``probers`` of it probe, else once the chance that it has ended
+        reaches ``likelihood`` (by the estimate at submission; a later one decides)."""
+        return self._probe_age(profile) or self.latency.quantile(profile, self.likelihood)
+
+    def _probe_age(self, profile: Profile) -> float | None:
+        """The first probe's age of a prediction submitted now, or None if it would not probe."""
+        share = self._probe_share(profile)
+        if share >= 1.0 or self._probing(profile) >= self.probers:
+            return None
+        return share * self.latency.quantile(profile, self.likelihood)
+
+    def _probe_share(self, profile: Profile) -> float:
+        if not self.latency.learned(profile):
+            return self.probe
+        return self._probe.get(profile, 1.0)
+
+    def _probing(self, profile: Profile) -> int:
+        return sum(1 for entry in self._active if entry.profile == profile and entry.probe is not None)
+
+    def interval(self, profile: Profile, seen_running: float) -> float:
+        """The re-poll interval of a prediction past what the model has seen, last seen running at
+        age ``seen_running``: ``widen`` of the time by which that age is past the model's tail,
+        at least the profile's min interval (a stuck one is polled ever less often)."""
+        overdue = seen_running - self.latency.quantile(profile, 1.0 - STUCK_TAIL)
+        return max(self.min_interval(profile), self.widen * overdue)
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
                    submitted_at: float | None = None, timeout: float | None = None,
@@ -181,9 +224,11 @@ class PollScheduler:
         now = self.clock.now()
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
-        first_due = min(t0 + self.first_poll_delay(profile), deadline)
-        entry = _Entry(prediction_id, tuple(profile), poll,  # type: ignore[arg-type]
-                       asyncio.get_running_loop().create_future(), t0, deadline, first_due, on_terminal)
+        profile = (str(profile[0]), str(profile[1]))
+        probe = self._probe_age(profile)
+        delay = probe or self.latency.quantile(profile, self.likelihood)
+        entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
+                       min(t0 + delay, deadline), probe, on_terminal)
         self._active[entry] = None
         entry.future.add_done_callback(lambda _: self._active.pop(entry, None))
         self._kick()
@@ -204,14 +249,24 @@ class PollScheduler:
         if now >= entry.deadline:
             return 3.0, now  # one last poll, then the timeout
         since = entry.last_sent if entry.last_sent is not None else entry.first_due
-        if now - since >= self.max_interval:
-            return 2.0 + (now - since), now  # starved: oldest first
-        ready_by = min(entry.deadline, since + self.max_interval)
-        if entry.last_sent is None and now < entry.first_due:
-            return -1.0, entry.first_due
         ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
-        if ended_before > 1.0 - STUCK_TAIL:  # past what the model has seen: back off, after likelier ones
-            due = since + self.interval(entry.profile, now - entry.t0)
+        overdue = ended_before > 1.0 - STUCK_TAIL  # past what the model has seen
+        longest = self.max_interval(entry.profile)
+        if overdue:
+            longest = max(longest, self.interval(entry.profile, entry.seen_running))
+        self.widest = max(self.widest, longest)
+        if now - since >= longest:
+            return 2.0 + (now - since), now  # starved: the longest unpolled first
+        ready_by = min(entry.deadline, since + longest)
+        if entry.probe is not None and self._probe_share(entry.profile) >= 1.0:
+            entry.probe = None  # the profile's scale is known again: no more probing
+        if entry.probe is not None:
+            probe_at = entry.t0 + entry.probe
+            if now >= probe_at:
+                return self.likelihood, now
+            ready_by = min(ready_by, probe_at)
+        if overdue:  # widen, after likelier ones
+            due = since + self.interval(entry.profile, entry.seen_running)
             return (self.likelihood, now) if now >= due else (-1.0, min(due, ready_by))
         chance = (self.latency.cdf(entry.profile, now - entry.t0) - ended_before) / (1.0 - ended_before)
         if chance >= self.likelihood:
@@ -258,7 +313,7 @@ class PollScheduler:
                     self._wake = asyncio.get_running_loop().create_future()
                     await sleep_or_wake(self.clock, min(wake_at - now, 3600.0), self._wake)
                     continue
-                if now < self._next_send:  # paced: one call every window / count
+                if now < self._next_send and now < ready.deadline:  # paced (a deadline's last poll is not)
                     await self.clock.sleep(self._next_send - now)
                     continue
                 admission = await self._acquire()
@@ -318,7 +373,7 @@ class PollScheduler:
             self.completions += 1
             self.polls_of_completed += entry.polls
             if answer.status == "completed":
-                self.latency.observe(entry.profile, entry.seen_running, sent - entry.t0)
+                self._learn(entry, sent - entry.t0)
             if entry.on_terminal is not None:
                 try:
                     entry.on_terminal(answer)
@@ -332,8 +387,34 @@ class PollScheduler:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))
             return
-        entry.not_before = sent + self.min_interval
+        if entry.probe is not None:  # probing: next at a wider age, until the estimate's own first poll
+            entry.probe = self.probe_growth * entry.seen_running
+            if entry.probe >= self.latency.quantile(entry.profile, self.likelihood):
+                entry.probe = None
+        # A probe's next age is its own (the mean it would be a share of is only the guess it tests).
+        gap = 0.0 if entry.probe is not None else self.min_interval(entry.profile)
+        entry.not_before = min(sent + gap, entry.deadline)
         self._kick()
+
+    def _learn(self, entry: _Entry, done_at: float) -> None:
+        """A completion's bracket goes to the estimate. Found done at its first poll although the
+        estimate gave that at most ``SURPRISED``: the latency may have fallen below it. Three such
+        surprises among the profile's last six completions: the estimate restarts from the latest
+        brackets and new predictions are probed early (one surprise alone is the estimate's own
+        5 % that end before its first poll). A completion seen running first moves the probe back
+        towards the estimate's own first poll."""
+        profile, lo = entry.profile, entry.seen_running
+        surprised = entry.last_pending is None and self.latency.cdf(profile, done_at) <= SURPRISED
+        learned = self.latency.learned(profile)
+        self.latency.observe(profile, lo, done_at)
+        recent = self._surprises.setdefault(profile, deque(maxlen=6))
+        recent.append(surprised and learned)
+        if sum(recent) >= 3:
+            self.latency.distribution(profile).restart(len(recent))
+            self._probe[profile] = self.probe
+            recent.clear()
+        elif entry.last_pending is not None:
+            self._probe[profile] = min(1.0, 2 * self._probe.get(profile, 1.0))
 
     def _on_error(self, entry: _Entry, exc: Exception) -> None:
         if entry.future.done():
@@ -350,6 +431,6 @@ class PollScheduler:
             return
         entry.errors += 1
         retry_after = getattr(exc, "retry_after", None) or 0.0
-        delay = min(self.max_interval, self.min_interval * 2 ** (entry.errors - 1))
+        delay = min(self.max_interval(entry.profile), self.min_interval(entry.profile) * 2 ** (entry.errors - 1))
         entry.not_before = min(now + max(delay, retry_after), entry.deadline)
         self._kick()

@@ -68,9 +68,14 @@ MODES = {  # name: (run limit, status limit, in flight, processes, time scale, i
     "drift": ((50, 60), (50, 10), 6, 1, 10.0, 300, {"latency_steps": "thirds"}),
     "raised": ((250, 60), (50, 10), 30, 1, 2.0, 900, {}),
     "two": ((50, 60), (50, 10), 6, 2, 10.0, 300, {}),
+    "max": ((50, 60), (50, 10), 6, 1, 10.0, 120, {}),
 }
 LABELS = {"default": "default 10x", "real": "real 1x", "slow": "slow 40s 10x", "drift": "drift 10x",
-          "raised": "raised 2x", "two": "2 procs 10x"}
+          "raised": "raised 2x", "two": "2 procs 10x", "max": "tryon-max 10x"}
+# The collection each mode runs: model name and inputs (tryon-max: its own mode input; the official
+# SDK has no tryon-max, so that mode has no naive row).
+SPECS = {"max": ("tryon-max", {"generation_mode": "balanced"})}
+DEFAULT_SPEC = ("tryon-v1.6", {"mode": "balanced"})
 
 
 def ceiling_per_min(latency: float, run: tuple[int, float], status: tuple[int, float], in_flight: int) -> float:
@@ -189,7 +194,7 @@ def where_429s_were(emulator, scale: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="default,real,slow,drift,raised",
+    parser.add_argument("--modes", default="default,real,slow,drift,raised,max",
                         help="comma-separated, in this order: " + ", ".join(MODES))
     parser.add_argument("--items", type=int, help="items of every mode (default: each mode's own)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
@@ -225,8 +230,10 @@ def main() -> None:
                        "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
                 folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
                 garments = max(1, wanted // models // processes)
-                specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments,
-                                          models=models, inputs={"mode": "balanced"}) for p in range(processes)]
+                model_name, inputs = SPECS.get(mode, DEFAULT_SPEC)
+                specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments, models=models,
+                                          model_name=model_name, inputs=inputs, variant=p)  # no pair shared
+                         for p in range(processes)]
                 items = garments * models * processes
                 server_cpu = cpu_seconds(server_pid)
                 wall, flow_cpu, results = run_flows(specs, folder / "archive", env)
@@ -244,7 +251,7 @@ def main() -> None:
                     args.dump.mkdir(parents=True, exist_ok=True)
                     (args.dump / f"{mode}-{scale:g}x.json").write_text(json.dumps(
                         {"scale": scale, "in_flight": in_flight, "predictions": emulator.predictions()}))
-                if not args.no_naive and processes == 1:
+                if not args.no_naive and processes == 1 and mode not in SPECS:
                     emulator.reset()
                     start = time.monotonic()
                     asyncio.run(naive(emulator.url, items, scale, in_flight))

@@ -9,7 +9,6 @@ import logging
 from pydantic import SecretStr
 
 from tests.collections import write_collection
-from tests.fixtures.emulator import TIME_SCALE
 
 CANARY = "fa-SECRET-canary-7f3a9c"
 

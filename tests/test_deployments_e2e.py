@@ -213,10 +213,12 @@ def test_three_runs_at_once_on_one_key_two_workers_and_postgresql(pg_stack, emul
     archive = s3.url("pg-archive")
     inputs = {"mode": "balanced"}
     sizes = {"spring": (3, 2), "linen": (2, 2), "ui-run": (3, 2), "swept": (2, 2)}  # garments, models
-    upload_collection(s3, tmp_path, "pg-specs/a", name="spring", garments=3, models=2, inputs=inputs)
-    upload_collection(s3, tmp_path, "pg-specs/b", name="linen", garments=2, models=2, inputs=inputs)
-    single = upload_collection(s3, tmp_path, "pg-ui", name="ui-run", garments=3, models=2, inputs=inputs)
-    upload_collection(s3, tmp_path, "pg-inbox/drop", name="swept", garments=2, models=2, inputs=inputs)
+    # Images of their own (no pair shared: each is paid for, none reused from another collection).
+    upload_collection(s3, tmp_path, "pg-specs/a", name="spring", garments=3, models=2, inputs=inputs, variant=11)
+    upload_collection(s3, tmp_path, "pg-specs/b", name="linen", garments=2, models=2, inputs=inputs, variant=12)
+    single = upload_collection(s3, tmp_path, "pg-ui", name="ui-run", garments=3, models=2, inputs=inputs,
+                               variant=13)
+    upload_collection(s3, tmp_path, "pg-inbox/drop", name="swept", garments=2, models=2, inputs=inputs, variant=14)
 
     stack.cli("work-pool", "create", "tryon", "--type", "process")
     stack.cli("--no-prompt", "deploy", "--all")

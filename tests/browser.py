@@ -1,6 +1,6 @@
 """A headless Chromium driven over the DevTools protocol, for looking at pages as a person would.
 
-Debian's ``chromium`` package (``scripts/_chromium.sh`` installs it for the test suite) and the
+Debian's ``chromium`` package (``scripts/_system.sh`` installs it for the test suite) and the
 ``websockets`` client that Prefect already depends on; nothing downloaded at run time.
 """
 

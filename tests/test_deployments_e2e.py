@@ -258,7 +258,7 @@ async def test_the_run_form_is_ready_to_type_in_a_real_browser(ui_stack):
     from tryon.models import ACCEPTED_MODES, MODELS
 
     if chromium_path() is None:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("chromium is not installed (scripts/_chromium.sh)")
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("chromium is not installed (scripts/_system.sh)")
     stack = ui_stack
     stack.cli("work-pool", "create", "tryon", "--type", "process")
     stack.cli("--no-prompt", "deploy", "--all")

@@ -19,7 +19,6 @@ expected span, so it joins and leaves while they run. They share the key by the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -43,15 +42,6 @@ RUN, STATUS, CREDITS, IN_FLIGHT = (50, 60.0), (50, 10.0), (30, 10.0), 6
 MODELS = 10
 
 
-def child_main(spec: str, archive: str) -> None:
-    from flows.collection import tryon_collection
-
-    start = time.monotonic()
-    state = asyncio.run(tryon_collection(spec=spec, archive=archive, return_state=True))
-    print(json.dumps({"start": start, "end": time.monotonic(), "completed": state.is_completed(),
-                      "message": state.message}))
-
-
 def unused(predictions: list[dict], lo: float, hi: float, per_second: float) -> float:
     """Seconds of key capacity not used in [lo, hi): its length less what ended in it at the ceiling."""
     ended = sum(1 for p in predictions if lo <= p["ends"] < hi)
@@ -65,10 +55,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=5.0)
     parser.add_argument("--third-after", type=float, default=0.3, help="share of the expected span")
     parser.add_argument("--dump", type=Path, help="write the emulator's records and the runs' times (JSON) here")
-    parser.add_argument("--child", nargs=2, metavar=("SPEC", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        return child_main(*args.child)
 
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
@@ -101,8 +88,9 @@ def main() -> None:
                         for path in (folder / "p2" / "img").glob("g*.png")}
 
             def start(spec: Path) -> subprocess.Popen:
-                return subprocess.Popen([sys.executable, __file__, "--child", str(spec), str(folder / "archive")],
-                                        env=env, stdout=subprocess.PIPE, text=True)
+                # One flow run in its own process, as throughput.py runs them (it prints its times as JSON).
+                return subprocess.Popen([sys.executable, str(ROOT / "bench" / "throughput.py"), "--child", str(spec),
+                                         str(folder / "archive")], env=env, stdout=subprocess.PIPE, text=True)
 
             children = [start(spec) for spec in specs]
             expected = 2 * args.items / (IN_FLIGHT / 8.0) / scale  # wall seconds at the in-flight ceiling

@@ -673,11 +673,20 @@ class Archive:
 
     # -- reports ----------------------------------------------------------------------------------
 
-    async def write_thumbnail(self, collection: str, model_name: str, name: str, data: bytes) -> str:
-        """An input's thumbnail for the gallery, under ``_inputs/``; its path relative to the gallery."""
-        relative = f"_inputs/{_safe_component(name, 'thumbnail name')}.jpg"
-        await self._write(self._join(self.model_dir(collection, model_name), relative), data)
-        return relative
+    @staticmethod
+    def thumbnail_path(name: str) -> str:
+        """Where an input's thumbnail is, relative to the gallery."""
+        return f"_inputs/{_safe_component(name, 'thumbnail name')}.jpg"
+
+    async def thumbnails(self, collection: str, model_name: str) -> set[str]:
+        """The names of the input thumbnails a collection's gallery has already (one listing)."""
+        folder = self._join(self.model_dir(collection, model_name), "_inputs")
+        names = await asyncio.to_thread(self._list_sync, folder)
+        return {name.removesuffix(".jpg") for name in names if name.endswith(".jpg")}
+
+    async def write_thumbnail(self, collection: str, model_name: str, name: str, data: bytes) -> None:
+        """An input's thumbnail for the gallery, at :meth:`thumbnail_path`."""
+        await self._write(self._join(self.model_dir(collection, model_name), self.thumbnail_path(name)), data)
 
     async def write_report(self, collection: str, model_name: str, run_id: str, *, report: bytes, summary: bytes,
                            gallery: bytes) -> str:

@@ -34,7 +34,6 @@ ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resum
            "reuse": ("reuse", "to reuse from other collections (0 credits)"),
            "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
 
-GARMENT_FIELDS = ("garment_image", "product_image")  # where a collection's garment image goes, by model
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
 OnReport = Callable[[RunReport], Awaitable[None]]
 
@@ -158,21 +157,30 @@ def _thumbnail(ref: str, base: str | None) -> bytes | None:
 
 async def gallery_headers(archive: Archive, report: RunReport, items: Iterable[Item]) -> None:
     """Set the report's garments and model photos in spec order, each with a thumbnail in the
-    archive (``_inputs/``), or its URL when given as one (``saved:`` names have none)."""
+    archive (``_inputs/<content hash>.jpg``: made once per image, then found by one listing), or its
+    URL when given as one (``saved:`` names have none)."""
+    have = await archive.thumbnails(report.collection, report.model_name)
     for item in items:
-        for kind, ident, field, heads in (("garment", item.garment_id, GARMENT_FIELDS, report.garments),
-                                          ("model", item.model_id, ("model_image",), report.models)):
+        spec = model_spec(item.model_name)
+        for ident, field, heads in ((item.garment_id, spec.garment_field, report.garments),
+                                    (item.model_id, spec.model_field, report.models)):
             if ident in heads:
                 continue
-            ref = next((str(item.inputs[f]) for f in field if item.inputs.get(f)), "")
-            heads[ident] = None
-            if images.is_http(ref):
-                heads[ident] = ref
-            elif ref and not images.is_saved(ref):
+            ref = str(item.inputs.get(field) or "")
+            heads[ident] = ref if images.is_http(ref) else None
+            if not ref or images.is_http(ref) or images.is_saved(ref):
+                continue
+            try:  # hashed already by planning (the item key): no second read
+                name = (await images.image_identity(ref, item.base_dir)).removeprefix("sha256:")[:32]
+            except Exception:  # the gallery goes without this thumbnail
+                continue
+            if name not in have:
                 data = await asyncio.to_thread(_thumbnail, ref, item.base_dir)
-                if data is not None:
-                    heads[ident] = await archive.write_thumbnail(report.collection, report.model_name,
-                                                                 f"{kind}-{ident}", data)
+                if data is None:
+                    continue
+                await archive.write_thumbnail(report.collection, report.model_name, name, data)
+                have.add(name)
+            heads[ident] = archive.thumbnail_path(name)
 
 
 async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:

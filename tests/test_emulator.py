@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+import threading
+import time
 
 import httpx
 import pytest
@@ -218,39 +221,154 @@ async def test_server_error_before_creating_is_still_ambiguous_to_the_client(mak
     assert emulator.stats()["predictions"] == 0
 
 
+class WebhookReceiver:
+    """A webhook endpoint on loopback (uvicorn in a thread): records every POST it gets, any path,
+    and answers ``statuses`` in turn, then 200."""
+
+    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        from tryon.emulator.runner import _free_port
+
+        self.statuses = list(statuses)
+        self.received: list[dict] = []  # {"target": path and query as sent, "body": JSON, "at": monotonic}
+        port = _free_port("127.0.0.1")
+        self.url = f"http://127.0.0.1:{port}"
+        app = Starlette(routes=[Route("/{path:path}", self._hook, methods=["POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+
+    async def _hook(self, request):
+        from starlette.responses import JSONResponse
+
+        query = request.scope["query_string"].decode()
+        target = request.scope["raw_path"].decode() + (f"?{query}" if query else "")
+        self.received.append({"target": target, "body": await request.json(), "at": time.monotonic()})
+        status = self.statuses.pop(0) if self.statuses else 200
+        return JSONResponse({"ok": status < 300}, status_code=status)
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[dict]:
+        """The deliveries once ``count`` have arrived (or the timeout passed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.received
+
+    def __enter__(self) -> "WebhookReceiver":
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+
+async def webhook_settled(emulator, prediction_id: str, timeout: float = 5.0) -> dict:
+    """The prediction's record once its webhook is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while (record := emulator.prediction(prediction_id))["webhook"] == "pending" and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return record
+
+
 async def test_webhook_receives_the_terminal_payload(emulator):
-    import threading
+    with WebhookReceiver() as hooks:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator), webhook_url=f"{hooks.url}/hook")
+            received = await hooks.wait_for(1)
+        record = await webhook_settled(emulator, prediction_id)
+    assert received and received[0]["body"]["id"] == prediction_id and received[0]["body"]["status"] == "completed"
+    assert (record["webhook"], record["webhook_attempts"], record["webhook_answers"]) == ("delivered", 1, [200])
 
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
+async def test_webhook_goes_to_the_exact_url_and_is_not_logged(emulator, caplog):
+    caplog.set_level(logging.DEBUG)
+    target = "/hooks/s3cr3t-T0KEN_x?item=abc&attempt=2&path=a%2Fb"
+    with WebhookReceiver() as hooks:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator), webhook_url=hooks.url + target)
+            received = await hooks.wait_for(1)
+    assert [r["target"] for r in received] == [target]
+    assert received[0]["body"]["id"] == prediction_id
+    # The test's own client logs its /v1/run URL; the emulator must log no webhook URL.
+    leaked = [r.getMessage() for r in caplog.records if r.threadName == "fashn-emulator" and "s3cr3t" in r.getMessage()]
+    assert leaked == []
+
+
+async def test_webhook_is_retried_on_non_2xx_until_a_2xx(make_emulator):
+    emulator = make_emulator(time_scale=200.0)  # retries 20 and 40 API s apart: 0.1 s and 0.2 s
+    with WebhookReceiver(statuses=(500, 500)) as hooks:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator), webhook_url=f"{hooks.url}/hook")
+            received = await hooks.wait_for(3)
+        record = await webhook_settled(emulator, prediction_id)
+        await asyncio.sleep(0.3)  # the next retry would have come by now
+    assert len(received) == 3 and all(r["body"] == received[0]["body"] for r in received)
+    assert (record["webhook"], record["webhook_attempts"], record["webhook_answers"]) == ("delivered", 3, [500, 500, 200])
+    gaps = [b["at"] - a["at"] for a, b in zip(received, received[1:])]
+    assert gaps[0] > 0.05 and gaps[1] > gaps[0], gaps  # roughly the scaled schedule
+    assert emulator.stats()["webhooks"] == {"sent": 3, "delivered": 1, "refused": 0, "lost": 0}
+
+
+async def test_webhook_to_a_dead_receiver_is_tried_six_times_then_refused(make_emulator):
     from tryon.emulator.runner import _free_port
 
-    received: list[dict] = []
+    emulator = make_emulator(time_scale=1000.0)  # the ~5 min schedule in 0.3 s
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        prediction_id = await client.run("tryon-v1.6", inputs(emulator),
+                                         webhook_url=f"http://127.0.0.1:{_free_port('127.0.0.1')}/hook")
+    record = await webhook_settled(emulator, prediction_id)
+    assert (record["webhook"], record["webhook_answers"]) == ("refused", [0] * 6)
+    assert emulator.stats()["webhooks"]["refused"] == 1
 
-    async def hook(request):
-        received.append(await request.json())
-        return JSONResponse({"ok": True})
 
-    port = _free_port("127.0.0.1")
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+async def test_lost_webhook_is_never_sent(make_emulator):
+    emulator = make_emulator(time_scale=200.0, faults={"webhook_lost_rate": 1.0})
+    with WebhookReceiver() as hooks:
         async with FashnClient(TEST_KEY, emulator.url) as client:
-            prediction_id = await client.run("tryon-v1.6", inputs(emulator),
-                                             webhook_url=f"http://127.0.0.1:{port}/hook")
-            for _ in range(100):
-                if received:
-                    break
-                await asyncio.sleep(0.05)
-    finally:
-        server.should_exit = True
-        thread.join(5)
-    assert received and received[0]["id"] == prediction_id and received[0]["status"] == "completed"
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator), webhook_url=f"{hooks.url}/hook")
+            await until_done(client, prediction_id, every=0.01)
+        await asyncio.sleep(0.2)  # well after it would have been sent
+    record = emulator.prediction(prediction_id)
+    assert hooks.received == [] and (record["webhook"], record["webhook_attempts"]) == ("lost", 0)
+    stats = emulator.stats()
+    assert stats["injected"]["webhook_lost"] == 1 and stats["webhooks"]["lost"] == 1
+
+
+async def test_duplicated_webhook_arrives_twice(make_emulator):
+    emulator = make_emulator(time_scale=200.0, faults={"webhook_duplicate_rate": 1.0})
+    with WebhookReceiver() as hooks:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            prediction_id = await client.run("tryon-v1.6", inputs(emulator), webhook_url=f"{hooks.url}/hook")
+            received = await hooks.wait_for(2)
+        record = await webhook_settled(emulator, prediction_id)
+        await asyncio.sleep(0.1)
+    assert len(received) == 2 and received[0]["body"] == received[1]["body"]
+    assert received[0]["body"]["id"] == prediction_id
+    assert (record["webhook"], record["webhook_attempts"], record["webhook_answers"]) == ("delivered", 2, [200, 200])
+    assert emulator.stats()["injected"]["webhook_duplicated"] == 1
+
+
+@pytest.mark.parametrize("fault", ["webhook_delay_rate", "webhook_out_of_order_rate"])
+async def test_a_late_webhook_arrives_after_the_next_predictions(make_emulator, fault):
+    # Only the first prediction gets the fault (drawn at creation); up to 200 API s late = 1 s.
+    emulator = make_emulator(time_scale=200.0, latency_jitter=0.0, faults={fault: 1.0, "webhook_delay_seconds": 200.0})
+    with WebhookReceiver() as hooks:
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            first = await client.run("tryon-v1.6", inputs(emulator), webhook_url=f"{hooks.url}/first")
+            emulator.configure(faults={fault: 0.0})
+            second = await client.run("tryon-v1.6", inputs(emulator, seed=1), webhook_url=f"{hooks.url}/second")
+            received = await hooks.wait_for(2)
+    if fault == "webhook_delay_rate":  # the seeded draw: late enough to land after the second
+        assert emulator.prediction(first)["webhook_delay"] > 0.1
+    assert [r["body"]["id"] for r in received] == [second, first]
+    kind = {"webhook_delay_rate": "delayed", "webhook_out_of_order_rate": "out_of_order"}[fault]
+    assert [emulator.prediction(p)["webhook_faults"] for p in (first, second)] == [[kind], []]
+    assert emulator.stats()["injected"][f"webhook_{kind}"] == 1
 
 
 def test_official_sdk_subscribe_runs_to_completed_against_the_emulator(emulator):

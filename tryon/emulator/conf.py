@@ -31,7 +31,27 @@ class FaultConfig(BaseModel):
     slow_rate: float = Field(0.0, description="share of answers delayed by slow_seconds")
     slow_seconds: float = Field(5.0, description="delay of a slow answer (API seconds)")
     expired_output_rate: float = Field(0.0, description="share of predictions whose outputs are already gone")
+    # Webhook faults: drawn once per prediction with a webhook_url, when it is created.
+    webhook_lost_rate: float = Field(0.0, description="share of predictions whose webhook is never sent")
+    webhook_delay_rate: float = Field(0.0, description="share whose webhook is sent late, by a uniform random "
+                                                       "delay in [0, webhook_delay_seconds] (so out of order "
+                                                       "across predictions)")
+    webhook_delay_seconds: float = Field(5.0, description="the longest webhook delay, and the longest hold of an "
+                                                          "out-of-order webhook (API seconds)")
+    webhook_duplicate_rate: float = Field(0.0, description="share whose webhook is sent twice: one extra POST of "
+                                                           "the same body a random 0-1 API s after the first try, "
+                                                           "sent whatever the first try got, never retried itself; "
+                                                           "a 2xx to either stops the retries")
+    webhook_out_of_order_rate: float = Field(0.0, description="share whose webhook is held until the webhook of a "
+                                                              "prediction created later has been sent (at most "
+                                                              "webhook_delay_seconds after it was due), so the "
+                                                              "later one arrives first")
 
+
+# The provider's webhook retries: after the first try, up to 5 more on a non-2xx answer or a
+# transport error, these many API seconds apart (about 5 minutes in all).
+WEBHOOK_RETRY_DELAYS = (20.0, 40.0, 60.0, 80.0, 100.0)
+WEBHOOK_TIMEOUT = 10.0  # real seconds one webhook POST may take
 
 DEFAULT_LATENCIES = {"performance": 5.0, "balanced": 8.0, "quality": 14.0}
 # What the emulator charges per output where the registry only knows an upper bound: one point

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tryon.emulator import render
-from tryon.emulator.conf import EmulatorConfig
+from tryon.emulator.conf import WEBHOOK_RETRY_DELAYS, WEBHOOK_TIMEOUT, EmulatorConfig
 from tryon.emulator.state import Account, Prediction, State
 from tryon.models import LEGACY_MODEL_NAME, model_spec, validate_inputs
 
@@ -45,12 +45,21 @@ class Emulator:
         self.state = State(config)
         self._tasks: set[asyncio.Task] = set()
         self._http: httpx.AsyncClient | None = None
+        self._hooks: httpx.AsyncHTTPTransport | None = None
 
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=True)
         return self._http
+
+    @property
+    def hooks(self) -> httpx.AsyncHTTPTransport:
+        """Webhooks go through a bare transport, not a client: httpx's client logs every request's
+        URL at INFO, and a webhook URL carries the receiver's secret token."""
+        if self._hooks is None:
+            self._hooks = httpx.AsyncHTTPTransport()
+        return self._hooks
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -240,17 +249,61 @@ class Emulator:
         return Response(data, media_type=media)
 
     async def _deliver_webhook(self, prediction: Prediction, base_url: str) -> None:
-        await asyncio.sleep(max(0.0, prediction.ends - self.state.now()))
-        await asyncio.sleep(0.01)
+        """POST the terminal payload to the exact webhook URL, with the provider's retries and
+        the faults drawn for this prediction at creation (see ``FaultConfig``)."""
+        if prediction.webhook == "lost":
+            return
+        await asyncio.sleep(max(0.0, prediction.ends - self.state.now()) + 0.01)
+        await asyncio.sleep(prediction.webhook_delay)
+        if "out_of_order" in prediction.webhook_faults:
+            await self._hold_for_a_later_webhook(prediction)
         body, _ = self._payload(prediction, base_url, self.state.now())
-        for attempt in range(6):  # the first try and up to 5 retries within about 5 minutes
+        delivered = await self._try_webhook(prediction, body, first=True)
+        for delay in WEBHOOK_RETRY_DELAYS:  # retried on any non-2xx answer or a transport error
+            if delivered:
+                break
+            await asyncio.sleep(self.config.scaled(delay))
+            delivered = await self._try_webhook(prediction, body)
+        self._settle_webhook(prediction, "delivered" if delivered else "refused")
+
+    async def _hold_for_a_later_webhook(self, prediction: Prediction) -> None:
+        """Wait until a prediction created after this one has had its webhook sent, or at most
+        ``webhook_delay_seconds`` (scaled)."""
+        deadline = self.state.now() + self.config.scaled(self.config.faults.webhook_delay_seconds)
+        while self.state.webhook_sent_seq <= prediction.seq and self.state.now() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _try_webhook(self, prediction: Prediction, body: dict[str, Any], first: bool = False) -> bool:
+        """One try; True on a 2xx. The first try also sends an injected duplicate."""
+        ok = await self._send_webhook(prediction, body)
+        if first:
+            self.state.webhook_sent_seq = max(self.state.webhook_sent_seq, prediction.seq)
+            if "duplicated" in prediction.webhook_faults:
+                await asyncio.sleep(prediction.webhook_copy_after)
+                ok = await self._send_webhook(prediction, body) or ok
+        return ok
+
+    async def _send_webhook(self, prediction: Prediction, body: dict[str, Any]) -> bool:
+        """One POST, recorded on the prediction; True on a 2xx (0 stands for a transport error)."""
+        prediction.webhook_attempts += 1
+        self.state.webhooks["sent"] += 1
+        request = httpx.Request("POST", str(prediction.webhook_url), json=body,
+                                extensions={"timeout": httpx.Timeout(WEBHOOK_TIMEOUT).as_dict()})
+        try:
+            response = await self.hooks.handle_async_request(request)
             try:
-                response = await self.http.post(str(prediction.webhook_url), json=body)
-                if response.status_code < 300:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(self.config.scaled(20.0 * (attempt + 1)))
+                await response.aread()
+            finally:
+                await response.aclose()
+            code = response.status_code
+        except (httpx.HTTPError, OSError):
+            code = 0
+        prediction.webhook_answers.append(code)
+        return 200 <= code < 300
+
+    def _settle_webhook(self, prediction: Prediction, outcome: str) -> None:
+        prediction.webhook = outcome
+        self.state.webhooks[outcome] += 1
 
     # -- test assets and admin -------------------------------------------------------------
 
@@ -312,6 +365,8 @@ class Emulator:
             task.cancel()
         if self._http is not None:
             await self._http.aclose()
+        if self._hooks is not None:
+            await self._hooks.aclose()
 
 
 def create_app(config: EmulatorConfig | None = None) -> Starlette:

@@ -47,6 +47,15 @@ class Prediction:
     # How POST /v1/run answered after creating it: "ok", or an injected "500_after_create" or
     # "dropped_after_create" (the client cannot know the id: a resubmission is explained).
     answer: str = "ok"
+    seq: int = 0  # creation order since the last reset (out-of-order webhooks wait for a later one)
+    # The webhook: None without a webhook_url, else "pending", "lost" (injected: never sent),
+    # "delivered" (a 2xx came back) or "refused" (every try answered non-2xx or failed).
+    webhook: str | None = None
+    webhook_attempts: int = 0  # POSTs sent, an injected duplicate included
+    webhook_answers: list[int] = field(default_factory=list)  # status codes seen; 0 for a transport error
+    webhook_faults: list[str] = field(default_factory=list)  # injected: "delayed", "duplicated", "out_of_order"
+    webhook_delay: float = 0.0  # injected delay before the first try (real seconds)
+    webhook_copy_after: float = 0.0  # a duplicate's gap after the first try (real seconds)
 
     @property
     def ends(self) -> float:
@@ -115,6 +124,8 @@ class State:
         self.final: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.latencies: list[float] = []
+        self.webhooks: Counter[str] = Counter(dict.fromkeys(("sent", "delivered", "refused", "lost"), 0))
+        self.webhook_sent_seq = -1  # the latest-created prediction whose webhook has been sent
 
     @staticmethod
     def now() -> float:
@@ -175,11 +186,13 @@ class State:
             num_samples=spec.outputs(inputs), output_format=inputs.get("output_format", "png"),
             credits=self.credits(model_name, inputs), size=spec.size(inputs),
             return_base64=bool(inputs.get("return_base64", False)), webhook_url=webhook_url,
-            expired=self.rng.random() < config.faults.expired_output_rate,
+            expired=self.rng.random() < config.faults.expired_output_rate, seq=len(self.predictions),
         )
         if prediction.expired:
             self.injected["expired_output"] += 1
         self._inject_failure(prediction)
+        if webhook_url:
+            self._plan_webhook(prediction)
         account = self.accounts[key]
         account.active.add(prediction.id)
         account.reserved += prediction.credits
@@ -202,6 +215,31 @@ class State:
                 return
             roll -= rate
 
+    def _plan_webhook(self, prediction: Prediction) -> None:
+        """Draw the webhook's faults now, in creation order, so a seeded run repeats them.
+        A rate of 0 draws nothing: runs without webhook faults keep their random sequence."""
+        faults, rng, config = self.config.faults, self.rng, self.config
+
+        def roll(rate: float) -> bool:
+            return bool(rate) and rng.random() < rate
+
+        if roll(faults.webhook_lost_rate):
+            prediction.webhook = "lost"
+            self.injected["webhook_lost"] += 1
+            self.webhooks["lost"] += 1
+            return
+        prediction.webhook = "pending"
+        if roll(faults.webhook_delay_rate):
+            prediction.webhook_delay = config.scaled(rng.uniform(0.0, faults.webhook_delay_seconds))
+            prediction.webhook_faults.append("delayed")
+        if roll(faults.webhook_duplicate_rate):
+            prediction.webhook_copy_after = config.scaled(rng.uniform(0.0, 1.0))
+            prediction.webhook_faults.append("duplicated")
+        if roll(faults.webhook_out_of_order_rate):
+            prediction.webhook_faults.append("out_of_order")
+        for kind in prediction.webhook_faults:
+            self.injected[f"webhook_{kind}"] += 1
+
     def fail(self, prediction: Prediction, name: str, message: str) -> None:
         self.injected[f"failure:{name}"] += 1
         prediction.failure = (name, message)
@@ -217,6 +255,9 @@ class State:
             "credits": prediction.credits, "size": list(prediction.size),
             "status_calls": prediction.status_calls, "noticed": prediction.noticed, "answer": prediction.answer, "expired": prediction.expired,
             "images": images,
+            "webhook": prediction.webhook, "webhook_attempts": prediction.webhook_attempts,
+            "webhook_answers": list(prediction.webhook_answers), "webhook_faults": list(prediction.webhook_faults),
+            "webhook_delay": prediction.webhook_delay,
             "output_sha256": [prediction.served_sha256.get(i) for i in range(prediction.num_samples)],
             "served_sha256": [list(prediction.served_all.get(i, [])) for i in range(prediction.num_samples)],
         }
@@ -245,6 +286,7 @@ class State:
             "too_many_requests": dict(too_many),
             "rejections": list(self.rejections),
             "injected": dict(self.injected),
+            "webhooks": dict(self.webhooks),
             "final_statuses": dict(self.final),
             "mean_latency": (sum(self.latencies) / len(self.latencies)) if self.latencies else None,
             "time_scale": self.config.time_scale,

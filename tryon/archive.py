@@ -167,6 +167,8 @@ class ItemResult(BaseModel):
     attempts: int = 1
     possible_duplicate_charge: bool = False
     resubmitted_after_404: bool = False
+    recovered_ambiguous: bool = Field(False, description="A submission got an ambiguous answer and its prediction "
+                                      "was found by its webhook instead of paid for again.")
     reused_from: str | None = Field(None, description="The item folder (relative to the archive root) whose "
                                     "outputs were copied here and verified, for 0 credits.")
     reuse_refused: str | None = Field(None, description="Why an index entry for this key was not used.")
@@ -480,8 +482,11 @@ class Archive:
         return pending
 
     async def record_pending(self, item: Item, key: str, prediction_id: str, *, attempt: int | None = None,
-                             submitted_at: Any = None) -> PendingRecord:
+                             submitted_at: Any = None, possible_duplicate_charge: bool | None = None) -> PendingRecord:
         """Write the prediction id durably (call right after ``/v1/run`` answers, before polling).
+
+        ``possible_duplicate_charge`` replaces the record's flag (None: kept): an ambiguous answer
+        whose prediction a webhook then named no longer leaves one without an id.
 
         Keeps the history of the same key's earlier predictions. A ``result.json`` already there
         (another key, a failure, or a forced redo) is removed, so no reader ever pairs it with the
@@ -497,7 +502,8 @@ class Archive:
             submissions=[*(previous.submissions if previous else []),
                          SubmissionRecord(prediction_id=prediction_id, submitted_at=when, attempt=attempts)],
             submitted_at=when, attempts=attempts,
-            possible_duplicate_charge=bool(previous and previous.possible_duplicate_charge),
+            possible_duplicate_charge=bool(previous and previous.possible_duplicate_charge)
+            if possible_duplicate_charge is None else possible_duplicate_charge,
         )
         await self._write(self._join(folder, PENDING_FILE), _dumps(record))
         await self._delete(self._join(folder, RESULT_FILE))

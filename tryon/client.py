@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import logging
 import time
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -50,6 +51,20 @@ from tryon.models import (
 from tryon.settings import DEFAULT_BASE_URL, FashnSettings
 
 Endpoint = Literal["run", "status", "credits"]
+
+
+class _HideWebhookUrls(logging.Filter):
+    """httpx logs each request's URL at INFO; a ``webhook_url`` parameter carries a callback token,
+    so it is logged as ``[hidden]``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(a.copy_set_param("webhook_url", "[hidden]")
+                                if isinstance(a, httpx.URL) and "webhook_url" in a.params else a for a in record.args)
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HideWebhookUrls())
 
 
 class Answerable(Protocol):

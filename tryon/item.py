@@ -46,12 +46,13 @@ ACTIVE: frozenset[Stage] = frozenset({"reuse", "planned", "submitted"})
 class Submission:
     """A prediction the provider accepted for this item."""
 
-    __slots__ = ("prediction_id", "submitted_at", "attempt")
+    __slots__ = ("prediction_id", "submitted_at", "attempt", "pushed")
 
-    def __init__(self, prediction_id: str, submitted_at: float, attempt: int) -> None:
+    def __init__(self, prediction_id: str, submitted_at: float, attempt: int, *, pushed: bool = False) -> None:
         self.prediction_id = prediction_id
         self.submitted_at = submitted_at  # epoch seconds
         self.attempt = attempt
+        self.pushed = pushed  # submitted with this run's webhook URL: its end comes by webhook
 
 
 class ItemState:
@@ -63,7 +64,7 @@ class ItemState:
 
     __slots__ = ("item", "key", "stage", "reason", "attempt", "submission", "result", "notes",
                  "possible_duplicate_charge", "resubmitted_after_404", "earlier", "source", "reusable",
-                 "reuse_refused")
+                 "reuse_refused", "recovered_ambiguous")
 
     def __init__(self, item: Item, key: str, stage: Stage, *, reason: str = "", attempt: int = 0,
                  submission: Submission | None = None, result: ItemResult | None = None,
@@ -80,6 +81,7 @@ class ItemState:
         self.notes: list[str] = []
         self.possible_duplicate_charge = possible_duplicate_charge
         self.resubmitted_after_404 = False
+        self.recovered_ambiguous = False  # an ambiguous answer's prediction was found by its webhook
         self.source = source  # the index entry it copies from (stage "reuse")
         self.reusable = reusable  # may wait for another item of this process paying for its key
         self.reuse_refused = reuse_refused  # why an index entry for its key was not used
@@ -101,7 +103,8 @@ class ItemState:
 
     def flags(self) -> dict[str, bool | str | None]:
         return {"possible_duplicate_charge": self.possible_duplicate_charge,
-                "resubmitted_after_404": self.resubmitted_after_404, "reuse_refused": self.reuse_refused}
+                "resubmitted_after_404": self.resubmitted_after_404, "reuse_refused": self.reuse_refused,
+                "recovered_ambiguous": self.recovered_ambiguous}
 
     def end(self, result: ItemResult) -> None:
         if self.earlier and result.state == "archived":
@@ -199,6 +202,8 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
     finally:
         if paying is not None:
             _paid(runtime.archive, state, paying)
+        if runtime.webhooks is not None and not state.active:
+            runtime.webhooks.forget(state.key)
     return state.report()
 
 
@@ -263,33 +268,60 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     is taken here rather than before the task starts, so a task run's start-up is paid while
     waiting for one. After an ambiguous answer the slot stays taken (a phantom) for as long as the
     prediction the server may have created would run; after any other error it is freed.
+
+    With webhooks, the submission is registered with the inbox before it is sent and carries its
+    callback URL. After an ambiguous answer the item waits (up to a generous prediction's duration)
+    for a webhook naming that attempt: if one comes, the prediction it names is the one this
+    attempt created, and the item waits on it (confirmed by a status call) instead of paying again.
     """
-    item = state.item
+    item, hooks = state.item, runtime.webhooks
     request: RunRequest = await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
     state.attempt += 1
     slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
     submitted_at = time.time()
+    webhook_url = None
+    if hooks is not None:
+        hooks.expect(state.key, state.attempt, lambda delivery: runtime.traffic.hint(delivery.prediction_id))
+        webhook_url = hooks.url_for(state.key, state.attempt)
     try:
-        prediction_id = await runtime.client.start(request)
+        prediction_id = await runtime.client.start(request, webhook_url=webhook_url)
     except AmbiguousSubmission as exc:
         runtime.traffic.hold_phantom(item.model_name, item.mode, slot=slot)
         await _record(runtime.archive.record_ambiguous(item, state.key, attempt=state.attempt),
                       f"{item.label}: could not record the ambiguous submission")
+        state.notes.append(f"attempt {state.attempt}: {exc}")
+        if hooks is not None:
+            profile = (item.model_name, item.mode)
+            delivery = await hooks.wait(state.key, state.attempt, runtime.traffic.latency.expected_duration(profile))
+            if delivery is not None:
+                state.recovered_ambiguous = True
+                state.notes.append(f"attempt {state.attempt}: prediction {delivery.prediction_id} recovered by its "
+                                   "webhook; not submitted again")
+                return await _submitted(runtime, state, delivery.prediction_id, submitted_at, slot, recovered=True)
         # The server may have created (and will bill) a prediction whose id we never got.
         state.possible_duplicate_charge = True
-        state.notes.append(f"attempt {state.attempt}: {exc}")
         if not (runtime.resubmit_ambiguous and state.attempt <= runtime.max_resubmits):
             state.fail(exc, name="AmbiguousSubmission")
         return None
     except BaseException:
         runtime.traffic.release_slot(slot)
         raise
+    if hooks is not None:
+        hooks.bind(state.key, state.attempt, prediction_id)
+    return await _submitted(runtime, state, prediction_id, submitted_at, slot)
+
+
+async def _submitted(runtime: Runtime, state: ItemState, prediction_id: str, submitted_at: float, slot: Slot, *,
+                     recovered: bool = False) -> Slot:
     # The prediction exists (and will be billed) whether or not its id is recorded: never abandon
     # it. Only a kill before its result.json is written can lose an id the archive refused.
-    await _record(runtime.archive.record_pending(item, state.key, prediction_id, attempt=state.attempt),
+    item = state.item
+    await _record(runtime.archive.record_pending(item, state.key, prediction_id, attempt=state.attempt,
+                                                 possible_duplicate_charge=state.possible_duplicate_charge
+                                                 if recovered else None),
                   f"{item.label}: prediction {prediction_id} is running but its id could not be recorded; "
                   "archiving it anyway")
-    state.submission = Submission(prediction_id, submitted_at, state.attempt)
+    state.submission = Submission(prediction_id, submitted_at, state.attempt, pushed=runtime.webhooks is not None)
     state.stage = "submitted"
     return slot
 
@@ -307,7 +339,7 @@ async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | Non
     item, submission = state.item, state.submission
     assert submission is not None
     try:
-        prediction = await _wait(runtime, item, submission, slot)
+        prediction = await _wait(runtime, state, slot)
     except NotFound:
         if state.resubmitted_after_404:
             raise
@@ -336,12 +368,18 @@ def _back_to_planned(state: ItemState) -> None:
     state.stage = "planned"
 
 
-async def _wait(runtime: Runtime, item: Item, submission: Submission, slot: Slot | None) -> Prediction:
-    """The terminal answer, polled through the key's shared scheduler."""
+async def _wait(runtime: Runtime, state: ItemState, slot: Slot | None) -> Prediction:
+    """The terminal answer, polled through the key's shared scheduler (with webhooks: confirmed
+    when its webhook comes, polled late as a fallback)."""
+    item, submission = state.item, state.submission
+    assert submission is not None
     elapsed = max(0.0, time.time() - submission.submitted_at)
+    hooks = runtime.webhooks
+    hinted = submission.pushed and hooks is not None and hooks.delivered(state.key, submission.attempt) is not None
     return await runtime.traffic.wait(
         submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
         submitted_at=runtime.traffic.clock.now() - elapsed, timeout=runtime.prediction_timeout, slot=slot,
+        pushed=submission.pushed, hinted=hinted,
     )
 
 

@@ -34,7 +34,7 @@ class ItemReport(ItemResult):
         if earlier:
             entry.state = "skipped" if result.state == "archived" else "failed"
             entry.credits_used = 0
-            entry.possible_duplicate_charge = entry.resubmitted_after_404 = False
+            entry.possible_duplicate_charge = entry.resubmitted_after_404 = entry.recovered_ambiguous = False
         return entry
 
 
@@ -57,6 +57,8 @@ class RunReport(BaseModel):
     credits_estimate_exact: bool = Field(True, description="False: the estimate is the top of a published range.")
     possible_duplicate_charges: list[str] = Field(default_factory=list, description="Labels of items that may have been billed twice.")
     resubmitted_after_404: list[str] = Field(default_factory=list, description="Labels of items submitted again after a 404.")
+    recovered_ambiguous: list[str] = Field(default_factory=list, description="Labels of items whose ambiguous "
+                                           "submission was recovered by its webhook (not paid twice).")
     items: list[ItemReport] = Field(default_factory=list)
     garments: dict[str, str | None] = Field(
         default_factory=dict, description="Garment ids in spec order, each with its thumbnail (a path relative to "
@@ -78,7 +80,8 @@ class RunReport(BaseModel):
         self.totals[entry.state] = self.totals.get(entry.state, 0) + sign
         self.credits_used += sign * entry.credits_used
         for flag, labels in ((entry.possible_duplicate_charge, self.possible_duplicate_charges),
-                             (entry.resubmitted_after_404, self.resubmitted_after_404)):
+                             (entry.resubmitted_after_404, self.resubmitted_after_404),
+                             (entry.recovered_ambiguous, self.recovered_ambiguous)):
             if flag and sign > 0 and entry.label not in labels:
                 labels.append(entry.label)
             elif flag and sign < 0 and entry.label in labels:
@@ -131,6 +134,9 @@ class RunReport(BaseModel):
         if self.possible_duplicate_charges:
             lines.append(f"possibly charged twice ({len(self.possible_duplicate_charges)}; the API answered "
                          "ambiguously to a submission): " + ", ".join(self.possible_duplicate_charges[:MAX_LISTED]))
+        if self.recovered_ambiguous:
+            lines.append(f"recovered by webhook after an ambiguous answer, not paid twice "
+                         f"({len(self.recovered_ambiguous)}): " + ", ".join(self.recovered_ambiguous[:MAX_LISTED]))
         refused = [e for e in self.items if e.reuse_refused and e.state != "skipped"]
         if refused:
             lines.append(f"paid for although indexed elsewhere ({len(refused)}; the index entry did not verify):")
@@ -155,5 +161,6 @@ class RunReport(BaseModel):
             "items": self.total, **{s: self.totals.get(s, 0) for s in STATES},
             "credits_used": self.credits_used, "credits_estimated": self.credits_estimated,
             "possible_duplicate_charges": len(self.possible_duplicate_charges),
-            "resubmitted_after_404": len(self.resubmitted_after_404), "report": location,
+            "resubmitted_after_404": len(self.resubmitted_after_404),
+            "recovered_ambiguous": len(self.recovered_ambiguous), "report": location,
         }

@@ -96,3 +96,51 @@ class ArchiveSettings(BaseSettings):
     reuse: bool = Field(True, description="An item another collection archived with the same key (model name and "
                                           "inputs) is copied from there and verified, for 0 credits, instead of "
                                           "paid for again.")
+
+
+class WebhookSettings(BaseSettings):
+    """Where the provider reaches our webhook receiver (``TRYON_WEBHOOK_*``); nothing set: polling only."""
+
+    model_config = SettingsConfigDict(env_prefix="TRYON_WEBHOOK_", env_file=".env", extra="ignore")
+
+    url: str | None = Field(None, description="Public base URL of the receiver, as the provider reaches it "
+                                              "(default with LISTEN: http://LISTEN).")
+    secret: SecretStr | None = Field(None, description="Signs each callback URL's path token; shared by the receiver "
+                                                       "and the flows (default with LISTEN: random per process). "
+                                                       "Never logged.")
+    listen: str | None = Field(None, description="HOST:PORT: the process running the collection also runs the "
+                                                 "receiver there.")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", value.strip()):
+            raise ValueError(f"TRYON_WEBHOOK_LISTEN is HOST:PORT, for example 127.0.0.1:8788; got {value!r}")
+        return value.strip() if value else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.listen)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where to listen in-process (LISTEN), or None."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def base_url(self, bound: tuple[str, int] | None = None) -> str:
+        """The URL the provider is given; ``bound``: the address actually bound (LISTEN with port 0)."""
+        if self.url:
+            return self.url.rstrip("/")
+        host, port = bound or self.address or ("", 0)
+        return f"http://{host}:{port}"
+
+    def require_secret(self) -> SecretStr:
+        """The secret, or a clear error: a receiver in another process must share the flows' secret."""
+        if self.secret is None or not self.secret.get_secret_value().strip():
+            raise ConfigurationError(
+                "TRYON_WEBHOOK_SECRET is not set: the receiver and the flows it serves need the same one "
+                "(any long random string). Nothing was submitted.")
+        return self.secret

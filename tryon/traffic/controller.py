@@ -249,8 +249,11 @@ class TrafficController:
     async def wait(self, prediction_id: str, *, poll: PollFn, profile: Profile | None = None,
                    model_name: str | None = None, mode: str | None = None,
                    submitted_at: float | None = None, timeout: float | None = None,
-                   slot: Slot | None = None) -> Prediction:
+                   slot: Slot | None = None, pushed: bool = False, hinted: bool = False) -> Prediction:
         """Wait for a terminal answer through the poll scheduler.
+
+        ``pushed``: a webhook will tell its end (:meth:`hint`), polling is only the fallback;
+        ``hinted``: one already did.
 
         The profile is ``profile=(model_name, mode)`` or ``model_name=``/``mode=``.
         ``submitted_at`` is on this controller's clock (``controller.clock.now()``, not
@@ -266,7 +269,7 @@ class TrafficController:
         try:
             return await self.scheduler.wait(prediction_id, profile=profile, poll=poll,
                                              submitted_at=submitted_at, timeout=timeout,
-                                             on_terminal=on_terminal)
+                                             on_terminal=on_terminal, pushed=pushed, hinted=hinted)
         except NotFound:
             if slot is not None:
                 self.slots.release(slot)
@@ -275,6 +278,10 @@ class TrafficController:
             if slot is not None and not slot.released:
                 self.slots.hold_phantom(self.latency.estimate(profile).mean, slot)
             raise
+
+    def hint(self, prediction_id: str) -> bool:
+        """A webhook said the prediction ended: its confirmation goes before every other poll."""
+        return self.scheduler.hint(prediction_id)
 
     # -- out of credits ------------------------------------------------------------------
     @property

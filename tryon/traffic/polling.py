@@ -35,6 +35,13 @@ holds for a 0.5 s emulated prediction and a 2-minute one:
 - a prediction not polled for ``max_share * m`` (1×), or for its interval past the tail if
   longer, goes before every one that was (the longest unpolled first);
 - at its deadline it is polled once more, then times out.
+
+**Pushed** predictions (their end comes by webhook) are only confirmed: a hint (:meth:`hint`,
+the webhook's arrival) makes one the most urgent of all, and it goes at once, past the pacing
+(the limiter still holds the budget); without a hint it is polled as a fallback only once it is
+past the tail by ``widen`` of the tail's age, then as an overdue one, so a lost webhook costs time
+and a few calls, never the image. The hint's age is taken as the latency (a webhook leaves the
+provider as the prediction ends).
 Bound (the test proves it on random loads): a prediction is polled again at most
 ``widest + ceil(P / N) * W' + W / N`` after its previous poll (``widest``: the longest of
 those intervals so far), with ``P`` predictions
@@ -110,6 +117,8 @@ class _Entry:
     busy: bool = False  # a poll of it is on the wire
     polls: int = 0
     errors: int = 0
+    pushed: bool = False  # its end comes by webhook: polled to confirm a hint, or as a late fallback
+    hinted_at: float | None = None  # when a webhook said it ended (None: no word yet)
 
     @property
     def seen_running(self) -> float:
@@ -161,6 +170,7 @@ class PollScheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[_Entry, None] = {}  # in arrival order: ties go to the oldest, every run alike
+        self._by_id: dict[str, _Entry] = {}
         self.polls = 0
         self.completions = 0
         self.polls_of_completed = 0
@@ -212,8 +222,11 @@ class PollScheduler:
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
                    submitted_at: float | None = None, timeout: float | None = None,
-                   on_terminal: Callable[[Prediction], None] | None = None) -> Prediction:
+                   on_terminal: Callable[[Prediction], None] | None = None,
+                   pushed: bool = False, hinted: bool = False) -> Prediction:
         """Poll ``prediction_id`` until it is terminal and return that answer.
+
+        ``pushed``: a webhook will say when it ends (see :meth:`hint`); ``hinted``: one already did.
 
         ``poll`` errors propagate to this caller (``NotFound`` ...), except transient
         ones (429, 5xx, transport), which are retried with backoff up to
@@ -225,14 +238,35 @@ class PollScheduler:
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
         profile = (str(profile[0]), str(profile[1]))
-        probe = self._probe_age(profile)
+        probe = None if pushed else self._probe_age(profile)
         delay = probe or self.latency.quantile(profile, self.likelihood)
+        if pushed:
+            delay = (1 + self.widen) * self.latency.quantile(profile, 1.0 - STUCK_TAIL)
         entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
-                       min(t0 + delay, deadline), probe, on_terminal)
+                       min(t0 + delay, deadline), probe, on_terminal, pushed=pushed,
+                       hinted_at=now if hinted else None)
         self._active[entry] = None
-        entry.future.add_done_callback(lambda _: self._active.pop(entry, None))
+        self._by_id[prediction_id] = entry
+        entry.future.add_done_callback(lambda _: self._forget(entry))
         self._kick()
         return await entry.future
+
+    def _forget(self, entry: _Entry) -> None:
+        self._active.pop(entry, None)
+        if self._by_id.get(entry.prediction_id) is entry:
+            del self._by_id[entry.prediction_id]
+
+    def hint(self, prediction_id: str) -> bool:
+        """A webhook said ``prediction_id`` ended: confirm it before any other poll. False if it is
+        not waited on here (ended already, or never ours)."""
+        entry = self._by_id.get(prediction_id)
+        if entry is None or entry.future.done():
+            return False
+        if entry.hinted_at is None:
+            entry.hinted_at = self.clock.now()
+            entry.not_before = 0.0
+        self._kick()
+        return True
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None and not t.done()]
@@ -248,7 +282,12 @@ class PollScheduler:
             return -1.0, entry.not_before
         if now >= entry.deadline:
             return 3.0, now  # one last poll, then the timeout
+        if entry.hinted_at is not None:
+            return 4.0, now  # a webhook's confirmation: first of all
         since = entry.last_sent if entry.last_sent is not None else entry.first_due
+        if entry.pushed:  # the fallback: past the tail, then ever wider
+            due = entry.first_due if entry.last_sent is None else since + self.interval(entry.profile, entry.seen_running)
+            return (self.likelihood, now) if now >= due else (-1.0, min(due, entry.deadline))
         ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
         overdue = ended_before > 1.0 - STUCK_TAIL  # past what the model has seen
         longest = self.max_interval(entry.profile)
@@ -313,7 +352,8 @@ class PollScheduler:
                     self._wake = asyncio.get_running_loop().create_future()
                     await sleep_or_wake(self.clock, min(wake_at - now, 3600.0), self._wake)
                     continue
-                if now < self._next_send and now < ready.deadline:  # paced (a deadline's last poll is not)
+                if now < self._next_send and now < ready.deadline and ready.hinted_at is None:
+                    # paced (a deadline's last poll and a webhook's confirmation are not)
                     await self.clock.sleep(self._next_send - now)
                     continue
                 admission = await self._acquire()
@@ -372,7 +412,10 @@ class PollScheduler:
         if answer.terminal:
             self.completions += 1
             self.polls_of_completed += entry.polls
-            if answer.status == "completed":
+            if answer.status == "completed" and entry.pushed:
+                lo = entry.seen_running if entry.hinted_at is None else entry.hinted_at - entry.t0
+                self.latency.observe(entry.profile, lo, sent - entry.t0 if entry.hinted_at is None else lo)
+            elif answer.status == "completed":
                 self._learn(entry, sent - entry.t0)
             if entry.on_terminal is not None:
                 try:
@@ -383,6 +426,7 @@ class PollScheduler:
             entry.future.set_result(answer)
             return
         entry.last_pending = sent
+        entry.hinted_at = None  # a webhook's word that the poll did not bear out
         if now >= entry.deadline:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))

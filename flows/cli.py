@@ -207,6 +207,39 @@ def emulator(
     return 0
 
 
+webhooks = App(name="webhooks", help="The webhook receiver of a deployment (see docs/operations.md).")
+app.command(webhooks)
+
+
+@webhooks.command(name="serve")
+def serve_webhooks(*, host: str = "127.0.0.1", port: int = 8788) -> int:
+    """Receive the provider's webhooks and publish each as a Prefect event, which every flow process
+    with TRYON_WEBHOOK_URL set subscribes to. Needs TRYON_WEBHOOK_SECRET (the flows' own) and
+    PREFECT_API_URL (the workers' server).
+
+    Parameters
+    ----------
+    host
+        Interface to bind (the address TRYON_WEBHOOK_URL reaches, usually behind a TLS proxy).
+    port
+        Port to listen on.
+    """
+    from tryon.errors import ConfigurationError
+    from tryon.settings import WebhookSettings
+
+    try:
+        secret = WebhookSettings().require_secret()
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    from flows.webhooks import serve_receiver
+
+    try:
+        asyncio.run(serve_receiver(host, port, secret))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main() -> None:
     sys.exit(app())
 

@@ -70,6 +70,7 @@ MODES = {  # name: (run limit, status limit, in flight, processes, time scale, i
     "two": ((50, 60), (50, 10), 6, 2, 10.0, 300, {}),
     "max": ((50, 60), (50, 10), 6, 1, 10.0, 120, {}),
 }
+VARIANTS = {"off": (False,), "on": (True,), "both": (False, True)}
 LABELS = {"default": "default 10x", "real": "real 1x", "slow": "slow 40s 10x", "drift": "drift 10x",
           "raised": "raised 2x", "two": "2 procs 10x", "max": "tryon-max 10x"}
 # The collection each mode runs: model name and inputs (tryon-max: its own mode input; the official
@@ -198,6 +199,9 @@ def main() -> None:
                         help="comma-separated, in this order: " + ", ".join(MODES))
     parser.add_argument("--items", type=int, help="items of every mode (default: each mode's own)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SDK baseline")
+    parser.add_argument("--webhooks", choices=VARIANTS, default="off",
+                        help="off; on: the flow's in-process receiver gets each completion; both: each mode twice")
+    parser.add_argument("--webhook-loss", type=float, default=0.0, help="share of webhooks the emulator loses")
     parser.add_argument("--dump", type=Path, help="write each mode's emulator records (JSON) to this folder")
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "ARCHIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,56 +216,61 @@ def main() -> None:
     from tryon.emulator import EmulatorConfig, EmulatorServer
 
     models = 10
+    loss = f", {args.webhook_loss:.0%} lost" if args.webhook_loss else ""
     print(HEADER)
     with prefect_test_harness(server_startup_timeout=120):
         server_pid = SubprocessASGIServer._instances[None].server_process.pid
         for mode in args.modes.split(","):
-            run, status, in_flight, processes, scale, wanted, extra = MODES[mode]
-            wanted = args.items or wanted
-            if extra.get("latency_steps") == "thirds":  # doubled for the middle third of the creations
-                extra = {**extra, "latency_steps": [(wanted // 3, 2.0), (2 * wanted // 3, 1.0)]}
-            config = EmulatorConfig(time_scale=scale, keys={KEY: 10**7}, run_limit=f"{run[0]}/{run[1]}",
-                                    status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight, **extra)
-            with EmulatorServer(config) as emulator:
-                env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
-                       "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url,
-                       "FASHN_RUN_LIMIT": f"{run[0]}/{run[1] / scale:g}",
-                       "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
-                       "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
-                folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
-                garments = max(1, wanted // models // processes)
-                model_name, inputs = SPECS.get(mode, DEFAULT_SPEC)
-                specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments, models=models,
-                                          model_name=model_name, inputs=inputs, variant=p)  # no pair shared
-                         for p in range(processes)]
-                items = garments * models * processes
-                server_cpu = cpu_seconds(server_pid)
-                wall, flow_cpu, results = run_flows(specs, folder / "archive", env)
-                if processes > 1:  # how they overlapped: a late start or early end shows here
-                    first = min(r["start"] for r in results)
-                    print("  processes (wall s from the first start): " + ", ".join(
-                        f"{r['start'] - first:.1f}-{r['end'] - first:.1f}" for r in results), file=sys.stderr)
-                server_cpu = cpu_seconds(server_pid) - server_cpu
-                label = f"tryon-flows {LABELS[mode]}"
-                print(row(label, items, wall, scale, emulator, (run, status, in_flight), (flow_cpu, server_cpu)),
-                      flush=True)
-                if where := where_429s_were(emulator, scale):
-                    print(where, file=sys.stderr)
-                if args.dump:
-                    args.dump.mkdir(parents=True, exist_ok=True)
-                    (args.dump / f"{mode}-{scale:g}x.json").write_text(json.dumps(
-                        {"scale": scale, "in_flight": in_flight, "predictions": emulator.predictions()}))
-                if not args.no_naive and processes == 1 and mode not in SPECS:
-                    emulator.reset()
-                    start = time.monotonic()
-                    try:
-                        asyncio.run(naive(emulator.url, items, scale, in_flight))
-                    except Exception as exc:  # the SDK gives up on 429s after its retries: the run fails
-                        print(f"naive SDK {LABELS[mode]}: failed after {emulator.stats()['predictions']} predictions "
-                              f"({type(exc).__name__}: {str(exc)[:80]})", flush=True)
-                        continue
-                    print(row(f"naive SDK {LABELS[mode]}", items, time.monotonic() - start, scale, emulator,
-                              (run, status, in_flight), None), flush=True)
+            for hooks in VARIANTS[args.webhooks]:
+                run, status, in_flight, processes, scale, wanted, extra = MODES[mode]
+                wanted = args.items or wanted
+                if extra.get("latency_steps") == "thirds":  # doubled for the middle third of the creations
+                    extra = {**extra, "latency_steps": [(wanted // 3, 2.0), (2 * wanted // 3, 1.0)]}
+                config = EmulatorConfig(time_scale=scale, keys={KEY: 10**7}, run_limit=f"{run[0]}/{run[1]}",
+                                        status_limit=f"{status[0]}/{status[1]}", max_in_flight=in_flight, **extra,
+                                        faults={"webhook_lost_rate": args.webhook_loss} if hooks else {})
+                with EmulatorServer(config) as emulator:
+                    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
+                           "FASHN_API_KEY": KEY, "FASHN_BASE_URL": emulator.url,
+                           "FASHN_RUN_LIMIT": f"{run[0]}/{run[1] / scale:g}",
+                           "FASHN_STATUS_LIMIT": f"{status[0]}/{status[1] / scale:g}",
+                           "FASHN_CREDITS_LIMIT": f"30/{10 / scale:g}", "FASHN_MAX_IN_FLIGHT": str(in_flight)}
+                    if hooks:  # the flow process runs the receiver; the emulator posts to it
+                        env["TRYON_WEBHOOK_LISTEN"] = "127.0.0.1:0"
+                    folder = Path(tempfile.mkdtemp(prefix=f"tryon-bench-{mode}-"))
+                    garments = max(1, wanted // models // processes)
+                    model_name, inputs = SPECS.get(mode, DEFAULT_SPEC)
+                    specs = [write_collection(folder / f"p{p}", name=f"bench-{mode}-{p}", garments=garments, models=models,
+                                              model_name=model_name, inputs=inputs, variant=p)  # no pair shared
+                             for p in range(processes)]
+                    items = garments * models * processes
+                    server_cpu = cpu_seconds(server_pid)
+                    wall, flow_cpu, results = run_flows(specs, folder / "archive", env)
+                    if processes > 1:  # how they overlapped: a late start or early end shows here
+                        first = min(r["start"] for r in results)
+                        print("  processes (wall s from the first start): " + ", ".join(
+                            f"{r['start'] - first:.1f}-{r['end'] - first:.1f}" for r in results), file=sys.stderr)
+                    server_cpu = cpu_seconds(server_pid) - server_cpu
+                    label = f"tryon-flows {LABELS[mode]}" + (f" + webhooks{loss}" if hooks else "")
+                    print(row(label, items, wall, scale, emulator, (run, status, in_flight), (flow_cpu, server_cpu)),
+                          flush=True)
+                    if where := where_429s_were(emulator, scale):
+                        print(where, file=sys.stderr)
+                    if args.dump:
+                        args.dump.mkdir(parents=True, exist_ok=True)
+                        (args.dump / f"{mode}-{scale:g}x.json").write_text(json.dumps(
+                            {"scale": scale, "in_flight": in_flight, "predictions": emulator.predictions()}))
+                    if not args.no_naive and processes == 1 and mode not in SPECS and not hooks:
+                        emulator.reset()
+                        start = time.monotonic()
+                        try:
+                            asyncio.run(naive(emulator.url, items, scale, in_flight))
+                        except Exception as exc:  # the SDK gives up on 429s after its retries: the run fails
+                            print(f"naive SDK {LABELS[mode]}: failed after {emulator.stats()['predictions']} predictions "
+                                  f"({type(exc).__name__}: {str(exc)[:80]})", flush=True)
+                            continue
+                        print(row(f"naive SDK {LABELS[mode]}", items, time.monotonic() - start, scale, emulator,
+                                  (run, status, in_flight), None), flush=True)
     print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
           f"largest flow process {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB; "
           "ms CPU f+s = flow process(es) + Prefect server, per item")

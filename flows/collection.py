@@ -22,6 +22,7 @@ from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
 from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
 from flows.tasks import tryon_item
+from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
 from tryon.runtime import key_fingerprint, open_runtime
@@ -76,7 +77,7 @@ async def tryon_collection(
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime:
+    async with open_runtime(settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
         async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):

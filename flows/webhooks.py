@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from pydantic import SecretStr
 
+from tryon.runtime import Runtime
 from tryon.webhooks import Delivery, Verdict, WebhookInbox, create_receiver, serve
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ async def serve_receiver(host: str, port: int, secret: SecretStr, *,
             if ready is not None and not ready.done():
                 ready.set_result(bound)
             await asyncio.Event().wait()
+
+
+def webhook_events(runtime: Runtime) -> AbstractAsyncContextManager[None]:
+    """Deliveries reach the run's inbox as Prefect events when its receiver is standalone (a
+    receiver in this process hands them over itself)."""
+    if runtime.webhooks is None or runtime.webhooks.local:
+        return nullcontext()
+    return deliveries_from_events(runtime.webhooks.inbox)
 
 
 _bridges: dict[int, tuple[asyncio.Task[None], list[int]]] = {}

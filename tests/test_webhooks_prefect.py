@@ -20,6 +20,7 @@ from tests.collections import write_collection
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "tryon-webhook-secret-CANARY-5f1e"
+TRYON = (sys.executable, "-c", "from flows.cli import main; main()")  # the `tryon` command
 
 
 def _free_port() -> int:
@@ -51,7 +52,7 @@ def receiver(prefect_server):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "TRYON_WEBHOOK_SECRET": SECRET, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    process = subprocess.Popen(["tryon", "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port)],
+    process = subprocess.Popen([*TRYON, "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield port, process
     process.terminate()
@@ -76,7 +77,7 @@ async def test_two_runs_on_one_key_are_served_by_one_standalone_receiver(receive
     for n, name in enumerate(("first", "second")):
         spec = write_collection(tmp_path / name, name=name, garments=4, models=3, variant=n)  # no pair shared
         runs[name] = subprocess.Popen(
-            ["tryon", "run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / f"{name}.json")],
+            [*TRYON, "run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / f"{name}.json")],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for name, run in runs.items():
         out, err = await asyncio.to_thread(run.communicate, timeout=300)

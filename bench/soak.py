@@ -20,6 +20,11 @@ the emulator's own records:
 - every archived image's sha256 equals what the emulator served for that prediction;
 - 0 × 429 (the emulator is told to inject none).
 
+With ``--webhooks`` the flow runs its receiver in-process and the emulator posts to it (a share
+lost, duplicated and out of order too). Then also: every ambiguous answer whose webhook was
+delivered is recovered (its prediction adopted, not paid again) unless the SIGKILL cut the wait,
+and the items flagged ``recovered_ambiguous`` match the emulator's records.
+
 ``tests/test_soak.py`` runs it reduced (120 items) in CI.
 """
 
@@ -50,6 +55,7 @@ KEY = "fa-soak-key-0123456789"
 COLLECTION = "soak"
 MODEL_NAME = "tryon-v1.6"
 MAX_RESUBMITS = 2
+MAX_IN_FLIGHT = 6  # the key's default limit, which the soak keeps
 # A prediction created up to KILL_WINDOW s before the SIGKILL may lose its id to it; so may one
 # created up to KILL_LATE s after it, from a request sent before it (the next run needs seconds
 # to start Python and Prefect: it cannot have sent anything that early).
@@ -111,7 +117,8 @@ def write_spec(folder: Path, base_url: str, items: int) -> tuple[Path, list[str]
 
 # -- the flow process -----------------------------------------------------------------------------
 
-def child_env(base_url: str, scale: float, prefect_api_url: str, workdir: Path, seed: int, run: int) -> dict[str, str]:
+def child_env(base_url: str, scale: float, prefect_api_url: str, workdir: Path, seed: int, run: int,
+              webhooks: bool = False) -> dict[str, str]:
     env = {**os.environ, "FASHN_API_KEY": KEY, "FASHN_BASE_URL": base_url,
            "FASHN_MAX_RESUBMITS": str(MAX_RESUBMITS), "PREFECT_API_URL": prefect_api_url,
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
@@ -120,6 +127,8 @@ def child_env(base_url: str, scale: float, prefect_api_url: str, workdir: Path, 
     for name, (count, seconds) in {"RUN": (50, 60), "STATUS": (50, 10), "CREDITS": (30, 10)}.items():
         env[f"FASHN_{name}_LIMIT"] = f"{count}/{seconds / scale:g}"
     env.setdefault("FLAKY_FS_RATE", "0.05")
+    if webhooks:
+        env["TRYON_WEBHOOK_LISTEN"] = "127.0.0.1:0"
     return env
 
 
@@ -163,6 +172,7 @@ class SoakResult:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> prediction.json left over
     garment_of: dict[str, str] = field(default_factory=dict)  # image URL -> id
     model_of: dict[str, str] = field(default_factory=dict)
+    webhooks: bool = False
 
 
 def _emulator_state(emulator) -> Any:
@@ -175,7 +185,7 @@ def _recorded(archive: Path) -> int:
 
 def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill: bool = True,
              workdir: Path | None = None, prefect_api_url: str | None = None, timeout: float = 1800.0,
-             verbose: bool = True) -> SoakResult:
+             verbose: bool = True, webhooks: bool = False) -> SoakResult:
     """Run the soak; ``prefect_api_url`` None: use the current Prefect settings' server, or start one."""
     if prefect_api_url is None:
         import prefect.settings
@@ -186,7 +196,7 @@ def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill
 
             with prefect_test_harness(server_startup_timeout=120):
                 return run_soak(items, time_scale, seed, kill=kill, workdir=workdir, timeout=timeout, verbose=verbose,
-                                prefect_api_url=prefect.settings.PREFECT_API_URL.value())
+                                prefect_api_url=prefect.settings.PREFECT_API_URL.value(), webhooks=webhooks)
 
     from tryon.emulator import EmulatorConfig, EmulatorServer
 
@@ -195,8 +205,11 @@ def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill
     archive = workdir / "archive"
     rng = random.Random(seed)
     say = print if verbose else (lambda *a, **k: None)
+    faults = fault_config(items)
+    if webhooks:
+        faults.update(webhook_lost_rate=0.05, webhook_duplicate_rate=0.05, webhook_out_of_order_rate=0.05)
     config = EmulatorConfig(time_scale=time_scale, keys={KEY: 10**8}, seed=seed,
-                            faults=fault_config(items))  # type: ignore[arg-type]
+                            faults=faults)  # type: ignore[arg-type]
     start = time.monotonic()
     with EmulatorServer(config) as emulator:
         spec, labels = write_spec(workdir, emulator.url, items)
@@ -206,7 +219,7 @@ def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill
         archive_url = f"flaky://{archive}"
         deadline = start + timeout
         for run in (1, 2):
-            env = child_env(emulator.url, time_scale, prefect_api_url, workdir, seed, run)
+            env = child_env(emulator.url, time_scale, prefect_api_url, workdir, seed, run, webhooks)
             log = workdir / f"run{run}.log"
             began = time.monotonic()
             process = start_flow(spec, archive_url, env, log)
@@ -244,7 +257,7 @@ def run_soak(items: int = 1000, time_scale: float = 50.0, seed: int = 1, *, kill
         "kill_target": result.kill_target, "killed": result.killed, "kill_time": result.kill_time,
         "kill_after": result.kill_after, "created_at_kill": result.created_at_kill,
         "recorded_at_kill": result.recorded_at_kill, "runs": result.runs, "wall": result.wall,
-        "predictions": result.predictions, "stats": result.stats}))
+        "predictions": result.predictions, "stats": result.stats, "webhooks": webhooks}))
     return load(workdir)
 
 
@@ -261,7 +274,7 @@ def load(workdir: Path) -> SoakResult:
         kill_target=saved["kill_target"], killed=saved["killed"], kill_time=saved["kill_time"],
         kill_after=saved["kill_after"], created_at_kill=saved["created_at_kill"],
         recorded_at_kill=saved["recorded_at_kill"], runs=saved["runs"], wall=saved["wall"],
-        predictions=saved["predictions"], stats=saved["stats"])
+        predictions=saved["predictions"], stats=saved["stats"], webhooks=saved.get("webhooks", False))
     data = yaml.safe_load((workdir / "soak.yaml").read_text())
     result.garment_of = {g["image"]: g["id"] for g in data["garments"]}
     result.model_of = {m["image"]: m["id"] for m in data["models"]}
@@ -364,6 +377,8 @@ def analyse(result: SoakResult) -> dict[str, Any]:
     kill_ages: list[float] = []
     duplicate_groups = 0
     charged_twice = 0
+    recovered = 0  # ambiguous answers whose prediction was adopted (with webhooks)
+    resubmitted_despite_webhook: list[str] = []
     for label, group in groups.items():
         if label not in entries and label not in result.results:
             unexplained.append(f"{label}: predictions for inputs outside the collection")
@@ -377,6 +392,8 @@ def analyse(result: SoakResult) -> dict[str, Any]:
                        or (entries.get(label) or {}).get("possible_duplicate_charge"))
         after_404 = bool((result.results.get(label) or {}).get("resubmitted_after_404")
                          or (entries.get(label) or {}).get("resubmitted_after_404"))
+        # An ambiguous answer's id reaches the archive only when its webhook named it (adopted).
+        recovered += sum(1 for p in group if p["answer"] != "ok" and p["id"] in recorded_ids)
         for before, after in pairwise(group):
             failure = before["failure"][0] if before["failure"] and before["status"] == "failed" else None
             # The one window no client closes: created just before the SIGKILL, and the id (or the
@@ -385,8 +402,11 @@ def analyse(result: SoakResult) -> dict[str, Any]:
             age = result.kill_time - before["created"] if result.kill_time is not None else None
             in_kill_window = (age is not None and -KILL_LATE <= age <= KILL_WINDOW
                               and after["created"] > result.kill_time + KILL_LATE)
-            if before["answer"] != "ok":
+            adopted_then_failed = failure in RETRYABLE_FAILURES and before["id"] in recorded_ids
+            if before["answer"] != "ok" and not adopted_then_failed:
                 explained[f"ambiguous answer ({before['answer']})"] += 1
+                if result.webhooks and before.get("webhook") == "delivered" and not in_kill_window:
+                    resubmitted_despite_webhook.append(f"{label}: {before['id']}")
                 if not flagged:
                     if in_kill_window:
                         flag_lost_in_kill += 1
@@ -411,6 +431,18 @@ def analyse(result: SoakResult) -> dict[str, Any]:
         problems.append(f"{len(unflagged)} possible duplicate charges missing from the report: "
                         + "; ".join(unflagged[:10]))
 
+    flagged_recovered = sum(1 for r in result.results.values() if r.get("recovered_ambiguous"))
+    if result.webhooks:
+        if resubmitted_despite_webhook:
+            problems.append(f"{len(resubmitted_despite_webhook)} ambiguous answers paid again although their "
+                            "webhook came: " + "; ".join(resubmitted_despite_webhook[:10]))
+        # A recovery cut by the SIGKILL (at most one per slot) is polled on by the next run, which
+        # does not know it was one.
+        slack = MAX_IN_FLIGHT if result.killed else 0
+        if not recovered - slack <= flagged_recovered <= recovered:
+            problems.append(f"{flagged_recovered} items flagged recovered_ambiguous, but the emulator shows "
+                            f"{recovered} ambiguous answers whose prediction was not paid again")
+
     too_many = result.stats.get("too_many_requests") or {}
     if too_many:
         problems.append(f"429s the emulator was not told to inject: {too_many}")
@@ -423,6 +455,7 @@ def analyse(result: SoakResult) -> dict[str, Any]:
         "predictions": len(result.predictions), "inputs_with_duplicates": duplicate_groups,
         "charged_twice": charged_twice, "duplicates_explained": dict(explained),
         "duplicates_unexplained": len(unexplained), "duplicate_flag_lost_in_kill": flag_lost_in_kill,
+        "ambiguous_recovered": recovered, "recovered_ambiguous_flagged": flagged_recovered,
         "possible_duplicate_charges_flagged": sum(1 for r in result.results.values() if r.get("possible_duplicate_charge")),
         "sha256_checked": sha_checked, "sha256_mismatches": len(sha_mismatches),
         "too_many_requests": too_many, "injected": dict(sorted(injected.items())),
@@ -464,6 +497,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--time-scale", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--webhooks", action="store_true", help="the flow receives webhooks (some lost)")
     parser.add_argument("--no-kill", action="store_true", help="run once to the end, without the SIGKILL")
     parser.add_argument("--workdir", type=Path, help="keep the archive and logs here (default: a temp folder)")
     parser.add_argument("--analyse", type=Path, metavar="WORKDIR", help="print the figures of a finished soak again")
@@ -476,7 +510,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    result = run_soak(args.items, args.time_scale, args.seed, kill=not args.no_kill, workdir=args.workdir)
+    result = run_soak(args.items, args.time_scale, args.seed, kill=not args.no_kill, workdir=args.workdir,
+                      webhooks=args.webhooks)
     figures = analyse(result)
     print(f"archive: {result.archive}")
     print_figures(figures)

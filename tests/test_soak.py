@@ -54,3 +54,19 @@ def test_soak_check_catches_what_it_should(tmp_path):
     assert "differ from what the emulator served" in problems
     assert "1 unexplained duplicate predictions" in problems
     assert "429s the emulator was not told to inject" in problems
+
+
+@pytest.mark.timeout(600)
+def test_soak_with_webhooks_recovers_every_ambiguous_answer_whose_webhook_came(prefect_server, tmp_path):
+    import prefect.settings
+
+    result = soak.run_soak(items=120, time_scale=50.0, seed=11, workdir=tmp_path, webhooks=True,
+                           prefect_api_url=prefect.settings.PREFECT_API_URL.value(), timeout=400, verbose=False)
+    figures = soak.analyse(result)
+    soak.print_figures(figures)
+    assert figures["problems"] == []
+    assert figures["items"] == 120 and figures["lost"] == 0
+    injected = figures["injected"]
+    assert injected.get("500_after_create", 0) + injected.get("dropped_after_create", 0) > 0
+    assert figures["ambiguous_recovered"] > 0 and figures["recovered_ambiguous_flagged"] > 0
+    assert injected.get("webhook_lost", 0) > 0

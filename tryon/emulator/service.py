@@ -253,7 +253,7 @@ class Emulator:
         the faults drawn for this prediction at creation (see ``FaultConfig``)."""
         if prediction.webhook == "lost":
             return
-        await asyncio.sleep(max(0.0, prediction.ends - self.state.now()) + 0.01)
+        await asyncio.sleep(max(0.0, prediction.ends - self.state.now()) + 0.001)  # just past its end
         await asyncio.sleep(prediction.webhook_delay)
         if "out_of_order" in prediction.webhook_faults:
             await self._hold_for_a_later_webhook(prediction)

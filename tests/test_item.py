@@ -118,3 +118,27 @@ async def test_an_error_of_our_own_fails_the_item_with_its_reason_and_the_others
     [failed] = report.failures()
     assert (failed.garment_id, failed.error_name, failed.error_message) == ("g0", "ValueError", "injected")
     assert report.totals["archived"] == 1
+
+
+async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(make_emulator, tmp_path):
+    """An ambiguous answer's prediction adopted through its webhook is marked with the adopted id,
+    so the run that resumes the item (after a kill) reports it recovered, not paid twice."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec = write_collection(tmp_path, name="resumed", garments=1, models=1)
+    archive = Archive(str(tmp_path / "archive"))
+    [state] = (await batch.plan(await batch.load_and_validate(str(spec)), archive)).states
+    async with runtime_for(emulator, archive) as runtime:
+        request = await runtime.client.prepare_run(state.item.model_name, state.item.inputs,
+                                                   base_dir=state.item.base_dir)
+        prediction_id = await runtime.client.start(request)
+    await archive.record_ambiguous(state.item, state.key, attempt=1)
+    await archive.record_pending(state.item, state.key, prediction_id, attempt=1, possible_duplicate_charge=False,
+                                 recovered_ambiguous=True)  # what the killed run had written
+
+    planned, report = await run_collection(emulator, spec, archive)
+    assert planned.as_dict()["resume"] == 1
+    [entry] = report.items
+    assert entry.recovered_ambiguous and not entry.possible_duplicate_charge
+    assert report.recovered_ambiguous == [state.label]
+    assert (await archive.read_result(state.item, state.key)).recovered_ambiguous
+    assert emulator.stats()["requests"]["run"] == {"200": 1}, "not submitted again"

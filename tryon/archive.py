@@ -130,6 +130,8 @@ class PendingRecord(BaseModel):
     attempts: int = 0
     possible_duplicate_charge: bool = Field(False, description="A submission got an ambiguous answer (5xx, "
                                             "dropped connection): a prediction without a recorded id may exist.")
+    recovered_ambiguous: bool = Field(False, description="A submission got an ambiguous answer and its webhook "
+                                      "named the prediction, which was adopted rather than paid again.")
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
     @property
@@ -482,11 +484,13 @@ class Archive:
         return pending
 
     async def record_pending(self, item: Item, key: str, prediction_id: str, *, attempt: int | None = None,
-                             submitted_at: Any = None, possible_duplicate_charge: bool | None = None) -> PendingRecord:
+                             submitted_at: Any = None, possible_duplicate_charge: bool | None = None,
+                             recovered_ambiguous: bool = False) -> PendingRecord:
         """Write the prediction id durably (call right after ``/v1/run`` answers, before polling).
 
         ``possible_duplicate_charge`` replaces the record's flag (None: kept): an ambiguous answer
         whose prediction a webhook then named no longer leaves one without an id.
+        ``recovered_ambiguous``: this is that prediction (kept once set, so a resumed run reports it).
 
         Keeps the history of the same key's earlier predictions. A ``result.json`` already there
         (another key, a failure, or a forced redo) is removed, so no reader ever pairs it with the
@@ -504,6 +508,7 @@ class Archive:
             submitted_at=when, attempts=attempts,
             possible_duplicate_charge=bool(previous and previous.possible_duplicate_charge)
             if possible_duplicate_charge is None else possible_duplicate_charge,
+            recovered_ambiguous=recovered_ambiguous or bool(previous and previous.recovered_ambiguous),
         )
         await self._write(self._join(folder, PENDING_FILE), _dumps(record))
         await self._delete(self._join(folder, RESULT_FILE))
@@ -558,6 +563,7 @@ class Archive:
                 "prediction_ids": [*history, *result.prediction_ids],
                 "attempts": max(result.attempts, pending.attempts),
                 "possible_duplicate_charge": result.possible_duplicate_charge or pending.possible_duplicate_charge,
+                "recovered_ambiguous": result.recovered_ambiguous or pending.recovered_ambiguous,
             })
         await self._write(self._join(folder, RESULT_FILE), _dumps(result))
         if result.state == "archived":

@@ -146,9 +146,11 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         return ItemState(item, key, "skipped", reason="already archived", result=result)
     pending = await archive.read_pending(item, key) if result is None else None
     if pending is not None and pending.prediction_id:
-        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
-                         attempt=pending.attempts, submission=_resumed(pending),
-                         possible_duplicate_charge=pending.possible_duplicate_charge, reusable=reuse)
+        state = ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
+                          attempt=pending.attempts, submission=_resumed(pending),
+                          possible_duplicate_charge=pending.possible_duplicate_charge, reusable=reuse)
+        state.recovered_ambiguous = pending.recovered_ambiguous
+        return state
     refused = None
     if reuse:
         try:
@@ -318,7 +320,7 @@ async def _submitted(runtime: Runtime, state: ItemState, prediction_id: str, sub
     item = state.item
     await _record(runtime.archive.record_pending(item, state.key, prediction_id, attempt=state.attempt,
                                                  possible_duplicate_charge=state.possible_duplicate_charge
-                                                 if recovered else None),
+                                                 if recovered else None, recovered_ambiguous=recovered),
                   f"{item.label}: prediction {prediction_id} is running but its id could not be recorded; "
                   "archiving it anyway")
     state.submission = Submission(prediction_id, submitted_at, state.attempt, pushed=runtime.webhooks is not None)

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +32,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit tests use)
 from tryon.settings import Limit  # noqa: E402
 from tryon.traffic import FakeClock, TrafficController  # noqa: E402
+from tryon.traffic.latency import LatencyModel  # noqa: E402
+
+
+class KnownLatency(LatencyModel):
+    """``--oracle``: the true distribution (uniform within ±25 % of ``mean()``, which follows the
+    regime's steps), in place of what the scheduler would learn: what its policy reaches with
+    nothing left to learn."""
+
+    def __init__(self, mean: Callable[[], float]) -> None:
+        super().__init__()
+        self._mean = mean
+
+    def mean(self, profile) -> float:
+        return self._mean()
+
+    def learned(self, profile) -> bool:
+        return True
+
+    def cdf(self, profile, age: float) -> float:
+        return min(1.0, max(0.0, (age / self._mean() - 0.75) / 0.5))
+
+    def quantile(self, profile, q: float) -> float:
+        return self._mean() * (0.75 + 0.5 * q)
 
 SETTINGS = {  # name: (in flight, run limit, status limit)
     "default": (6, Limit(50, 60), Limit(50, 10)),
@@ -54,7 +78,8 @@ REGIMES = {
 
 def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 10), *, mean: float = 8.0,
              steps: tuple[tuple[float, float], ...] = (), seed: int = 1, round_trip: float = 0.05,
-             submit_cost: float = 0.05, fixed: float | None = None) -> tuple[float, float, float]:
+             submit_cost: float = 0.05, fixed: float | None = None,
+             oracle: bool = False) -> tuple[float, float, float]:
     """(ratio to the ceiling, status calls per prediction, mean notice delay / mean latency) of one
     simulated run. ``steps``: (share of the items submitted, latency multiplier from then on)."""
     latencies: list[float] = []
@@ -63,6 +88,8 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
     async def scenario() -> tuple[float, int]:
         clock = FakeClock()
         controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)  # no latency hint
+        if oracle:
+            controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
         server = FakeServer(clock, controller)
         rng = random.Random(seed)
         queue = list(range(items))
@@ -71,12 +98,15 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
             await clock.sleep(round_trip)
             return await server.poll(pid)
 
-        def latency() -> float:
+        def factor_now() -> float:
             factor = 1.0
             for share, multiplier in steps:
                 if len(latencies) >= share * items:
                     factor = multiplier
-            latencies.append(rng.uniform(0.75, 1.25) * mean * factor)
+            return factor
+
+        def latency() -> float:
+            latencies.append(rng.uniform(0.75, 1.25) * mean * factor_now())
             return latencies[-1]
 
         async def worker() -> None:
@@ -115,6 +145,9 @@ def main() -> None:
                         help="the baseline's poll interval, as a share of the regime's mean latency (1 s at 8 s)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="limit settings to run, comma-separated")
     parser.add_argument("--regimes", default=",".join(REGIMES), help="latency regimes to run, comma-separated")
+    parser.add_argument("--oracle", action="store_true",
+                        help="give the scheduler the true latency distribution (a bound on its policy, not a "
+                             "measurement of the product)")
     args = parser.parse_args()
     print(f"{'setting':<14} {'regime':<19} {'ratio':>6} {'status/pred':>11} {'notice':>6} {'fixed ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
@@ -126,7 +159,7 @@ def main() -> None:
             for fixed in (None, args.fixed * mean / 8 / scale):
                 runs = [simulate(args.items, in_flight, run.scaled(scale), status.scaled(scale), mean=mean / scale,
                                  steps=steps, seed=seed, round_trip=0.05 / scale, submit_cost=0.05 / scale,
-                                 fixed=fixed)
+                                 fixed=fixed, oracle=args.oracle and fixed is None)
                         for seed in range(1, args.seeds + 1)]
                 row += [sum(r[k] for r in runs) / len(runs) for k in range(3)]
             print(f"{name:<14} {regime:<19} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>6.1%} {row[3]:>11.1%} "

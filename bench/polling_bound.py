@@ -12,16 +12,24 @@ mixture for latencies uniform within ±25 % of the mean (the emulator's and the 
 searching schedules of up to ``--max-polls`` ages, knowing the distribution exactly (no learning,
 no cold start, no drain), and prints it as a share of the benchmark's ceiling, min(run rate,
 in-flight / mean latency, status rate). Pure arithmetic: no emulator, no clock.
+
+A collection also fills its slots and drains them: the api ratio (items over the span from the
+first creation to the last end) is below the steady state even for a scheduler that sees every
+end the instant it happens. ``fill+drain`` is that clairvoyant scheduler's api ratio for the
+benchmark's item count (``--items`` overrides it), averaged over seeded latency draws; the
+steady bound times it bounds the api ratio of any polling policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import random
 
-SETTINGS = {  # name: (in flight, runs per second, status calls per second)
-    "default": (6, 50 / 60, 50 / 10),
-    "raised": (30, 250 / 60, 50 / 10),
-    "15 in flight": (15, 150 / 60, 50 / 10),
+SETTINGS = {  # name: (in flight, runs per second, status calls per second, the benchmark's items)
+    "default": (6, 50 / 60, 50 / 10, 300),
+    "raised": (30, 250 / 60, 50 / 10, 900),
+    "15 in flight": (15, 150 / 60, 50 / 10, 450),
 }
 
 
@@ -85,19 +93,40 @@ def bound(in_flight: int, runs: float, status: float, mean: float, jitter: float
     return best
 
 
+def fill_and_drain(items: int, in_flight: int, jitter: float, draws: int = 200) -> float:
+    """The api ratio of a scheduler that notices every end at once (no turn): items over the span
+    from the first creation to the last end, against in-flight / mean latency."""
+    total = 0.0
+    for seed in range(draws):
+        rng = random.Random(seed)
+        latencies = [rng.uniform(1 - jitter, 1 + jitter) for _ in range(items)]
+        free = [0.0] * in_flight  # when each slot is next free
+        last = 0.0
+        for latency in latencies:
+            end = heapq.heappop(free) + latency
+            last = max(last, end)
+            heapq.heappush(free, end)
+        total += items / last / (in_flight * items / sum(latencies))
+    return total / draws
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mean", type=float, default=8.0, help="mean latency, seconds (the bound scales with it)")
     parser.add_argument("--jitter", type=float, default=0.25)
     parser.add_argument("--turn", type=float, default=0.0, help="seconds from a notice to the next submission")
     parser.add_argument("--max-polls", type=int, default=12)
+    parser.add_argument("--items", type=int, default=None, help="items per collection (default: the benchmark's)")
     args = parser.parse_args()
-    print(f"{'setting':<14} {'ceiling/min':>11} {'bound/min':>9} {'bound':>6} {'status/pred':>11} {'cycle/mean':>10}")
-    for name, (in_flight, runs, status) in SETTINGS.items():
+    print(f"{'setting':<14} {'ceiling/min':>11} {'bound/min':>9} {'bound':>6} {'status/pred':>11} {'cycle/mean':>10} "
+          f"{'items':>5} {'fill+drain':>10} {'api bound':>9}")
+    for name, (in_flight, runs, status, items) in SETTINGS.items():
+        items = args.items or items
         ceiling = min(runs, in_flight / args.mean, status)
         rate, polls, cycle = bound(in_flight, runs, status, args.mean, args.jitter, args.turn, args.max_polls)
+        drain = fill_and_drain(items, in_flight, args.jitter)
         print(f"{name:<14} {60 * ceiling:>11.1f} {60 * rate:>9.1f} {rate / ceiling:>6.1%} {polls:>11.2f} "
-              f"{cycle / args.mean:>10.3f}", flush=True)
+              f"{cycle / args.mean:>10.3f} {items:>5} {drain:>10.1%} {rate / ceiling * drain:>9.1%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ and every flow process, on any worker, feeds the events into its own inbox.
 
 For deployments: the provider reaches one public address (``tryon webhooks serve``), while flow
 runs happen on workers anywhere (``TRYON_WEBHOOK_URL`` set, ``TRYON_WEBHOOK_LISTEN`` not). The
-event carries the :class:`~tryon.webhooks.Delivery` (item key, attempt, prediction id, status),
+event carries the :class:`~tryon.webhooks.Delivery` (run, item label, attempt, prediction id, status),
 never the secret or a token. A flow process believes an event no more than a webhook: its inbox
 takes only what it expects, and the prediction is confirmed by a status call before anything is
 archived (anyone who may write events to the Prefect server could send one).

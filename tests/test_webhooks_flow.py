@@ -82,3 +82,23 @@ async def test_lost_webhooks_cost_time_never_an_image(prefect_server, make_emula
     records = emulator.predictions()
     assert any(r["webhook"] == "lost" for r in records)
     assert report["totals"]["archived"] == 12 and len(records) == 12
+
+
+async def test_two_items_with_the_same_inputs_each_get_their_own_webhook(
+        prefect_server, make_emulator, env_for, tmp_path, monkeypatch):
+    """Webhooks are addressed by the item's label, unique in its run: two pairs whose images are
+    the same (one key), both paid for on purpose (reuse off), are each told of their own end."""
+    from flows.collection import tryon_collection
+
+    emulator = make_emulator()
+    env_for(emulator, TIME_SCALE)
+    monkeypatch.setenv("TRYON_WEBHOOK_LISTEN", "127.0.0.1:0")
+    spec = write_collection(tmp_path, name="twins", garments=2, models=1)
+    (tmp_path / "img" / "g1.png").write_bytes((tmp_path / "img" / "g0.png").read_bytes())
+    state = await tryon_collection(spec=str(spec), archive=str(tmp_path / "archive"), reuse=False,
+                                   return_state=True)
+    assert state.is_completed(), state.message
+    records = emulator.predictions()
+    assert len(records) == 2 and records[0]["images"] == records[1]["images"]
+    assert [r["webhook_answers"] for r in records] == [[200], [200]], "each delivery was expected"
+    assert [r["status_calls"] for r in records] == [1, 1], "each confirmed once, neither polled for"

@@ -205,7 +205,7 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
         if paying is not None:
             _paid(runtime.archive, state, paying)
         if runtime.webhooks is not None and not state.active:
-            runtime.webhooks.forget(state.key)
+            runtime.webhooks.forget(state.label)
     return state.report()
 
 
@@ -283,8 +283,8 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     submitted_at = time.time()
     webhook_url = None
     if hooks is not None:
-        hooks.expect(state.key, state.attempt, lambda delivery: runtime.traffic.hint(delivery.prediction_id))
-        webhook_url = hooks.url_for(state.key, state.attempt)
+        hooks.expect(state.label, state.attempt, lambda delivery: runtime.traffic.hint(delivery.prediction_id))
+        webhook_url = hooks.url_for(state.label, state.attempt)
     try:
         prediction_id = await runtime.client.start(request, webhook_url=webhook_url)
     except AmbiguousSubmission as exc:
@@ -294,7 +294,7 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
         state.notes.append(f"attempt {state.attempt}: {exc}")
         if hooks is not None:
             profile = (item.model_name, item.mode)
-            delivery = await hooks.wait(state.key, state.attempt, runtime.traffic.latency.expected_duration(profile))
+            delivery = await hooks.wait(state.label, state.attempt, runtime.traffic.latency.expected_duration(profile))
             if delivery is not None:
                 state.recovered_ambiguous = True
                 state.notes.append(f"attempt {state.attempt}: prediction {delivery.prediction_id} recovered by its "
@@ -309,7 +309,7 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
         runtime.traffic.release_slot(slot)
         raise
     if hooks is not None:
-        hooks.bind(state.key, state.attempt, prediction_id)
+        hooks.bind(state.label, state.attempt, prediction_id)
     return await _submitted(runtime, state, prediction_id, submitted_at, slot)
 
 
@@ -377,7 +377,7 @@ async def _wait(runtime: Runtime, state: ItemState, slot: Slot | None) -> Predic
     assert submission is not None
     elapsed = max(0.0, time.time() - submission.submitted_at)
     hooks = runtime.webhooks
-    hinted = submission.pushed and hooks is not None and hooks.delivered(state.key, submission.attempt) is not None
+    hinted = submission.pushed and hooks is not None and hooks.delivered(state.label, submission.attempt) is not None
     return await runtime.traffic.wait(
         submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
         submitted_at=runtime.traffic.clock.now() - elapsed, timeout=runtime.prediction_timeout, slot=slot,

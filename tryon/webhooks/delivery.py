@@ -1,8 +1,8 @@
 """What one webhook says, and the callback URL that tells the provider where to send it.
 
-The URL is ours, so it carries what we need: ``<base>/<token>?run=<run>&item=<key>&attempt=<n>``.
-``run`` names the process's inbox (two runs may submit the same item key), ``item`` and
-``attempt`` the submission. The token is an HMAC of those three under the secret: the receiver
+The URL is ours, so it carries what we need: ``<base>/<token>?run=<run>&item=<label>&attempt=<n>``.
+``run`` names the process's inbox (two runs may submit the same item), ``item`` (its label, unique
+in its run: two items of one run may share a key) and ``attempt`` the submission. The token is an HMAC of those three under the secret: the receiver
 recomputes it, so an address not made by us is refused without a lookup, and the secret itself
 never leaves the process (a token leaked from a log opens one submission's door, not the key's).
 """
@@ -39,7 +39,7 @@ class Delivery:
     """A webhook whose address we made: which submission it is about and what the body claims."""
 
     run: str
-    item: str  # the item's key
+    item: str  # the item's label (unique in its run)
     attempt: int
     prediction_id: str
     status: str

@@ -563,7 +563,6 @@ class Archive:
                 "prediction_ids": [*history, *result.prediction_ids],
                 "attempts": max(result.attempts, pending.attempts),
                 "possible_duplicate_charge": result.possible_duplicate_charge or pending.possible_duplicate_charge,
-                "recovered_ambiguous": result.recovered_ambiguous or pending.recovered_ambiguous,
             })
         await self._write(self._join(folder, RESULT_FILE), _dumps(result))
         if result.state == "archived":

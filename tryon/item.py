@@ -68,8 +68,8 @@ class ItemState:
 
     def __init__(self, item: Item, key: str, stage: Stage, *, reason: str = "", attempt: int = 0,
                  submission: Submission | None = None, result: ItemResult | None = None,
-                 possible_duplicate_charge: bool = False, source: IndexEntry | None = None,
-                 reusable: bool = False, reuse_refused: str | None = None) -> None:
+                 possible_duplicate_charge: bool = False, recovered_ambiguous: bool = False,
+                 source: IndexEntry | None = None, reusable: bool = False, reuse_refused: str | None = None) -> None:
         self.item = item
         self.key = key
         self.stage: Stage = stage
@@ -81,7 +81,7 @@ class ItemState:
         self.notes: list[str] = []
         self.possible_duplicate_charge = possible_duplicate_charge
         self.resubmitted_after_404 = False
-        self.recovered_ambiguous = False  # an ambiguous answer's prediction was found by its webhook
+        self.recovered_ambiguous = recovered_ambiguous  # an ambiguous answer's prediction was found by its webhook
         self.source = source  # the index entry it copies from (stage "reuse")
         self.reusable = reusable  # may wait for another item of this process paying for its key
         self.reuse_refused = reuse_refused  # why an index entry for its key was not used
@@ -146,11 +146,10 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         return ItemState(item, key, "skipped", reason="already archived", result=result)
     pending = await archive.read_pending(item, key) if result is None else None
     if pending is not None and pending.prediction_id:
-        state = ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
-                          attempt=pending.attempts, submission=_resumed(pending),
-                          possible_duplicate_charge=pending.possible_duplicate_charge, reusable=reuse)
-        state.recovered_ambiguous = pending.recovered_ambiguous
-        return state
+        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
+                         attempt=pending.attempts, submission=_resumed(pending),
+                         possible_duplicate_charge=pending.possible_duplicate_charge,
+                         recovered_ambiguous=pending.recovered_ambiguous, reusable=reuse)
     refused = None
     if reuse:
         try:

@@ -1,6 +1,6 @@
 """Throughput of the real collection flow against the emulator, beside the naive SDK loop.
 
-    uv run --locked python bench/throughput.py                 # every regime below (~20 min)
+    uv run --locked python bench/throughput.py                 # every regime below (~45 min)
     uv run --locked python bench/throughput.py --modes default,slow --no-naive
 
 Each regime runs the flow in its own process against a Prefect server and an emulator, then
@@ -13,8 +13,8 @@ for a balanced try-on) and learns the rest. Figures are in API time (wall time �
 so they compare with a real key.
 
 - ``default``: the documented limits (runs 50/60 s, status 50/10 s, 6 in flight), 10×, 300 items;
-- ``real``: the same at real timing (8 s predictions), 240 items (at 120 the first and last rounds
-  weigh ≈4 % of the span);
+- ``real``: the same at real timing (8 s predictions), 600 items (at 120, filling and draining the
+  slots alone hold any polling policy to 96.0 %: ``polling_bound.py --items 120``);
 - ``slow``: a slow model, 40 s mean latency (five times the prior), emulated at 10×, 120 items;
 - ``drift``: 10×, 300 items, latency doubled for the middle third of the predictions created
   (the provider's queue grows), then back;
@@ -64,7 +64,7 @@ set_env_defaults(EMBEDDED_SERVER_TUNING)  # the embedded server, as the product 
 KEY = "fa-bench-key"
 MODES = {  # name: (run limit, status limit, in flight, processes, time scale, items, emulator settings)
     "default": ((50, 60), (50, 10), 6, 1, 10.0, 300, {}),
-    "real": ((50, 60), (50, 10), 6, 1, 1.0, 240, {}),
+    "real": ((50, 60), (50, 10), 6, 1, 1.0, 600, {}),
     "slow": ((50, 60), (50, 10), 6, 1, 10.0, 120, {"latencies": {"balanced": 40.0}}),
     "drift": ((50, 60), (50, 10), 6, 1, 10.0, 300, {"latency_steps": "thirds"}),
     "raised": ((250, 60), (50, 10), 30, 1, 2.0, 900, {}),

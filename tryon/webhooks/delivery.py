@@ -3,8 +3,9 @@
 The URL is ours, so it carries what we need: ``<base>/<token>?run=<run>&item=<label>&attempt=<n>``.
 ``run`` names the process's inbox (two runs may submit the same item), ``item`` (its label, unique
 in its run: two items of one run may share a key) and ``attempt`` the submission. The token is an
-HMAC of those three under the secret: the receiver recomputes it, so an address not made by us is refused without a lookup, and the secret itself
-never leaves the process (a token leaked from a log opens one submission's door, not the key's).
+HMAC of those three under the secret: the receiver recomputes it, so an address not made by us is
+refused without a lookup, and the secret itself never leaves the process (a token leaked from a log
+opens one submission's door, not the key's).
 """
 
 from __future__ import annotations

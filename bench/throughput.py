@@ -121,16 +121,18 @@ def run_flows(specs: list[Path], archive: Path, env: dict[str, str]) -> tuple[fl
 async def naive(url: str, count: int, scale: float, in_flight: int) -> None:
     from fashn import AsyncFashn
 
-    sdk = AsyncFashn(api_key=KEY, base_url=url)
     gate = asyncio.Semaphore(in_flight)
+    # Closed inside the loop: an SDK client left to the garbage collector closes its connections
+    # after asyncio.run has closed the loop, and prints "Event loop is closed" tracebacks.
+    async with AsyncFashn(api_key=KEY, base_url=url) as sdk:
 
-    async def one(i: int) -> None:
-        async with gate:
-            await sdk.predictions.subscribe(model_name="tryon-v1.6", poll_interval=int(1000 / scale), inputs={
-                "model_image": f"{url}/_assets/m{i % 7}.jpg", "garment_image": f"{url}/_assets/g{i}.png",
-                "mode": "balanced"})
+        async def one(i: int) -> None:
+            async with gate:
+                await sdk.predictions.subscribe(model_name="tryon-v1.6", poll_interval=int(1000 / scale), inputs={
+                    "model_image": f"{url}/_assets/m{i % 7}.jpg", "garment_image": f"{url}/_assets/g{i}.png",
+                    "mode": "balanced"})
 
-    await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.gather(*(one(i) for i in range(count)))
 
 
 def slot_turn(predictions: list[dict], in_flight: int, scale: float) -> tuple[float, float]:

@@ -79,9 +79,10 @@ REGIMES = {
 def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 10), *, mean: float = 8.0,
              steps: tuple[tuple[float, float], ...] = (), seed: int = 1, round_trip: float = 0.05,
              submit_cost: float = 0.05, fixed: float | None = None,
-             oracle: bool = False) -> tuple[float, float, float]:
+             oracle: bool = False, knobs: dict[str, float | None] | None = None) -> tuple[float, float, float]:
     """(ratio to the ceiling, status calls per prediction, mean notice delay / mean latency) of one
-    simulated run. ``steps``: (share of the items submitted, latency multiplier from then on)."""
+    simulated run. ``steps``: (share of the items submitted, latency multiplier from then on);
+    ``knobs``: poll scheduler attributes to set (``budget=None``: no pacing, the limiter alone)."""
     latencies: list[float] = []
     delays: list[float] = []
 
@@ -90,6 +91,10 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)  # no latency hint
         if oracle:
             controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
+        for name, value in (knobs or {}).items():
+            if not hasattr(controller.scheduler, name):
+                raise SystemExit(f"--knob {name}: the poll scheduler has no such attribute")
+            setattr(controller.scheduler, name, value)
         server = FakeServer(clock, controller)
         rng = random.Random(seed)
         queue = list(range(items))
@@ -137,6 +142,13 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
     return items / elapsed / ceiling, polls / items, sum(delays) / len(delays) / observed
 
 
+def knob_value(spec: str) -> tuple[str, float | None]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name or name.startswith("_"):
+        raise SystemExit(f"--knob {spec!r}: expected NAME=VALUE")
+    return name, None if value.lower() == "none" else float(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1200)
@@ -148,7 +160,11 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="give the scheduler the true latency distribution (a bound on its policy, not a "
                              "measurement of the product)")
+    parser.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a poll scheduler attribute for the scheduler's runs, e.g. min_share=0.02, "
+                             "quickest=1, likelihood=0.02, or budget=none (no pacing); repeatable")
     args = parser.parse_args()
+    knobs = dict(knob_value(spec) for spec in args.knob)
     print(f"{'setting':<14} {'regime':<19} {'ratio':>6} {'status/pred':>11} {'notice':>6} {'fixed ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
     for name in args.settings.split(","):
@@ -159,7 +175,8 @@ def main() -> None:
             for fixed in (None, args.fixed * mean / 8 / scale):
                 runs = [simulate(args.items, in_flight, run.scaled(scale), status.scaled(scale), mean=mean / scale,
                                  steps=steps, seed=seed, round_trip=0.05 / scale, submit_cost=0.05 / scale,
-                                 fixed=fixed, oracle=args.oracle and fixed is None)
+                                 fixed=fixed, oracle=args.oracle and fixed is None,
+                                 knobs=knobs if fixed is None else None)
                         for seed in range(1, args.seeds + 1)]
                 row += [sum(r[k] for r in runs) / len(runs) for k in range(3)]
             print(f"{name:<14} {regime:<19} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>6.1%} {row[3]:>11.1%} "

@@ -33,6 +33,7 @@ from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit
 from tryon.settings import Limit  # noqa: E402
 from tryon.traffic import FakeClock, TrafficController  # noqa: E402
 from tryon.traffic.latency import LatencyModel  # noqa: E402
+from tryon.traffic.polling import PollScheduler  # noqa: E402
 
 
 class KnownLatency(LatencyModel):
@@ -92,8 +93,6 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         if oracle:
             controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
         for name, value in (knobs or {}).items():
-            if not hasattr(controller.scheduler, name):
-                raise SystemExit(f"--knob {name}: the poll scheduler has no such attribute")
             setattr(controller.scheduler, name, value)
         server = FakeServer(clock, controller)
         rng = random.Random(seed)
@@ -142,11 +141,20 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
     return items / elapsed / ceiling, polls / items, sum(delays) / len(delays) / observed
 
 
-def knob_value(spec: str) -> tuple[str, float | None]:
-    name, sep, value = spec.partition("=")
-    if not sep or not name or name.startswith("_"):
-        raise SystemExit(f"--knob {spec!r}: expected NAME=VALUE")
-    return name, None if value.lower() == "none" else float(value)
+def parse_knobs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, float | None]:
+    """``NAME=VALUE`` pairs, checked by the scheduler's own constructor (its names and ranges)."""
+    knobs: dict[str, float | None] = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            knobs[name] = None if value.lower() == "none" else float(value)
+        except ValueError:
+            parser.error(f"--knob {spec!r}: expected NAME=VALUE, VALUE a number or none")
+    try:
+        PollScheduler(lambda: None, **knobs)  # never polls: only its constructor checks
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--knob: {exc}")
+    return knobs
 
 
 def main() -> None:
@@ -164,7 +172,7 @@ def main() -> None:
                         help="set a poll scheduler attribute for the scheduler's runs, e.g. min_share=0.02, "
                              "quickest=1, likelihood=0.02, or budget=none (no pacing); repeatable")
     args = parser.parse_args()
-    knobs = dict(knob_value(spec) for spec in args.knob)
+    knobs = parse_knobs(parser, args.knob)
     print(f"{'setting':<14} {'regime':<19} {'ratio':>6} {'status/pred':>11} {'notice':>6} {'fixed ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
     for name in args.settings.split(","):

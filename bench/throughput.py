@@ -1,6 +1,6 @@
 """Throughput of the real collection flow against the emulator, beside the naive SDK loop.
 
-    uv run --locked python bench/throughput.py                 # every regime below (~45 min)
+    uv run --locked python bench/throughput.py                 # every regime below (~50 min)
     uv run --locked python bench/throughput.py --modes default,slow --no-naive
 
 Each regime runs the flow in its own process against a Prefect server and an emulator, then

@@ -16,6 +16,9 @@ end to its notice as a share of the mean latency, for the scheduler and, as the 
 same run, for fixed-interval polling through the same controller (``--fixed``: every prediction
 polled every second from its submission, the official SDK's default, scaled with the regime's
 latency; its calls queued at the same status limiter, its slots freed the same way).
+``--round-trip`` sets what each call takes (the product's own turn, to compare with
+``throughput.py``); ``--price`` runs the per-prediction optimal schedules of ``frontier_policy.py``
+in place of the greedy choice.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from frontier_policy import FrontierScheduler  # noqa: E402
 from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit tests use)
 from tryon.settings import Limit  # noqa: E402
 from tryon.traffic import FakeClock, TrafficController  # noqa: E402
@@ -80,10 +84,12 @@ REGIMES = {
 def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 10), *, mean: float = 8.0,
              steps: tuple[tuple[float, float], ...] = (), seed: int = 1, round_trip: float = 0.05,
              submit_cost: float = 0.05, fixed: float | None = None,
-             oracle: bool = False, knobs: dict[str, float | None] | None = None) -> tuple[float, float, float]:
+             oracle: bool = False, knobs: dict[str, float | None] | None = None,
+             price: float | None = None) -> tuple[float, float, float]:
     """(ratio to the ceiling, status calls per prediction, mean notice delay / mean latency) of one
     simulated run. ``steps``: (share of the items submitted, latency multiplier from then on);
-    ``knobs``: poll scheduler attributes to set (``budget=None``: no pacing, the limiter alone)."""
+    ``knobs``: poll scheduler attributes to set (``budget=None``: no pacing, the limiter alone);
+    ``price``: the frontier policy at that price in place of the greedy one (``frontier_policy.py``)."""
     latencies: list[float] = []
     delays: list[float] = []
 
@@ -92,6 +98,9 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)  # no latency hint
         if oracle:
             controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
+        if price is not None:
+            controller.scheduler.__class__ = FrontierScheduler
+            controller.scheduler.price = price
         for name, value in (knobs or {}).items():
             setattr(controller.scheduler, name, value)
         server = FakeServer(clock, controller)
@@ -171,7 +180,15 @@ def main() -> None:
     parser.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                         help="set a poll scheduler attribute for the scheduler's runs, e.g. min_share=0.02, "
                              "quickest=1, likelihood=0.02, or budget=none (no pacing); repeatable")
+    parser.add_argument("--round-trip", type=float, default=0.05,
+                        help="API seconds each call takes, status and submission alike (throughput.py measures "
+                             "the product's turn r at 0.04-0.06 at 10x)")
+    parser.add_argument("--price", type=float, default=None,
+                        help="run the frontier policy (frontier_policy.py) at this price, in mean latencies per "
+                             "status call, in place of the greedy one")
     args = parser.parse_args()
+    if args.round_trip < 0 or (args.price is not None and args.price < 0):
+        parser.error("--round-trip and --price must be >= 0")
     knobs = parse_knobs(parser, args.knob)
     print(f"{'setting':<14} {'regime':<19} {'ratio':>6} {'status/pred':>11} {'notice':>6} {'fixed ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
@@ -182,9 +199,10 @@ def main() -> None:
             row = []
             for fixed in (None, args.fixed * mean / 8 / scale):
                 runs = [simulate(args.items, in_flight, run.scaled(scale), status.scaled(scale), mean=mean / scale,
-                                 steps=steps, seed=seed, round_trip=0.05 / scale, submit_cost=0.05 / scale,
-                                 fixed=fixed, oracle=args.oracle and fixed is None,
-                                 knobs=knobs if fixed is None else None)
+                                 steps=steps, seed=seed, round_trip=args.round_trip / scale,
+                                 submit_cost=args.round_trip / scale, fixed=fixed,
+                                 oracle=args.oracle and fixed is None, knobs=knobs if fixed is None else None,
+                                 price=args.price if fixed is None else None)
                         for seed in range(1, args.seeds + 1)]
                 row += [sum(r[k] for r in runs) / len(runs) for k in range(3)]
             print(f"{name:<14} {regime:<19} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>6.1%} {row[3]:>11.1%} "

@@ -19,14 +19,23 @@ CELLS = 120  # ages between the 0 and 99 % quantiles
 
 
 class FrontierScheduler(PollScheduler):
-    price = 0.003  # mean latencies per status call
+    price: float  # mean latencies per status call
+    _plans: dict  # profile -> (the estimate it was computed from, the plan)
+
+    @classmethod
+    def adopt(cls, scheduler: PollScheduler, price: float) -> None:
+        """Turn a controller's own scheduler into this one (the controller builds its scheduler,
+        with no seam to pass another), keeping every setting it was built with."""
+        scheduler.__class__ = cls
+        assert isinstance(scheduler, cls)
+        scheduler.price, scheduler._plans = price, {}
 
     def _plan(self, profile) -> tuple[float, float, list[float]]:
         """(lo, hi, next poll age for each of CELLS + 1 ages seen running), recomputed when the
-        estimate has moved."""
-        distribution = self.latency.distribution(profile)
-        key = (distribution.samples // 5, round(distribution.mean, 3), self.price)
-        cache = self.__dict__.setdefault("_plans", {})
+        estimate has moved: every fifth completion, or the mean by 1 % (the oracle's moves alone)."""
+        mean = self.latency.mean(profile)
+        key = (self.latency.estimate(profile).samples // 5, round(math.log(mean), 2))
+        cache = self._plans
         if cache.get(profile, (None,))[0] != key:
             lo, hi = self.latency.quantile(profile, 0.0), self.latency.quantile(profile, 1.0 - STUCK_TAIL / 2)
             ages = [lo + (hi - lo) * i / CELLS for i in range(CELLS + 1)]
@@ -34,7 +43,7 @@ class FrontierScheduler(PollScheduler):
             area = [0.0]  # the integral of the cdf: expected unnoticed time between two ages
             for i in range(1, CELLS + 1):
                 area.append(area[-1] + (ended[i] + ended[i - 1]) / 2 * (ages[i] - ages[i - 1]))
-            price = self.price * self.latency.mean(profile)
+            price = self.price * mean
             cost, nxt = [0.0] * (CELLS + 1), list(ages)
             for i in range(CELLS - 1, -1, -1):
                 alive = 1.0 - ended[i]

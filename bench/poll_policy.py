@@ -99,8 +99,7 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         if oracle:
             controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
         if price is not None:
-            controller.scheduler.__class__ = FrontierScheduler
-            controller.scheduler.price = price
+            FrontierScheduler.adopt(controller.scheduler, price)
         for name, value in (knobs or {}).items():
             setattr(controller.scheduler, name, value)
         server = FakeServer(clock, controller)

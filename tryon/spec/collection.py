@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from tryon.models import DEFAULT_MODEL_NAME, MODELS
 from tryon.spec.csv_rows import csv_rows
@@ -27,22 +27,16 @@ def _none_to_dict(value: Any) -> Any:
     return {} if value is None else value
 
 
+Id = Annotated[str, BeforeValidator(id_to_str)]
+Inputs = Annotated[dict[str, Any], BeforeValidator(_none_to_dict)]  # an empty `inputs:` is no inputs
+
+
 class ImageRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="Unique in its list; safe as an object key.")
+    id: Id = Field(description="Unique in its list; safe as an object key.")
     image: str = Field(description="Local path (relative to the spec), fsspec URL, http(s) URL or data URI.")
-    inputs: dict[str, Any] = Field(default_factory=dict, description="Input overrides for this row's items.")
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_str(cls, value: Any) -> Any:
-        return id_to_str(value)
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _inputs(cls, value: Any) -> Any:
-        return _none_to_dict(value)
+    inputs: Inputs = Field(default_factory=dict, description="Input overrides for this row's items.")
 
 
 class Garment(ImageRow):
@@ -56,19 +50,9 @@ class ModelPhoto(ImageRow):
 class Pair(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    garment: str
-    model: str
-    inputs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("garment", "model", mode="before")
-    @classmethod
-    def _ids(cls, value: Any) -> Any:
-        return id_to_str(value)
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _inputs(cls, value: Any) -> Any:
-        return _none_to_dict(value)
+    garment: Id
+    model: Id
+    inputs: Inputs = Field(default_factory=dict)
 
 
 class CollectionSpec(BaseModel):
@@ -80,31 +64,21 @@ class CollectionSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Id
     model_name: str = DEFAULT_MODEL_NAME
     date: dt.date | None = None
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    inputs: Inputs = Field(default_factory=dict)
     models: list[ModelPhoto] = Field(default_factory=list)
     garments: list[Garment] = Field(default_factory=list)
     pairs: Literal["all"] | list[Pair] = "all"
-    overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="Inputs set for every item over all the spec's layers (a run's "
-                                                  "mode or num_samples override).")
+    overrides: Inputs = Field(default_factory=dict,
+                              description="Inputs set for every item over all the spec's layers (a run's "
+                                          "mode or num_samples override).")
     base_dir: str | None = None
     source: str | None = None
     csv: str | None = None
 
     _item_count: int | None = PrivateAttr(default=None)
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name_str(cls, value: Any) -> Any:
-        return id_to_str(value)
-
-    @field_validator("inputs", "overrides", mode="before")
-    @classmethod
-    def _inputs(cls, value: Any) -> Any:
-        return _none_to_dict(value)
 
     @field_validator("pairs", mode="before")
     @classmethod

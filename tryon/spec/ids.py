@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SAFE_ID_HINT = "use letters, digits, '-', '_', '.'"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_ID_HINT = "use letters, digits, '-', '_', '.'"
 LABEL_SEPARATOR = "__"
 
 
@@ -16,9 +16,9 @@ def id_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
     if value == "":
-        return f"is empty; an id is needed ({SAFE_ID_HINT})"
-    if not SAFE_ID.match(value) or ".." in value:
-        return f"is not safe as an object key ({SAFE_ID_HINT}; start with a letter or digit; no '..'; at most 128)"
+        return f"is empty; an id is needed ({_SAFE_ID_HINT})"
+    if not _SAFE_ID.match(value) or ".." in value:
+        return f"is not safe as an object key ({_SAFE_ID_HINT}; start with a letter or digit; no '..'; at most 128)"
     if LABEL_SEPARATOR in value:
         return f"contains {LABEL_SEPARATOR!r}, which separates garment and model in folder names"
     return None

@@ -32,8 +32,8 @@ def validate(spec: str, /, *, model_name: str | None = None) -> int:
     model_name
         Validate for this model instead of the spec's.
     """
-    from tryon.collection import SpecError
     from tryon.batch import load_and_validate
+    from tryon.spec.problems import SpecError
 
     try:
         collection = asyncio.run(load_and_validate(spec, model_name))
@@ -76,8 +76,8 @@ def run(
         Copy outputs another collection archived for the same model and inputs instead of paying
         again (default TRYON_REUSE, on).
     """
-    from tryon.collection import SpecError
     from tryon.errors import FashnError
+    from tryon.spec.problems import SpecError
 
     try:
         if dry_run:
@@ -135,9 +135,9 @@ def gallery(spec: str, /, *, archive: str | None = None, model_name: str | None 
     """
     from tryon.archive import Archive
     from tryon.batch import gallery_copy
-    from tryon.collection import SpecError
     from tryon.errors import FashnError
     from tryon.settings import ArchiveSettings
+    from tryon.spec.problems import SpecError
 
     try:
         page = asyncio.run(gallery_copy(spec, archive=Archive(archive or ArchiveSettings().archive_url),

@@ -49,7 +49,7 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.collection import progress_listener, tryon_collection
-    from tryon.collection import load_spec
+    from tryon.spec.loaders import load_spec
 
     total = (await load_spec(spec, model_name_override=model_name)).item_count()
 

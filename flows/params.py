@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tryon.collection import Garment, ModelPhoto, Pair
 from tryon.models import ACCEPTED_MODES, DEFAULT_MODEL_NAME, MODELS
+from tryon.spec.collection import Garment, ModelPhoto, Pair
 
 # Built from the model registry (tryon.models.MODELS), so a new model or mode shows in the forms.
 ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]

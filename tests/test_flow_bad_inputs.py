@@ -16,7 +16,8 @@ from pathlib import Path
 from tests.fixtures.emulator import TEST_KEY
 from tests.test_flow_faults import run_flow, url_collection
 from tryon.archive import Archive
-from tryon.collection import iter_items, load_spec
+from tryon.spec.items import iter_items
+from tryon.spec.loaders import load_spec
 
 
 def report_of(archive: Path, name: str) -> dict:
@@ -128,7 +129,7 @@ async def test_a_prediction_the_provider_forgot_is_submitted_once_more(prefect_s
     env_for(emulator, 20.0)
     spec = url_collection(tmp_path, emulator, garments=["a", "b"])
     archive = Archive(str(tmp_path / "archive"))
-    from tryon.collection import item_key
+    from tryon.spec.key import item_key
 
     collection = await load_spec(spec)
     forgotten = next(iter_items(collection))

@@ -41,8 +41,10 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tryon import images
-from tryon.collection import LABEL_SEPARATOR, Item, id_problem, item_key
 from tryon.errors import FashnError
+from tryon.spec.ids import LABEL_SEPARATOR, id_problem
+from tryon.spec.items import Item
+from tryon.spec.key import item_key
 
 DEFAULT_ARCHIVE_URL = "./archive"
 RESULT_FILE = "result.json"

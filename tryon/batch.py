@@ -20,7 +20,6 @@ from tryon import images
 from tryon import item as life
 from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
-from tryon.collection import CollectionSpec, Item, iter_items, load_spec, run_inputs, spec_from_data, validate_spec
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import render_gallery
 from tryon.item import ItemState
@@ -28,6 +27,10 @@ from tryon.models import credits_for, model_spec
 from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
 from tryon.settings import ArchiveSettings, FashnSettings
+from tryon.spec.collection import CollectionSpec, run_inputs
+from tryon.spec.items import Item, iter_items
+from tryon.spec.loaders import load_spec, spec_from_data
+from tryon.spec.validation import validate_spec
 
 #: How each planned stage is counted in a plan's line and data.
 ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resume"),

@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from tryon import images
 from tryon.archive import Archive, utcnow
-from tryon.collection import SpecError, load_spec
+from tryon.spec.loaders import load_spec
+from tryon.spec.problems import SpecError
 
 SPEC_EXTENSIONS = (".yaml", ".yml", ".json", ".csv")
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -30,11 +30,12 @@ import time
 from typing import Literal
 
 from tryon.archive import Archive, ArchiveError, IndexEntry, ItemResult, NotReusable, OutputRecord, PendingRecord
-from tryon.collection import Item, item_key
 from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
 from tryon.report import ItemReport
 from tryon.runtime import Runtime
+from tryon.spec.items import Item
+from tryon.spec.key import item_key
 from tryon.traffic import Slot
 
 logger = logging.getLogger(__name__)

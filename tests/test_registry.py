@@ -18,7 +18,6 @@ from tryon.models import (
     INPUT_SCHEMAS,
     LEGACY_MODEL_NAME,
     MODELS,
-    OUTPUT_SIZES,
     credits_for,
     input_schema,
     validate_inputs,
@@ -43,7 +42,6 @@ def test_form_choices_are_the_registry():
 
 def test_derived_views_follow_the_registry():
     assert INPUT_SCHEMAS == {name: spec.inputs for name, spec in MODELS.items()}
-    assert OUTPUT_SIZES == {name: spec.output_size for name, spec in MODELS.items()}
     assert MODELS[LEGACY_MODEL_NAME].legacy
     for name, spec in MODELS.items():
         assert input_schema(name) is spec.inputs

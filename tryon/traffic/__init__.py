@@ -46,9 +46,9 @@ HTTP attempt, whose admission it answers when the attempt ends,
 :class:`TrafficController` is one.
 """
 
-from tryon.client import Gate
+from tryon.client import ENDPOINTS, Gate
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
-from tryon.traffic.controller import ENDPOINTS, KeyLimits, TrafficController, TrafficStats
+from tryon.traffic.controller import KeyLimits, TrafficController
 from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
 from tryon.traffic.polling import PollScheduler, consume_preadmission
@@ -71,7 +71,6 @@ __all__ = [
     "SlidingWindowLimiter",
     "Slot",
     "TrafficController",
-    "TrafficStats",
     "consume_preadmission",
     "default_margin",
     "sleep_or_wake",

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tryon.client import ENDPOINTS
 from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCredits
-from tryon.models import Prediction
+from tryon.models import DEFAULT_MODEL_NAME, Prediction
 from tryon.settings import (
     DEFAULT_CREDITS_LIMIT,
     DEFAULT_MAX_IN_FLIGHT,
@@ -28,8 +27,7 @@ from tryon.traffic.slots import InFlightSlots, Slot
 if TYPE_CHECKING:
     from tryon.settings import FashnSettings
 
-ENDPOINTS = ("run", "status", "credits")
-DEFAULT_PROFILE: Profile = ("tryon-v1.6", DEFAULT_MODE)
+DEFAULT_PROFILE: Profile = (DEFAULT_MODEL_NAME, DEFAULT_MODE)
 
 
 def _profile(profile: Profile | None, model_name: str | None, mode: str | None) -> Profile:
@@ -54,25 +52,6 @@ class KeyLimits:
         return KeyLimits({name: Limit(limit.count // members[name] if members[name] else 0, limit.seconds)
                           for name, limit in self.requests.items()},
                          max(1, self.in_flight // run) if run else 0)
-
-
-@dataclass(frozen=True)
-class TrafficStats:
-    admitted: dict[str, int]          # admissions per endpoint (status includes scheduled polls)
-    rejected: dict[str, int]          # 429s seen, keyed "endpoint:code"
-    slots_capacity: int
-    slots_busy: int
-    slots_phantom: int
-    slots_peak: int
-    slots_waiting: int
-    predictions_polled: int           # predictions the scheduler is waiting on
-    polls: int
-    completions: int
-    polls_per_completion: float | None
-    submissions_stopped: str | None
-
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 class TrafficController:
@@ -108,7 +87,6 @@ class TrafficController:
         self._barrier_passes = 0  # submissions let through by releases since the barrier went up
         self._unknown_occupants: set[Slot] = set()
         self._concurrency_strikes: tuple[float, int] = (-math.inf, 0)  # (last at, how many in a row)
-        self._rejected: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
@@ -169,7 +147,6 @@ class TrafficController:
     def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None:
         """Feedback from a 429 on ``endpoint``; never raises."""
         code = code or "TooManyRequests"
-        self._rejected[f"{endpoint}:{code}"] += 1
         if code == OutOfCredits.code:
             self.stop_submissions(f"429 OutOfCredits on /v1/{endpoint}: add credits, then resume")
         elif code == ConcurrencyLimitExceeded.code:
@@ -284,11 +261,6 @@ class TrafficController:
         return self.scheduler.hint(prediction_id)
 
     # -- out of credits ------------------------------------------------------------------
-    @property
-    def submissions_stopped(self) -> str | None:
-        """Why submissions are stopped (None while they are allowed)."""
-        return self._stopped
-
     def stop_submissions(self, reason: str, error: type[ApiError] = OutOfCredits) -> None:
         """Refuse every submission from now on, raising ``error``; polling and releases continue.
 
@@ -301,30 +273,9 @@ class TrafficController:
         self.limiters["run"].fail_waiters(exc)
         self.slots.stop(exc)
 
-    def resume_submissions(self) -> None:
-        self._stopped = None
-        self.slots.resume()
-
     def _check_submissions(self) -> None:
         if self._stopped is not None:
             raise self._stopped_by(self._stopped)
-
-    # -- observability -------------------------------------------------------------------
-    def stats(self) -> TrafficStats:
-        return TrafficStats(
-            admitted={name: limiter.admitted for name, limiter in self.limiters.items()},
-            rejected=dict(self._rejected),
-            slots_capacity=self.slots.capacity,
-            slots_busy=self.slots.busy,
-            slots_phantom=self.slots.phantoms,
-            slots_peak=self.slots.peak,
-            slots_waiting=self.slots.waiting,
-            predictions_polled=self.scheduler.in_flight,
-            polls=self.scheduler.polls,
-            completions=self.scheduler.completions,
-            polls_per_completion=self.scheduler.polls_per_completion,
-            submissions_stopped=self._stopped,
-        )
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()

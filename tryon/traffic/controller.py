@@ -253,7 +253,7 @@ class TrafficController:
             raise
         except BaseException:
             if slot is not None and not slot.released:
-                self.slots.hold_phantom(self.latency.estimate(profile).mean, slot)
+                self.slots.hold_phantom(self.latency.mean(profile), slot)
             raise
 
     def hint(self, prediction_id: str) -> bool:

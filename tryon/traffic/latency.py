@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
 
 from tryon.models import DEFAULT_MODE, DEFAULT_MODEL_NAME, MODELS, latency_prior
 
@@ -32,13 +31,6 @@ Profile = tuple[str, str]  # (model_name, mode)
 
 #: The default model's published seconds per mode (each model's own are in its registry entry).
 DEFAULT_PRIORS: dict[str, float] = dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
-
-
-@dataclass
-class LatencyEstimate:
-    mean: float
-    dev: float  # mean absolute deviation
-    samples: int = 0
 
 
 class LatencyDistribution:
@@ -178,9 +170,6 @@ class LatencyDistribution:
         j = min(self.bins - 1, max(0, bisect.bisect_left(self._cum, q) - 1))
         return (j + min(1.0, max(0.0, (q - self._cum[j]) / self._smooth[j]))) * self.width
 
-    def estimate(self) -> LatencyEstimate:
-        return LatencyEstimate(self.mean, self.dev, self.samples)
-
 
 def _smoothed(mass: list[float], half: int) -> list[float]:
     """``mass`` spread by a triangular kernel ``half`` cells either side (renormalised)."""
@@ -229,9 +218,6 @@ class LatencyModel:
                 self.prior(profile), spread=self.spread, half_life=self.half_life)
         return found
 
-    def estimate(self, profile: Profile) -> LatencyEstimate:
-        return self.distribution(profile).estimate()
-
     def mean(self, profile: Profile) -> float:
         """The current mean estimate: the unit every interval of the poll scheduler is measured in."""
         return self.distribution(profile).mean
@@ -252,5 +238,5 @@ class LatencyModel:
 
     def expected_duration(self, profile: Profile) -> float:
         """A generous guess of how long a prediction of this profile occupies a slot."""
-        est = self.estimate(profile)
-        return max(est.mean + 4 * est.dev, self.quantile(profile, 0.999))
+        found = self.distribution(profile)
+        return max(found.mean + 4 * found.dev, found.quantile(0.999))

@@ -68,10 +68,6 @@ class InFlightSlots:
         return len(self._held)
 
     @property
-    def phantoms(self) -> int:
-        return sum(1 for s in self._held if s.phantom)
-
-    @property
     def waiting(self) -> int:
         return sum(1 for f in self._waiters if not f.done())
 

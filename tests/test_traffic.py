@@ -666,8 +666,8 @@ async def test_concurrency_limit_exceeded_waits_for_a_release_or_the_backoff():
 async def test_ambiguous_submission_keeps_a_phantom_slot():
     clock = FakeClock()
     controller = TrafficController(max_in_flight=1, clock=clock)
-    async with controller.slot() as slot:
-        controller.hold_phantom(profile=("m", "performance"), slot=slot)   # e.g. a 502 after sending
+    slot = await controller.acquire_slot()
+    controller.hold_phantom(profile=("m", "performance"), slot=slot)   # e.g. a 502 after sending
     assert not slot.released
     expected = controller.latency.expected_duration(("m", "performance"))
     late = await clock.run(controller.acquire_slot())

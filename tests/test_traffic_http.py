@@ -29,10 +29,14 @@ def documented_limits() -> TrafficController:
 
 
 async def try_on(client: FashnClient, traffic: TrafficController, emulator, seed: int) -> str:
-    async with traffic.slot() as slot:
+    slot = await traffic.acquire_slot()
+    try:
         prediction_id = await client.run("tryon-v1.6", inputs(emulator, seed))
-        answer = await traffic.wait(prediction_id, poll=client.status, model_name="tryon-v1.6", mode="performance",
-                                    slot=slot, timeout=60)
+    except BaseException:
+        traffic.release_slot(slot)
+        raise
+    answer = await traffic.wait(prediction_id, poll=client.status, model_name="tryon-v1.6", mode="performance",
+                                slot=slot, timeout=60)  # frees the slot
     return answer.status
 
 

@@ -50,14 +50,13 @@ HTTP attempt, whose admission it answers when the attempt ends,
 from tryon.client import ENDPOINTS, Gate
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
 from tryon.traffic.controller import KeyLimits, TrafficController
-from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyModel
+from tryon.traffic.latency import LatencyDistribution, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
 from tryon.traffic.polling import PollScheduler, consume_preadmission
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
     "Admission",
-    "DEFAULT_PRIORS",
     "ENDPOINTS",
     "Clock",
     "FakeClock",

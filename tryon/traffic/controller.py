@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,9 +62,7 @@ class TrafficController:
 
     def __init__(self, run_limit: Limit | str = DEFAULT_RUN_LIMIT, status_limit: Limit | str = DEFAULT_STATUS_LIMIT,
                  credits_limit: Limit | str = DEFAULT_CREDITS_LIMIT, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 clock: Clock | None = None, *,
-                 margin: float | None = None, priors: dict[str, float] | None = None,
-                 concurrency_backoff: float | None = None) -> None:
+                 clock: Clock | None = None, *, margin: float | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.limits = KeyLimits(dict(zip(ENDPOINTS, (Limit.parse(lim) for lim in (run_limit, status_limit, credits_limit)),
                                          strict=True)), max_in_flight)  # the whole key, as configured
@@ -75,12 +72,11 @@ class TrafficController:
             for name, limit in self.limits.requests.items()
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
-        self.latency = LatencyModel(priors)
+        self.latency = LatencyModel()
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
                                        budget=lambda: status.effective_count() / status.window,
                                        fill=lambda: len(status.recent()) / max(1, status.effective_count()))
-        self._concurrency_backoff = None if concurrency_backoff is None else float(concurrency_backoff)
         self._stopped: str | None = None
         self._stopped_by: type[ApiError] = OutOfCredits
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
@@ -102,9 +98,7 @@ class TrafficController:
     @property
     def concurrency_backoff(self) -> float:
         """How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After:
-        a quarter of the default profile's mean latency as learned so far (unless set)."""
-        if self._concurrency_backoff is not None:
-            return self._concurrency_backoff
+        a quarter of the default profile's mean latency as learned so far."""
         return self.latency.mean(DEFAULT_PROFILE) / 4
 
     def set_limits(self, limits: KeyLimits, until: float = math.inf) -> None:
@@ -199,16 +193,6 @@ class TrafficController:
     def release_slot(self, slot: Slot) -> bool:
         return self.slots.release(slot)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Hold a slot for the block; a slot turned phantom inside the block is left to expire."""
-        held = await self.acquire_slot()
-        try:
-            yield held
-        finally:
-            if not held.phantom:
-                self.slots.release(held)
-
     def hold_phantom(self, model_name: str | None = None, mode: str | None = None, *,
                      profile: Profile | None = None, seconds: float | None = None,
                      slot: Slot | None = None) -> Slot:
@@ -216,7 +200,7 @@ class TrafficController:
         would have finished (``seconds``, default a generous guess for the profile).
 
         Without ``slot`` a new slot is taken at once, even over capacity; with it, that
-        slot itself becomes the phantom (and ``slot()`` will not release it on exit).
+        slot itself becomes the phantom and is freed when it expires.
         """
         if seconds is None:
             seconds = self.latency.expected_duration(_profile(profile, model_name, mode))

@@ -25,12 +25,9 @@ from __future__ import annotations
 import bisect
 from collections import deque
 
-from tryon.models import DEFAULT_MODE, DEFAULT_MODEL_NAME, MODELS, latency_prior
+from tryon.models import DEFAULT_MODE, latency_prior
 
 Profile = tuple[str, str]  # (model_name, mode)
-
-#: The default model's published seconds per mode (each model's own are in its registry entry).
-DEFAULT_PRIORS: dict[str, float] = dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
 
 
 class LatencyDistribution:
@@ -195,21 +192,16 @@ def _cumulative(mass: list[float]) -> list[float]:
 
 class LatencyModel:
     """One :class:`LatencyDistribution` per profile, starting from the provider's published times
-    (each model's own, from the registry), or from ``priors`` (seconds per mode, for every model)."""
+    (each model's own, from the registry)."""
 
-    def __init__(self, priors: dict[str, float] | None = None, *, spread: float = 0.25,
-                 half_life: float = 15.0) -> None:
-        self._registry_priors = priors is None
-        self.priors = dict(DEFAULT_PRIORS if priors is None else priors)
+    def __init__(self, *, spread: float = 0.25, half_life: float = 15.0) -> None:
         self.spread, self.half_life = spread, half_life
         self._distributions: dict[Profile, LatencyDistribution] = {}
 
     def prior(self, profile: Profile) -> float:
         """The published seconds of ``profile``: a first guess, overridden by what is seen."""
         mode = profile[1] if len(profile) > 1 else DEFAULT_MODE
-        if self._registry_priors:
-            return latency_prior(profile[0] if profile else None, mode)
-        return self.priors.get(mode, self.priors.get(DEFAULT_MODE, DEFAULT_PRIORS[DEFAULT_MODE]))
+        return latency_prior(profile[0] if profile else None, mode)
 
     def distribution(self, profile: Profile) -> LatencyDistribution:
         found = self._distributions.get(profile)

@@ -16,9 +16,8 @@ end to its notice as a share of the mean latency, for the scheduler and, as the 
 same run, for fixed-interval polling through the same controller (``--fixed``: every prediction
 polled every second from its submission, the official SDK's default, scaled with the regime's
 latency; its calls queued at the same status limiter, its slots freed the same way).
-``--round-trip`` sets what each call takes (the product's own turn, to compare with
-``throughput.py``); ``--price`` runs the per-prediction optimal schedules of ``frontier_policy.py``
-in place of the greedy choice.
+``--oracle`` gives the scheduler the true latency distribution in place of what it learns: not a
+measurement of the product, a bound on its policy.
 """
 
 from __future__ import annotations
@@ -32,12 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frontier_policy import FrontierScheduler  # noqa: E402
 from tests.test_traffic import FakeServer  # noqa: E402  (the same fake the unit tests use)
 from tryon.settings import Limit  # noqa: E402
 from tryon.traffic import FakeClock, TrafficController  # noqa: E402
 from tryon.traffic.latency import LatencyModel  # noqa: E402
-from tryon.traffic.polling import PollScheduler  # noqa: E402
 
 
 class KnownLatency(LatencyModel):
@@ -61,6 +58,10 @@ class KnownLatency(LatencyModel):
     def quantile(self, profile, q: float) -> float:
         return self._mean() * (0.75 + 0.5 * q)
 
+
+# API seconds each call takes, status and submission alike: the product's turn r, as
+# throughput.py measures it at 10x.
+ROUND_TRIP = 0.05
 SETTINGS = {  # name: (in flight, run limit, status limit)
     "default": (6, Limit(50, 60), Limit(50, 10)),
     "15 in flight": (15, Limit(150, 60), Limit(50, 10)),
@@ -82,14 +83,11 @@ REGIMES = {
 
 
 def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 10), *, mean: float = 8.0,
-             steps: tuple[tuple[float, float], ...] = (), seed: int = 1, round_trip: float = 0.05,
-             submit_cost: float = 0.05, fixed: float | None = None,
-             oracle: bool = False, knobs: dict[str, float | None] | None = None,
-             price: float | None = None) -> tuple[float, float, float]:
+             steps: tuple[tuple[float, float], ...] = (), seed: int = 1, round_trip: float = ROUND_TRIP,
+             fixed: float | None = None, oracle: bool = False) -> tuple[float, float, float]:
     """(ratio to the ceiling, status calls per prediction, mean notice delay / mean latency) of one
     simulated run. ``steps``: (share of the items submitted, latency multiplier from then on);
-    ``knobs``: poll scheduler attributes to set (``budget=None``: no pacing, the limiter alone);
-    ``price``: the frontier policy at that price in place of the greedy one (``frontier_policy.py``)."""
+    ``round_trip``: what each call, status or submission, takes."""
     latencies: list[float] = []
     delays: list[float] = []
 
@@ -98,10 +96,6 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)  # no latency hint
         if oracle:
             controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
-        if price is not None:
-            FrontierScheduler.adopt(controller.scheduler, price)
-        for name, value in (knobs or {}).items():
-            setattr(controller.scheduler, name, value)
         server = FakeServer(clock, controller)
         rng = random.Random(seed)
         queue = list(range(items))
@@ -125,7 +119,7 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
             while queue:
                 pid = f"p{queue.pop()}"
                 slot = await controller.acquire_slot()
-                await clock.sleep(submit_cost)
+                await clock.sleep(round_trip)
                 admission = await controller.acquire("run")
                 server.submit(pid, latency())
                 if admission is not None:
@@ -149,22 +143,6 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
     return items / elapsed / ceiling, polls / items, sum(delays) / len(delays) / observed
 
 
-def parse_knobs(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, float | None]:
-    """``NAME=VALUE`` pairs, checked by the scheduler's own constructor (its names and ranges)."""
-    knobs: dict[str, float | None] = {}
-    for spec in specs:
-        name, _, value = spec.partition("=")
-        try:
-            knobs[name] = None if value.lower() == "none" else float(value)
-        except ValueError:
-            parser.error(f"--knob {spec!r}: expected NAME=VALUE, VALUE a number or none")
-    try:
-        PollScheduler(lambda: None, **knobs)  # never polls: only its constructor checks
-    except (TypeError, ValueError) as exc:
-        parser.error(f"--knob: {exc}")
-    return knobs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1200)
@@ -176,19 +154,7 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="give the scheduler the true latency distribution (a bound on its policy, not a "
                              "measurement of the product)")
-    parser.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
-                        help="set a poll scheduler attribute for the scheduler's runs, e.g. min_share=0.02, "
-                             "quickest=1, likelihood=0.02, or budget=none (no pacing); repeatable")
-    parser.add_argument("--round-trip", type=float, default=0.05,
-                        help="API seconds each call takes, status and submission alike (throughput.py measures "
-                             "the product's turn r at 0.04-0.06 at 10x)")
-    parser.add_argument("--price", type=float, default=None,
-                        help="run the frontier policy (frontier_policy.py) at this price, in mean latencies per "
-                             "status call, in place of the greedy one")
     args = parser.parse_args()
-    if args.round_trip < 0 or (args.price is not None and args.price < 0):
-        parser.error("--round-trip and --price must be >= 0")
-    knobs = parse_knobs(parser, args.knob)
     print(f"{'setting':<14} {'regime':<19} {'ratio':>6} {'status/pred':>11} {'notice':>6} {'fixed ratio':>11} "
           f"{'status/pred':>11} {'gain':>6}")
     for name in args.settings.split(","):
@@ -198,10 +164,8 @@ def main() -> None:
             row = []
             for fixed in (None, args.fixed * mean / 8 / scale):
                 runs = [simulate(args.items, in_flight, run.scaled(scale), status.scaled(scale), mean=mean / scale,
-                                 steps=steps, seed=seed, round_trip=args.round_trip / scale,
-                                 submit_cost=args.round_trip / scale, fixed=fixed,
-                                 oracle=args.oracle and fixed is None, knobs=knobs if fixed is None else None,
-                                 price=args.price if fixed is None else None)
+                                 steps=steps, seed=seed, round_trip=ROUND_TRIP / scale, fixed=fixed,
+                                 oracle=args.oracle and fixed is None)
                         for seed in range(1, args.seeds + 1)]
                 row += [sum(r[k] for r in runs) / len(runs) for k in range(3)]
             print(f"{name:<14} {regime:<19} {row[0]:>6.1%} {row[1]:>11.2f} {row[2]:>6.1%} {row[3]:>11.1%} "

@@ -18,14 +18,13 @@ from tryon.models import (
     INPUT_SCHEMAS,
     LEGACY_MODEL_NAME,
     MODELS,
-    OUTPUT_SIZES,
     credits_for,
     input_schema,
     validate_inputs,
 )
 from tryon.settings import FashnSettings, Limit
 from tryon.traffic.controller import TrafficController
-from tryon.traffic.latency import DEFAULT_PRIORS, LatencyModel
+from tryon.traffic.latency import LatencyModel
 
 LIMITS = ("run_limit", "status_limit", "credits_limit")
 IMAGES = {"model_image": "https://x/m.jpg", "garment_image": "https://x/g.jpg"}
@@ -43,7 +42,6 @@ def test_form_choices_are_the_registry():
 
 def test_derived_views_follow_the_registry():
     assert INPUT_SCHEMAS == {name: spec.inputs for name, spec in MODELS.items()}
-    assert OUTPUT_SIZES == {name: spec.output_size for name, spec in MODELS.items()}
     assert MODELS[LEGACY_MODEL_NAME].legacy
     for name, spec in MODELS.items():
         assert input_schema(name) is spec.inputs
@@ -55,12 +53,11 @@ def test_derived_views_follow_the_registry():
 
 
 def test_latency_priors_come_from_the_registry():
-    assert DEFAULT_PRIORS == dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
     model = LatencyModel()
     for name, spec in MODELS.items():
         for mode in spec.modes:
             assert model.prior((name, mode)) == pytest.approx(spec.latency_prior[mode])
-    assert LatencyModel(priors={"balanced": 3.0}).prior((DEFAULT_MODEL_NAME, "quality")) == 3.0
+    assert model.prior(("unknown-model", "quality")) == MODELS[DEFAULT_MODEL_NAME].latency_prior["quality"]
 
 
 def images_for(name: str) -> dict[str, str]:

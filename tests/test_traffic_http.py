@@ -29,10 +29,14 @@ def documented_limits() -> TrafficController:
 
 
 async def try_on(client: FashnClient, traffic: TrafficController, emulator, seed: int) -> str:
-    async with traffic.slot() as slot:
+    slot = await traffic.acquire_slot()
+    try:
         prediction_id = await client.run("tryon-v1.6", inputs(emulator, seed))
-        answer = await traffic.wait(prediction_id, poll=client.status, model_name="tryon-v1.6", mode="performance",
-                                    slot=slot, timeout=60)
+    except BaseException:
+        traffic.release_slot(slot)
+        raise
+    answer = await traffic.wait(prediction_id, poll=client.status, model_name="tryon-v1.6", mode="performance",
+                                slot=slot, timeout=60)  # frees the slot
     return answer.status
 
 
@@ -46,7 +50,6 @@ async def test_rate_limit_exceeded_slows_down_and_every_prediction_still_runs(ma
     stats = emulator.stats()
     rejected = stats["requests"]["run"].get("429:RateLimitExceeded", 0)
     assert 0 < rejected <= 12, f"backed off after the first 429s, no storm ({rejected})"
-    assert traffic.limiters["run"].penalties == rejected
     assert stats["requests"]["run"]["200"] == 30
 
 
@@ -70,7 +73,8 @@ async def test_out_of_credits_stops_submitting_and_finishes_what_is_in_flight(ma
                                        return_exceptions=True)
     assert sorted(r for r in results if isinstance(r, str)) == ["completed"] * 3, "in flight ones finished"
     assert sum(isinstance(r, OutOfCredits) for r in results) == 5
-    assert traffic.submissions_stopped
+    with pytest.raises(OutOfCredits):
+        await traffic.acquire("run")  # submissions stay stopped
     stats = emulator.stats()
     runs = stats["requests"]["run"]
     # The 3 other slots' requests may already be on the wire when the first 429 comes back;

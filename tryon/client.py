@@ -24,7 +24,7 @@ import base64
 import email.utils
 import logging
 import time
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import httpx
 from pydantic import SecretStr
@@ -50,7 +50,9 @@ from tryon.models import (
 )
 from tryon.settings import DEFAULT_BASE_URL, FashnSettings
 
+#: The rate-limited endpoints, as the gate names them: POST /v1/run, GET /v1/status, GET /v1/credits.
 Endpoint = Literal["run", "status", "credits"]
+ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 
 
 class _HideWebhookUrls(logging.Filter):
@@ -286,4 +288,4 @@ class FashnClient:
             await asyncio.sleep(delay)
 
 
-__all__ = ["FashnClient", "Gate", "ApiError"]
+__all__ = ["ENDPOINTS", "FashnClient", "Gate", "ApiError"]

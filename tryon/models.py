@@ -3,10 +3,11 @@
 :data:`MODELS` is the one source of what a model name means: its input schema, which inputs a
 collection's garment and model photos go to, its output size(s), published latency, credits per
 output as a function of its inputs, and the modes it accepts. Adding a model name means adding
-a :class:`ModelSpec` to it, nothing else; :data:`INPUT_SCHEMAS`, :data:`OUTPUT_SIZES`,
-:data:`IMAGE_FIELDS`, :data:`LEGACY_MODEL_NAME`, the flow forms' choices (``flows.params``) and
-the poll scheduler's priors (``tryon.traffic.latency``) are derived from it. What each entry
-rests on (confirmed, or not) is in ``docs/models.md``.
+a :class:`ModelSpec` to it, nothing else; :data:`DEFAULT_MODEL_NAME` (the first entry),
+:data:`INPUT_SCHEMAS`, :data:`IMAGE_FIELDS`, :data:`LEGACY_MODEL_NAME`, the flow forms' choices
+(``flows.params``) and the poll scheduler's priors (``tryon.traffic.latency``) are derived from
+it. The size a model promises for a request is :meth:`ModelSpec.size`. What each entry rests on
+(confirmed, or not) is in ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -119,10 +120,6 @@ class ProductToModelInputs(BaseModel):
         if self.model_image is not None and self.image_prompt is not None:
             raise ValueError("image_prompt cannot be combined with model_image")
         return self
-
-
-def _fixed(size: tuple[int, int]) -> Callable[[Mapping[str, Any]], tuple[int, int]]:
-    return lambda inputs: size
 
 
 def _by_resolution(inputs: Mapping[str, Any]) -> tuple[int, int]:
@@ -245,9 +242,8 @@ ACCEPTED_MODES = tuple(dict.fromkeys(
 #: Every input of some model that takes an image (the client encodes these).
 IMAGE_FIELDS = tuple(dict.fromkeys(f for spec in _SPECS for f in spec.image_fields))
 
-# Derived views, kept for the modules that import them.
+#: Model name -> input schema.
 INPUT_SCHEMAS: dict[str, type[BaseModel]] = {name: spec.inputs for name, spec in MODELS.items()}
-OUTPUT_SIZES: dict[str, tuple[int, int]] = {name: spec.output_size for name, spec in MODELS.items()}
 
 
 def model_spec(model_name: str) -> ModelSpec:

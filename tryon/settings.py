@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from tryon.errors import ConfigurationError
 
 DEFAULT_BASE_URL = "https://api.fashn.ai"
+#: Where outputs are archived when nothing else says (TRYON_ARCHIVE_URL, a block, a parameter).
+DEFAULT_ARCHIVE_URL = "./archive"
 
 
 class Limit(NamedTuple):
@@ -92,7 +94,7 @@ class ArchiveSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRYON_", env_file=".env", extra="ignore")
 
-    archive_url: str = Field("./archive", description="fsspec URL or local path of the archive root.")
+    archive_url: str = Field(DEFAULT_ARCHIVE_URL, description="fsspec URL or local path of the archive root.")
     reuse: bool = Field(True, description="An item another collection archived with the same key (model name and "
                                           "inputs) is copied from there and verified, for 0 credits, instead of "
                                           "paid for again.")

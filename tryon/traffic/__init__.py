@@ -1,11 +1,12 @@
 """In-process traffic control for ONE FASHN API key: pure asyncio, no Prefect.
 
-What it guards (all configurable, see ``FashnSettings``): ``POST /v1/run`` 50 per 60 s,
-``GET /v1/status`` 50 per 10 s, ``GET /v1/credits`` 30 per 10 s, 6 predictions in
-flight. One :class:`TrafficController` per key and event loop holds:
+What it guards: the key's limits on ``POST /v1/run``, ``GET /v1/status`` and ``GET /v1/credits``
+(requests per window) and on predictions in flight, as configured (``FashnSettings``; the
+provider's defaults are ``tryon.settings.DEFAULT_*``). One :class:`TrafficController` per key and
+event loop holds:
 
 - three :class:`SlidingWindowLimiter` s. They keep an exact log of request times and
-  never admit more than N in *any* window of W, plus a small margin (1 % + up to 10 ms).
+  never admit more than N in *any* window of W, plus a small margin (:func:`default_margin`).
   A request counts from when its answer came back, and as just sent until then: the server
   stamped it in between, so however late after its admission it was sent (a stalled event
   loop), N+1 cannot land in one of the server's windows.
@@ -46,17 +47,16 @@ HTTP attempt, whose admission it answers when the attempt ends,
 :class:`TrafficController` is one.
 """
 
-from tryon.client import Gate
+from tryon.client import ENDPOINTS, Gate
 from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
-from tryon.traffic.controller import ENDPOINTS, KeyLimits, TrafficController, TrafficStats
-from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
+from tryon.traffic.controller import KeyLimits, TrafficController
+from tryon.traffic.latency import LatencyDistribution, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
 from tryon.traffic.polling import PollScheduler, consume_preadmission
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
     "Admission",
-    "DEFAULT_PRIORS",
     "ENDPOINTS",
     "Clock",
     "FakeClock",
@@ -64,14 +64,12 @@ __all__ = [
     "InFlightSlots",
     "KeyLimits",
     "LatencyDistribution",
-    "LatencyEstimate",
     "LatencyModel",
     "MonotonicClock",
     "PollScheduler",
     "SlidingWindowLimiter",
     "Slot",
     "TrafficController",
-    "TrafficStats",
     "consume_preadmission",
     "default_margin",
     "sleep_or_wake",

@@ -78,10 +78,6 @@ class FakeClock:
         heapq.heappush(self._timers, (self._now + seconds, next(self._seq), future))
         await future
 
-    @property
-    def pending_timers(self) -> int:
-        return sum(1 for _, _, f in self._timers if not f.done())
-
     def next_deadline(self) -> float | None:
         while self._timers and self._timers[0][2].done():  # cancelled sleepers
             heapq.heappop(self._timers)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tryon.client import ENDPOINTS
 from tryon.errors import ApiError, ConcurrencyLimitExceeded, NotFound, OutOfCredits
-from tryon.models import Prediction
+from tryon.models import DEFAULT_MODEL_NAME, Prediction
 from tryon.settings import (
     DEFAULT_CREDITS_LIMIT,
     DEFAULT_MAX_IN_FLIGHT,
@@ -28,8 +26,7 @@ from tryon.traffic.slots import InFlightSlots, Slot
 if TYPE_CHECKING:
     from tryon.settings import FashnSettings
 
-ENDPOINTS = ("run", "status", "credits")
-DEFAULT_PROFILE: Profile = ("tryon-v1.6", DEFAULT_MODE)
+DEFAULT_PROFILE: Profile = (DEFAULT_MODEL_NAME, DEFAULT_MODE)
 
 
 def _profile(profile: Profile | None, model_name: str | None, mode: str | None) -> Profile:
@@ -56,25 +53,6 @@ class KeyLimits:
                          max(1, self.in_flight // run) if run else 0)
 
 
-@dataclass(frozen=True)
-class TrafficStats:
-    admitted: dict[str, int]          # admissions per endpoint (status includes scheduled polls)
-    rejected: dict[str, int]          # 429s seen, keyed "endpoint:code"
-    slots_capacity: int
-    slots_busy: int
-    slots_phantom: int
-    slots_peak: int
-    slots_waiting: int
-    predictions_polled: int           # predictions the scheduler is waiting on
-    polls: int
-    completions: int
-    polls_per_completion: float | None
-    submissions_stopped: str | None
-
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
 class TrafficController:
     """Limiters for run/status/credits, in-flight slots and the poll scheduler of ONE key.
 
@@ -84,9 +62,7 @@ class TrafficController:
 
     def __init__(self, run_limit: Limit | str = DEFAULT_RUN_LIMIT, status_limit: Limit | str = DEFAULT_STATUS_LIMIT,
                  credits_limit: Limit | str = DEFAULT_CREDITS_LIMIT, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 clock: Clock | None = None, *,
-                 margin: float | None = None, priors: dict[str, float] | None = None,
-                 concurrency_backoff: float | None = None) -> None:
+                 clock: Clock | None = None, *, margin: float | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.limits = KeyLimits(dict(zip(ENDPOINTS, (Limit.parse(lim) for lim in (run_limit, status_limit, credits_limit)),
                                          strict=True)), max_in_flight)  # the whole key, as configured
@@ -96,19 +72,17 @@ class TrafficController:
             for name, limit in self.limits.requests.items()
         }
         self.slots = InFlightSlots(max_in_flight, self.clock)
-        self.latency = LatencyModel(priors)
+        self.latency = LatencyModel()
         status = self.limiters["status"]
         self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
                                        budget=lambda: status.effective_count() / status.window,
                                        fill=lambda: len(status.recent()) / max(1, status.effective_count()))
-        self._concurrency_backoff = None if concurrency_backoff is None else float(concurrency_backoff)
         self._stopped: str | None = None
         self._stopped_by: type[ApiError] = OutOfCredits
         self._barrier: tuple[int, float] | None = None  # (slot releases seen, until)
         self._barrier_passes = 0  # submissions let through by releases since the barrier went up
         self._unknown_occupants: set[Slot] = set()
         self._concurrency_strikes: tuple[float, int] = (-math.inf, 0)  # (last at, how many in a row)
-        self._rejected: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
@@ -124,9 +98,7 @@ class TrafficController:
     @property
     def concurrency_backoff(self) -> float:
         """How long a ConcurrencyLimitExceeded holds back new submissions without a Retry-After:
-        a quarter of the default profile's mean latency as learned so far (unless set)."""
-        if self._concurrency_backoff is not None:
-            return self._concurrency_backoff
+        a quarter of the default profile's mean latency as learned so far."""
         return self.latency.mean(DEFAULT_PROFILE) / 4
 
     def set_limits(self, limits: KeyLimits, until: float = math.inf) -> None:
@@ -169,7 +141,6 @@ class TrafficController:
     def on_429(self, endpoint: str, code: str, retry_after: float | None) -> None:
         """Feedback from a 429 on ``endpoint``; never raises."""
         code = code or "TooManyRequests"
-        self._rejected[f"{endpoint}:{code}"] += 1
         if code == OutOfCredits.code:
             self.stop_submissions(f"429 OutOfCredits on /v1/{endpoint}: add credits, then resume")
         elif code == ConcurrencyLimitExceeded.code:
@@ -222,16 +193,6 @@ class TrafficController:
     def release_slot(self, slot: Slot) -> bool:
         return self.slots.release(slot)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Hold a slot for the block; a slot turned phantom inside the block is left to expire."""
-        held = await self.acquire_slot()
-        try:
-            yield held
-        finally:
-            if not held.phantom:
-                self.slots.release(held)
-
     def hold_phantom(self, model_name: str | None = None, mode: str | None = None, *,
                      profile: Profile | None = None, seconds: float | None = None,
                      slot: Slot | None = None) -> Slot:
@@ -239,7 +200,7 @@ class TrafficController:
         would have finished (``seconds``, default a generous guess for the profile).
 
         Without ``slot`` a new slot is taken at once, even over capacity; with it, that
-        slot itself becomes the phantom (and ``slot()`` will not release it on exit).
+        slot itself becomes the phantom and is freed when it expires.
         """
         if seconds is None:
             seconds = self.latency.expected_duration(_profile(profile, model_name, mode))
@@ -276,7 +237,7 @@ class TrafficController:
             raise
         except BaseException:
             if slot is not None and not slot.released:
-                self.slots.hold_phantom(self.latency.estimate(profile).mean, slot)
+                self.slots.hold_phantom(self.latency.mean(profile), slot)
             raise
 
     def hint(self, prediction_id: str) -> bool:
@@ -284,11 +245,6 @@ class TrafficController:
         return self.scheduler.hint(prediction_id)
 
     # -- out of credits ------------------------------------------------------------------
-    @property
-    def submissions_stopped(self) -> str | None:
-        """Why submissions are stopped (None while they are allowed)."""
-        return self._stopped
-
     def stop_submissions(self, reason: str, error: type[ApiError] = OutOfCredits) -> None:
         """Refuse every submission from now on, raising ``error``; polling and releases continue.
 
@@ -301,30 +257,9 @@ class TrafficController:
         self.limiters["run"].fail_waiters(exc)
         self.slots.stop(exc)
 
-    def resume_submissions(self) -> None:
-        self._stopped = None
-        self.slots.resume()
-
     def _check_submissions(self) -> None:
         if self._stopped is not None:
             raise self._stopped_by(self._stopped)
-
-    # -- observability -------------------------------------------------------------------
-    def stats(self) -> TrafficStats:
-        return TrafficStats(
-            admitted={name: limiter.admitted for name, limiter in self.limiters.items()},
-            rejected=dict(self._rejected),
-            slots_capacity=self.slots.capacity,
-            slots_busy=self.slots.busy,
-            slots_phantom=self.slots.phantoms,
-            slots_peak=self.slots.peak,
-            slots_waiting=self.slots.waiting,
-            predictions_polled=self.scheduler.in_flight,
-            polls=self.scheduler.polls,
-            completions=self.scheduler.completions,
-            polls_per_completion=self.scheduler.polls_per_completion,
-            submissions_stopped=self._stopped,
-        )
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()

@@ -24,21 +24,10 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
 
-from tryon.models import DEFAULT_MODE, DEFAULT_MODEL_NAME, MODELS, latency_prior
+from tryon.models import DEFAULT_MODE, latency_prior
 
 Profile = tuple[str, str]  # (model_name, mode)
-
-#: The default model's published seconds per mode (each model's own are in its registry entry).
-DEFAULT_PRIORS: dict[str, float] = dict(MODELS[DEFAULT_MODEL_NAME].latency_prior)
-
-
-@dataclass
-class LatencyEstimate:
-    mean: float
-    dev: float  # mean absolute deviation
-    samples: int = 0
 
 
 class LatencyDistribution:
@@ -178,9 +167,6 @@ class LatencyDistribution:
         j = min(self.bins - 1, max(0, bisect.bisect_left(self._cum, q) - 1))
         return (j + min(1.0, max(0.0, (q - self._cum[j]) / self._smooth[j]))) * self.width
 
-    def estimate(self) -> LatencyEstimate:
-        return LatencyEstimate(self.mean, self.dev, self.samples)
-
 
 def _smoothed(mass: list[float], half: int) -> list[float]:
     """``mass`` spread by a triangular kernel ``half`` cells either side (renormalised)."""
@@ -206,21 +192,16 @@ def _cumulative(mass: list[float]) -> list[float]:
 
 class LatencyModel:
     """One :class:`LatencyDistribution` per profile, starting from the provider's published times
-    (each model's own, from the registry), or from ``priors`` (seconds per mode, for every model)."""
+    (each model's own, from the registry)."""
 
-    def __init__(self, priors: dict[str, float] | None = None, *, spread: float = 0.25,
-                 half_life: float = 15.0) -> None:
-        self._registry_priors = priors is None
-        self.priors = dict(DEFAULT_PRIORS if priors is None else priors)
+    def __init__(self, *, spread: float = 0.25, half_life: float = 15.0) -> None:
         self.spread, self.half_life = spread, half_life
         self._distributions: dict[Profile, LatencyDistribution] = {}
 
     def prior(self, profile: Profile) -> float:
         """The published seconds of ``profile``: a first guess, overridden by what is seen."""
         mode = profile[1] if len(profile) > 1 else DEFAULT_MODE
-        if self._registry_priors:
-            return latency_prior(profile[0] if profile else None, mode)
-        return self.priors.get(mode, self.priors.get(DEFAULT_MODE, DEFAULT_PRIORS[DEFAULT_MODE]))
+        return latency_prior(profile[0] if profile else None, mode)
 
     def distribution(self, profile: Profile) -> LatencyDistribution:
         found = self._distributions.get(profile)
@@ -228,9 +209,6 @@ class LatencyModel:
             found = self._distributions[profile] = LatencyDistribution(
                 self.prior(profile), spread=self.spread, half_life=self.half_life)
         return found
-
-    def estimate(self, profile: Profile) -> LatencyEstimate:
-        return self.distribution(profile).estimate()
 
     def mean(self, profile: Profile) -> float:
         """The current mean estimate: the unit every interval of the poll scheduler is measured in."""
@@ -252,5 +230,5 @@ class LatencyModel:
 
     def expected_duration(self, profile: Profile) -> float:
         """A generous guess of how long a prediction of this profile occupies a slot."""
-        est = self.estimate(profile)
-        return max(est.mean + 4 * est.dev, self.quantile(profile, 0.999))
+        found = self.distribution(profile)
+        return max(found.mean + 4 * found.dev, found.quantile(0.999))

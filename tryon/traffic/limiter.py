@@ -92,8 +92,6 @@ class SlidingWindowLimiter:
         self._strike_at = -math.inf
         self._epoch = 0
         self._failure: BaseException | None = None
-        self.admitted = 0
-        self.penalties = 0
 
     # -- state ---------------------------------------------------------------------------
     def strikes(self, now: float | None = None) -> int:
@@ -105,10 +103,6 @@ class SlidingWindowLimiter:
 
     def effective_count(self, now: float | None = None) -> int:
         return max(min(1, self.limit.count), int(self.limit.count * self.slowdown ** self.strikes(now)))
-
-    @property
-    def paused_until(self) -> float:
-        return self._paused_until
 
     def next_admission(self, now: float | None = None) -> float:
         """The earliest time >= now at which one more request may be admitted."""
@@ -135,7 +129,6 @@ class SlidingWindowLimiter:
                 now = self.clock.now()
                 at = self.next_admission(now)
                 if at <= now:
-                    self.admitted += 1
                     if not self.answers:
                         self._log.append(now)
                         return Admission(None)
@@ -185,7 +178,6 @@ class SlidingWindowLimiter:
         now = self.clock.now()
         self._strikes = self.strikes(now) + 1
         self._strike_at = now
-        self.penalties += 1
         if retry_after is not None and retry_after >= 0:
             delay = float(retry_after)
         else:

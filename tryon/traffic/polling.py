@@ -115,7 +115,6 @@ class _Entry:
     last_pending: float | None = None  # send time of the latest "still running" answer
     not_before: float = 0.0  # no poll before this (backoff after an error, min_interval)
     busy: bool = False  # a poll of it is on the wire
-    polls: int = 0
     errors: int = 0
     pushed: bool = False  # its end comes by webhook: polled to confirm a hint, or as a late fallback
     hinted_at: float | None = None  # when a webhook said it ended (None: no word yet)
@@ -171,18 +170,11 @@ class PollScheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[_Entry, None] = {}  # in arrival order: ties go to the oldest, every run alike
         self._by_id: dict[str, _Entry] = {}
-        self.polls = 0
-        self.completions = 0
-        self.polls_of_completed = 0
 
     # -- public --------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
         return len(self._active)
-
-    @property
-    def polls_per_completion(self) -> float | None:
-        return self.polls_of_completed / self.completions if self.completions else None
 
     def min_interval(self, profile: Profile) -> float:
         """How soon a prediction seen running may be polled again."""
@@ -239,9 +231,10 @@ class PollScheduler:
         deadline = math.inf if timeout is None else t0 + timeout
         profile = (str(profile[0]), str(profile[1]))
         probe = None if pushed else self._probe_age(profile)
-        delay = probe or self.latency.quantile(profile, self.likelihood)
         if pushed:
             delay = (1 + self.widen) * self.latency.quantile(profile, 1.0 - STUCK_TAIL)
+        else:
+            delay = self.first_poll_delay(profile)
         entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
                        min(t0 + delay, deadline), probe, on_terminal, pushed=pushed,
                        hinted_at=now if hinted else None)
@@ -385,8 +378,6 @@ class PollScheduler:
         sent = self.clock.now()
         entry.busy = True
         entry.last_sent = sent
-        entry.polls += 1
-        self.polls += 1
         task = asyncio.ensure_future(self._poll_once(entry, sent, admission))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -410,8 +401,6 @@ class PollScheduler:
         entry.errors = 0
         now = self.clock.now()
         if answer.terminal:
-            self.completions += 1
-            self.polls_of_completed += entry.polls
             if answer.status == "completed" and entry.pushed:
                 lo = entry.seen_running if entry.hinted_at is None else entry.hinted_at - entry.t0
                 self.latency.observe(entry.profile, lo, sent - entry.t0 if entry.hinted_at is None else lo)

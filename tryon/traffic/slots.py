@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
 
@@ -15,10 +15,8 @@ class Slot:
     """One prediction's place on the server, from submission until it ends."""
 
     id: int
-    acquired_at: float
     phantom: bool = False
     released_at: float | None = None
-    expires_at: float | None = field(default=None, repr=False)
 
     @property
     def released(self) -> bool:
@@ -51,7 +49,6 @@ class InFlightSlots:
         self._release_wake: asyncio.Future[None] | None = None
         self._expiry_tasks: set[asyncio.Task[None]] = set()
         self.releases = 0
-        self.peak = 0
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -71,30 +68,13 @@ class InFlightSlots:
         return len(self._held)
 
     @property
-    def held(self) -> tuple[Slot, ...]:
-        return tuple(self._held)
-
-    @property
-    def phantoms(self) -> int:
-        return sum(1 for s in self._held if s.phantom)
-
-    @property
-    def available(self) -> int:
-        return max(0, self._capacity - len(self._held))
-
-    @property
     def waiting(self) -> int:
         return sum(1 for f in self._waiters if not f.done())
 
-    @property
-    def stopped(self) -> BaseException | None:
-        return self._stopped
-
     # -- acquire / release ---------------------------------------------------------------
     def _take(self) -> Slot:
-        slot = Slot(next(self._ids), self.clock.now())
+        slot = Slot(next(self._ids))
         self._held.add(slot)
-        self.peak = max(self.peak, len(self._held))
         return slot
 
     def try_acquire(self) -> Slot | None:
@@ -161,7 +141,6 @@ class InFlightSlots:
         if slot is None or slot.released or slot not in self._held:
             slot = self._take()
         slot.phantom = True
-        slot.expires_at = self.clock.now() + max(0.0, seconds)
         if seconds <= 0:
             self.release(slot)
             return slot
@@ -184,9 +163,6 @@ class InFlightSlots:
                 future.set_exception(exc)
         if self._release_wake is not None and not self._release_wake.done():
             self._release_wake.set_result(None)  # let release waiters re-check
-
-    def resume(self) -> None:
-        self._stopped = None
 
     async def aclose(self) -> None:
         """Cancel phantom timers (their slots stay held: the object is being discarded)."""

@@ -25,7 +25,8 @@ from flows.tasks import tryon_item
 from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
-from tryon.runtime import key_fingerprint, open_runtime
+from tryon.process import joined
+from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings
 
 #: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
@@ -77,10 +78,10 @@ async def tryon_collection(
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime, webhook_events(runtime):
+    async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
-        async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):
+        async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
             if planned.credits_needed or dry_run:

@@ -16,6 +16,7 @@ from tryon import batch, item
 from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
 from tryon.report import RunReport
+from tryon.process import Process
 from tryon.runtime import Runtime
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
@@ -29,7 +30,7 @@ async def runtime_for(emulator, archive: Archive, **options):
     traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE)
     try:
         async with FashnClient.from_settings(settings, gate=traffic) as client:
-            yield Runtime(client, traffic, archive, **options)
+            yield Runtime(client, traffic, archive, process=Process(), **options)
     finally:
         await traffic.aclose()
 

@@ -82,7 +82,8 @@ async def backfill(
             if deployment else None
         return await launch(url, parameters, deployment=deployment, idempotency=key)
 
-    async with joined():  # subflows run here share one controller per key, also one after another
+    # The subflows run here share one controller per key, one after another too.
+    async with joined():
         runs = await bounded([lambda u=url: run(u) for url in chosen], max_concurrent)
     failed = [r.spec for r in runs if r.outcome != "COMPLETED"]
     if failed:

@@ -51,7 +51,8 @@ async def sweep_inbox(
             await ledger.record(url, digest, launched.outcome, launched.state.message or "", launched.flow_run_id)
         return launched
 
-    async with joined():  # subflows run here share one controller per key, also one after another
+    # The subflows run here share one controller per key, one after another too.
+    async with joined():
         runs = await bounded([lambda u=url, d=digest: process(u, d) for url, digest in todo], max_concurrent)
     summary = {"found": len(found), "processed": [r.as_dict() for r in runs]}
     failed = [r.spec for r in runs if r.outcome != "COMPLETED"]

@@ -16,7 +16,7 @@ from tryon import batch, item
 from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
 from tryon.report import RunReport
-from tryon.process import Process
+from tryon.process import joined
 from tryon.runtime import Runtime
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
@@ -29,8 +29,8 @@ async def runtime_for(emulator, archive: Archive, **options):
     settings = FashnSettings(api_key=TEST_KEY, base_url=emulator.url)
     traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE)
     try:
-        async with FashnClient.from_settings(settings, gate=traffic) as client:
-            yield Runtime(client, traffic, archive, process=Process(), **options)
+        async with joined() as process, FashnClient.from_settings(settings, gate=traffic) as client:
+            yield Runtime(client, traffic, archive, process=process, **options)
     finally:
         await traffic.aclose()
 

@@ -9,7 +9,8 @@ only for a submission registered here, and only once, so the provider's retries,
 deliveries out of order change nothing; one naming another prediction than the bound one is
 *unexpected*. An accepted delivery is passed to the submission's listener (the scheduler's
 confirmation poll) and wakes :meth:`~WebhookInbox.wait` (an ambiguous answer's recovery). Memory:
-one entry per active submission. """
+one entry per active submission.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ control, then write the report, gallery and artifacts.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any
 
@@ -95,13 +96,12 @@ async def tryon_collection(
             report = RunReport.start(collection.name, collection.model_name)
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
-
-            async def on_report(current: RunReport) -> None:
-                await tracker.update(current)
-                if listener is not None:
-                    await listener(current)
-
-            await run_items(runtime, planned, report, run_one=tryon_item, on_report=on_report)
+            async with aclosing(run_items(runtime, planned, run_one=tryon_item)) as entries:
+                async for entry in entries:
+                    report.add(entry)
+                    await tracker.update(report)
+                    if listener is not None:
+                        await listener(report)
         await tracker.update(report, force=True)
         report.finish()
         location = await save_report(store, report, (state.item for state in planned.states))

@@ -40,14 +40,10 @@ async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool 
     collection = await batch.load_and_validate(str(spec))
     planned = await batch.plan(collection, archive, force=force, reuse=reuse)
     report = RunReport.start(collection.name, collection.model_name)
-    seen: list[int] = []
-
-    async def on_report(current: RunReport) -> None:
-        seen.append(current.total)
-
     async with runtime_for(emulator, archive, **options) as runtime:
-        await batch.run_items(runtime, planned, report, run_one=run_one, on_report=on_report)
-    assert seen == list(range(1, len(planned.states) + 1)), "the run's own callback hears every entry once"
+        async for entry in batch.run_items(runtime, planned, run_one=run_one):
+            report.add(entry)
+    assert sorted(e.label for e in report.items) == sorted(s.label for s in planned.states), "every item once"
     return planned, report
 
 

@@ -29,7 +29,6 @@ ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resum
            "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
 
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
-OnReport = Callable[[RunReport], Awaitable[None]]
 
 
 async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | None = None,
@@ -97,16 +96,17 @@ def require_balance(balance: int, needed: int) -> None:
             f"the run needs up to {needed} credits but the balance is {balance}; nothing was submitted")
 
 
-async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_one: RunOne = life.run,
-                    on_report: OnReport | None = None) -> None:
-    """Every planned item into ``report``, ``runtime.workers`` at a time through ``run_one``
-    (:func:`tryon.item.run`, or a Prefect task around it); ``on_report`` hears of each entry.
+async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.run) -> AsyncIterator[ItemReport]:
+    """Every planned item's report entry as it ends, ``runtime.workers`` items at a time through
+    ``run_one`` (:func:`tryon.item.run`, or a Prefect task around it). Close it when leaving early
+    (``contextlib.aclosing``): the items in progress are cancelled.
 
-    None is dropped: each ends in the report, archived, skipped or failed with its reason. A wrong
+    None is dropped: each ends with its entry, archived, skipped or failed with its reason. A wrong
     key stops every further call.
     """
     states = iter(planned.states)
     stopped: list[UnauthorizedAccess] = []
+    ended: asyncio.Queue[ItemReport] = asyncio.Queue()
 
     async def worker() -> None:
         for state in states:
@@ -121,11 +121,21 @@ async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_o
                     state.fail(exc)
                 except Exception as exc:  # this item fails with its reason; the others go on
                     state.fail(exc)
-            report.add(state.report())
-            if on_report is not None:
-                await on_report(report)
+            ended.put_nowait(state.report())
 
-    await asyncio.gather(*(worker() for _ in range(runtime.workers)))
+    workers = asyncio.gather(*(worker() for _ in range(runtime.workers)))
+    try:
+        for _ in planned.states:
+            entry = asyncio.ensure_future(ended.get())
+            await asyncio.wait({entry, workers}, return_when=asyncio.FIRST_COMPLETED)
+            if not entry.done():  # the workers ended first: only by an error, raised here
+                entry.cancel()
+                workers.result()
+            yield entry.result()
+        await workers
+    finally:
+        workers.cancel()
+        await asyncio.gather(workers, return_exceptions=True)
 
 
 async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:

@@ -1,8 +1,9 @@
 """A collection's items, without Prefect: validated and planned once before anything is spent,
-then run with bounded concurrency into one report, which is saved with its gallery.
+then run with bounded concurrency, each item's report entry handed back as it ends; the run's
+report is saved with its gallery.
 
 The CLI's ``validate`` and :mod:`tryon.dry_run` use the first half; ``flows.collection`` uses all
-of it, passing down the Prefect task that runs one item and its own progress callback.
+of it, passing down the Prefect task that runs one item.
 """
 
 from __future__ import annotations

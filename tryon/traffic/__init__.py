@@ -51,7 +51,7 @@ from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
 from tryon.traffic.controller import ENDPOINTS, KeyLimits, TrafficController, TrafficStats
 from tryon.traffic.latency import DEFAULT_PRIORS, LatencyDistribution, LatencyEstimate, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
-from tryon.traffic.polling import PollFn, PollScheduler
+from tryon.traffic.polling import PollScheduler
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
@@ -67,7 +67,6 @@ __all__ = [
     "LatencyEstimate",
     "LatencyModel",
     "MonotonicClock",
-    "PollFn",
     "PollScheduler",
     "SlidingWindowLimiter",
     "Slot",

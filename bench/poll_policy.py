@@ -100,9 +100,9 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         rng = random.Random(seed)
         queue = list(range(items))
 
-        async def poll(pid: str):
+        async def poll(pid: str, admitted=None):
             await clock.sleep(round_trip)
-            return await server.poll(pid)
+            return await server.poll(pid, admitted)
 
         def factor_now() -> float:
             factor = 1.0

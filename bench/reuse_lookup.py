@@ -106,6 +106,7 @@ async def main(items: int, output_kb: int) -> None:
     from tryon import batch, item
     from tryon.archive import Archive
     from tryon.index import index_archive
+    from tryon.process import Process
     from tryon.runtime import Runtime
 
     with socket.socket() as sock:
@@ -138,7 +139,7 @@ async def main(items: int, output_kb: int) -> None:
             assert baseline.as_dict()["submit"] == n and planned.as_dict()["reuse"] == n // 2
 
             reused = [s for s in planned.states if s.stage == "reuse"]
-            runtime = Runtime(None, None, archive, workers=1)  # type: ignore[arg-type]  # reuse needs no API
+            runtime = Runtime(None, None, archive, process=Process(), workers=1)  # type: ignore[arg-type]  # reuse needs no API
             for start in range(0, len(reused), 32):
                 await asyncio.gather(*(item.run(runtime, s) for s in reused[start:start + 32]))
             assert all(s.stage == "reused" for s in reused)

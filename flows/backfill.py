@@ -20,6 +20,7 @@ from flows.collection import tryon_collection
 from flows.launch import bounded, idempotency_key, launch
 from flows.params import AS_IN_SPEC, ModeChoice, ModelChoice, SamplesChoice, given
 from tryon.catalog import find_specs, in_range, spec_date, spec_digest
+from tryon.process import joined
 
 
 @flow(name="tryon-backfill", description="Run many collections: by list, prefix or glob, and date range.")
@@ -81,7 +82,9 @@ async def backfill(
             if deployment else None
         return await launch(url, parameters, deployment=deployment, idempotency=key)
 
-    runs = await bounded([lambda u=url: run(u) for url in chosen], max_concurrent)
+    # The subflows run here share one controller per key, one after another too.
+    async with joined():
+        runs = await bounded([lambda u=url: run(u) for url in chosen], max_concurrent)
     failed = [r.spec for r in runs if r.outcome != "COMPLETED"]
     if failed:
         return Failed(message=f"{len(failed)} of {len(runs)} collection run(s) did not complete: "  # type: ignore[return-value]

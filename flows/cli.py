@@ -81,7 +81,7 @@ def run(
 
     try:
         if dry_run:
-            from tryon.batch import dry_run as plan
+            from tryon.dry_run import dry_run as plan
 
             return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, reuse=reuse,
                                     out=sys.stdout))
@@ -134,7 +134,7 @@ def gallery(spec: str, /, *, archive: str | None = None, model_name: str | None 
         Seconds the presigned links stay valid.
     """
     from tryon.archive import Archive
-    from tryon.batch import gallery_copy
+    from tryon.gallery import gallery_copy
     from tryon.errors import FashnError
     from tryon.settings import ArchiveSettings
     from tryon.spec.problems import SpecError

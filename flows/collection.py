@@ -10,6 +10,7 @@ control, then write the report, gallery and artifacts.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,7 +26,8 @@ from flows.tasks import tryon_item
 from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
-from tryon.runtime import key_fingerprint, open_runtime
+from tryon.process import joined
+from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings
 
 #: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
@@ -77,10 +79,10 @@ async def tryon_collection(
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
 
-    async with open_runtime(settings, store) as runtime, webhook_events(runtime):
+    async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
-        async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):
+        async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
             if planned.credits_needed or dry_run:
@@ -94,13 +96,12 @@ async def tryon_collection(
             report = RunReport.start(collection.name, collection.model_name)
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
-
-            async def on_report(current: RunReport) -> None:
-                await tracker.update(current)
-                if listener is not None:
-                    await listener(current)
-
-            await run_items(runtime, planned, report, run_one=tryon_item, on_report=on_report)
+            async with aclosing(run_items(runtime, planned, run_one=tryon_item)) as entries:
+                async for entry in entries:
+                    report.add(entry)
+                    await tracker.update(report)
+                    if listener is not None:
+                        await listener(report)
         await tracker.update(report, force=True)
         report.finish()
         location = await save_report(store, report, (state.item for state in planned.states))

@@ -12,6 +12,7 @@ from pydantic import Field
 from flows.config import resolve_archive
 from flows.launch import Launched, bounded, launch
 from tryon.catalog import InboxLedger, find_specs, spec_digest
+from tryon.process import joined
 
 RECORDED = {"COMPLETED", "FAILED"}  # a crash or cancellation is not recorded: the next sweep retries
 
@@ -50,7 +51,9 @@ async def sweep_inbox(
             await ledger.record(url, digest, launched.outcome, launched.state.message or "", launched.flow_run_id)
         return launched
 
-    runs = await bounded([lambda u=url, d=digest: process(u, d) for url, digest in todo], max_concurrent)
+    # The subflows run here share one controller per key, one after another too.
+    async with joined():
+        runs = await bounded([lambda u=url, d=digest: process(u, d) for url, digest in todo], max_concurrent)
     summary = {"found": len(found), "processed": [r.as_dict() for r in runs]}
     failed = [r.spec for r in runs if r.outcome != "COMPLETED"]
     if failed:

@@ -55,41 +55,30 @@ async def serve_receiver(host: str, port: int, secret: SecretStr, *,
 
 def webhook_events(runtime: Runtime) -> AbstractAsyncContextManager[None]:
     """Deliveries reach the run's inbox as Prefect events when its receiver is standalone (a
-    receiver in this process hands them over itself)."""
+    receiver in this process hands them over itself): one subscription for every run of the
+    process (:meth:`tryon.process.Process.hold`)."""
     if runtime.webhooks is None or runtime.webhooks.local:
         return nullcontext()
-    return deliveries_from_events(runtime.webhooks.inbox)
-
-
-_bridges: dict[int, tuple[asyncio.Task[None], list[int]]] = {}
+    inbox = runtime.process.inbox
+    return runtime.process.hold(EVENT, lambda: deliveries_from_events(inbox))
 
 
 @asynccontextmanager
 async def deliveries_from_events(inbox: WebhookInbox) -> AsyncIterator[None]:
-    """While inside, ``tryon.webhook.delivered`` events reach ``inbox``: one subscription per inbox
-    (the flow runs of one process share it), connected before this returns, so no delivery of a
-    prediction submitted inside is missed (the subscription also replays the last minute)."""
-    key = id(inbox)
-    if key in _bridges:
-        _bridges[key][1][0] += 1
-    else:
-        task = asyncio.get_running_loop().create_task(_pump(inbox, connected := asyncio.Event()))
-        _bridges[key] = (task, [1])
-        waiting = asyncio.ensure_future(connected.wait())
-        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if task.done():
-            del _bridges[key]
-            task.result()  # the subscription failed: say why, before anything is submitted
+    """While inside, ``tryon.webhook.delivered`` events reach ``inbox``, connected before this
+    returns, so no delivery of a prediction submitted inside is missed (the subscription also
+    replays the last minute)."""
+    task = asyncio.get_running_loop().create_task(_pump(inbox, connected := asyncio.Event()))
+    waiting = asyncio.ensure_future(connected.wait())
+    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        task.result()  # the subscription failed: say why, before anything is submitted
     try:
         yield
     finally:
-        task, count = _bridges[key]
-        count[0] -= 1
-        if count[0] == 0:
-            del _bridges[key]
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _pump(inbox: WebhookInbox, connected: asyncio.Event) -> None:

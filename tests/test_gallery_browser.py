@@ -73,7 +73,7 @@ async def test_a_gallery_on_s3_opens_from_a_copy_with_presigned_links_and_input_
     env_for(make_emulator(), 20.0)
     from tests.collections import write_collection
     from tryon.archive import Archive
-    from tryon.batch import gallery_copy
+    from tryon.gallery import gallery_copy
 
     spec = write_collection(tmp_path / "spec", name="on-s3", garments=2, models=2)
     state = await run_flow(spec=str(spec), archive=s3.url("archive"))

@@ -16,6 +16,7 @@ from tryon import batch, item
 from tryon.archive import Archive, ArchiveError
 from tryon.client import FashnClient
 from tryon.report import RunReport
+from tryon.process import joined
 from tryon.runtime import Runtime
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
@@ -28,8 +29,8 @@ async def runtime_for(emulator, archive: Archive, **options):
     settings = FashnSettings(api_key=TEST_KEY, base_url=emulator.url)
     traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE)
     try:
-        async with FashnClient.from_settings(settings, gate=traffic) as client:
-            yield Runtime(client, traffic, archive, **options)
+        async with joined() as process, FashnClient.from_settings(settings, gate=traffic) as client:
+            yield Runtime(client, traffic, archive, process=process, **options)
     finally:
         await traffic.aclose()
 
@@ -39,14 +40,10 @@ async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool 
     collection = await batch.load_and_validate(str(spec))
     planned = await batch.plan(collection, archive, force=force, reuse=reuse)
     report = RunReport.start(collection.name, collection.model_name)
-    seen: list[int] = []
-
-    async def on_report(current: RunReport) -> None:
-        seen.append(current.total)
-
     async with runtime_for(emulator, archive, **options) as runtime:
-        await batch.run_items(runtime, planned, report, run_one=run_one, on_report=on_report)
-    assert seen == list(range(1, len(planned.states) + 1)), "the run's own callback hears every entry once"
+        async for entry in batch.run_items(runtime, planned, run_one=run_one):
+            report.add(entry)
+    assert sorted(e.label for e in report.items) == sorted(s.label for s in planned.states), "every item once"
     return planned, report
 
 

@@ -351,7 +351,6 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
     from prefect.settings import PREFECT_API_URL
 
     from tests.fixtures.emulator import TIME_SCALE, flow_env
-    from tryon.runtime import key_fingerprint
     from tryon.settings import FashnSettings
 
     key = f"fa-share-{uuid.uuid4().hex}"
@@ -367,7 +366,7 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
         return subprocess.Popen([sys.executable, "-c", GATED, str(tmp_path / f"go-{name}"), *argv],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    fingerprint = key_fingerprint(FashnSettings(api_key=key))
+    fingerprint = FashnSettings(api_key=key).key_fingerprint()
     processes = {name: start(name) for name in sizes}  # started at once, each run waits for its go
     for n, name in enumerate(sizes, 1):
         (tmp_path / f"go-{name}").touch()

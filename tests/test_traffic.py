@@ -21,6 +21,7 @@ from tryon.errors import NotFound, OutOfCredits, ServerError
 from tryon.models import Prediction
 from tryon.settings import FashnSettings, Limit
 from tryon.traffic import (
+    Admission,
     FakeClock,
     Gate,
     InFlightSlots,
@@ -317,8 +318,10 @@ class FakeServer:
     def submit(self, pid: str, latency: float) -> None:
         self.done_at[pid] = self.clock.now() + latency
 
-    async def poll(self, pid: str) -> Prediction:
-        admission = await self.gate.acquire("status") if self.gate is not None else None
+    async def poll(self, pid: str, admitted: Admission | None = None) -> Prediction:
+        """One status call, like the client's: on the scheduler's admission when given, else
+        through the gate."""
+        admission = admitted or (await self.gate.acquire("status") if self.gate is not None else None)
         if admission is not None:
             admission.answered()  # the answer is immediate (answering twice is harmless)
         now = self.clock.now()
@@ -509,13 +512,13 @@ async def test_poll_errors_propagate_transient_ones_are_retried_and_timeouts_fir
     server.submit("flaky", 1.0)
     failures = 2
 
-    async def flaky(pid: str) -> Prediction:
+    async def flaky(pid: str, admitted: Admission) -> Prediction:
         nonlocal failures
         if failures:
             failures -= 1
-            await controller.acquire("status")
+            admitted.answered()
             raise ServerError("boom", http_status=502)
-        return await server.poll(pid)
+        return await server.poll(pid, admitted)
 
     answer = await clock.run(controller.wait("flaky", profile=profile, poll=flaky))
     assert answer.status == "completed" and failures == 0
@@ -541,8 +544,8 @@ async def test_cancelled_wait_stops_polling_and_retries_inside_a_poll_pay_again(
     await clock.advance(50)
     assert len(server.polls["p"]) == polled and controller.scheduler.in_flight == 0
 
-    async def retrying_client(pid: str) -> Prediction:
-        await controller.acquire("status")   # first attempt: pre-admitted by the scheduler
+    async def retrying_client(pid: str, admitted: Admission) -> Prediction:
+        admitted.answered()                  # first attempt: on the scheduler's admission
         await controller.acquire("status")   # a retry inside the client: a new admission
         return Prediction(id=pid, status="completed")
 
@@ -827,20 +830,19 @@ def test_the_latency_docstring_example_runs():
     assert result.attempted >= 3 and result.failed == 0
 
 
-def test_a_flow_process_freezes_its_startup_objects_once(monkeypatch):
+def test_a_flow_process_freezes_its_startup_objects_once():
     # Full collections over Prefect's ~140 000 startup objects stalled the loop longer than the
     # limiter's margin at a 10x time scale; frozen objects are skipped by every collection.
     import gc
 
-    from tryon import runtime
+    from tryon.process import freeze_startup_objects
 
-    monkeypatch.setattr(runtime, "_frozen", False)
     gc.unfreeze()
-    runtime.freeze_startup_objects()
+    freeze_startup_objects()
     frozen = gc.get_freeze_count()
     assert frozen > 10_000, frozen
     _later = [[] for _ in range(10_000)]  # a run's objects: a second call must not freeze them
-    runtime.freeze_startup_objects()
+    freeze_startup_objects()
     # At most what was frozen (frozen objects that refcounting frees leave the count); a second
     # freeze would add the 10 000 lists.
     assert gc.get_freeze_count() <= frozen

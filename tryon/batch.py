@@ -1,32 +1,27 @@
 """A collection's items, without Prefect: validated and planned once before anything is spent,
-then run with bounded concurrency into one report, which is saved with its gallery.
+then run with bounded concurrency, each item's report entry handed back as it ends; the run's
+report is saved with its gallery.
 
-The CLI's ``--dry-run`` and ``validate`` use the first half directly; ``flows.collection``
-uses all of it, passing down the Prefect task that runs one item and its own progress callback.
+The CLI's ``validate`` and :mod:`tryon.dry_run` use the first half; ``flows.collection`` uses all
+of it, passing down the Prefect task that runs one item.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from itertools import islice
-from typing import Any, TextIO
+from typing import Any
 
-from PIL import Image
-
-from tryon import images
 from tryon import item as life
-from tryon.archive import Archive, ArchiveError
-from tryon.client import FashnClient
+from tryon.archive import Archive
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
-from tryon.gallery import render_gallery
+from tryon.gallery import gallery_headers, render_gallery
 from tryon.item import ItemState
 from tryon.models import credits_for, model_spec
 from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
-from tryon.settings import ArchiveSettings, FashnSettings
 from tryon.spec.collection import CollectionSpec, run_inputs
 from tryon.spec.items import Item, iter_items
 from tryon.spec.loaders import load_spec, spec_from_data
@@ -38,7 +33,6 @@ ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resum
            "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
 
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
-OnReport = Callable[[RunReport], Awaitable[None]]
 
 
 async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | None = None,
@@ -81,23 +75,23 @@ class Plan:
                 "credits_needed": self.credits_needed, "balance": self.balance}
 
 
-async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
-               reuse: bool = True, out: TextIO | None = None, batch: int = 32) -> Plan:
-    """Plan every item from the archive alone, ``batch`` at a time (on S3 each plan is one to
+async def planned_chunks(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
+                         reuse: bool = True, batch: int = 32) -> AsyncIterator[list[ItemState]]:
+    """Every item planned from the archive alone, ``batch`` at a time (on S3 each plan is one to
     three round trips, see ``bench/reuse_lookup.py``, and a catalogue planned one by one would
-    keep the run from starting for minutes); one line each to ``out``. ``reuse``: consult the
-    archive's index for items another collection archived."""
-    states: list[ItemState] = []
+    keep the run from starting for minutes). ``reuse``: consult the archive's index for items
+    another collection archived."""
     items = iter_items(collection)
     while chunk := list(islice(items, batch)):
-        planned = await asyncio.gather(*(life.plan(archive, i, force=force, max_resubmits=max_resubmits, reuse=reuse)
-                                         for i in chunk))
-        states.extend(planned)
-        if out is not None:
-            for state in planned:
-                credits = 0 if state.stage == "reuse" else credits_for(state.item.model_name, state.item.inputs)
-                print(f"  {ACTIONS[state.stage][0]:<7} {state.label}  ({credits} credit(s)) {state.reason}", file=out)
-    return Plan(states)
+        yield list(await asyncio.gather(*(life.plan(archive, i, force=force, max_resubmits=max_resubmits, reuse=reuse)
+                                          for i in chunk)))
+
+
+async def plan(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,
+               reuse: bool = True) -> Plan:
+    """Every item of the collection planned (:func:`planned_chunks`)."""
+    chunks = planned_chunks(collection, archive, force=force, max_resubmits=max_resubmits, reuse=reuse)
+    return Plan([state async for chunk in chunks for state in chunk])
 
 
 def require_balance(balance: int, needed: int) -> None:
@@ -106,16 +100,17 @@ def require_balance(balance: int, needed: int) -> None:
             f"the run needs up to {needed} credits but the balance is {balance}; nothing was submitted")
 
 
-async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_one: RunOne = life.run,
-                    on_report: OnReport | None = None) -> None:
-    """Every planned item into ``report``, ``runtime.workers`` at a time through ``run_one``
-    (:func:`tryon.item.run`, or a Prefect task around it); ``on_report`` hears of each entry.
+async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.run) -> AsyncIterator[ItemReport]:
+    """Every planned item's report entry as it ends, ``runtime.workers`` items at a time through
+    ``run_one`` (:func:`tryon.item.run`, or a Prefect task around it). Close it when leaving early
+    (``contextlib.aclosing``): the items in progress are cancelled.
 
-    None is dropped: each ends in the report, archived, skipped or failed with its reason. A wrong
+    None is dropped: each ends with its entry, archived, skipped or failed with its reason. A wrong
     key stops every further call.
     """
     states = iter(planned.states)
     stopped: list[UnauthorizedAccess] = []
+    ended: asyncio.Queue[ItemReport] = asyncio.Queue()
 
     async def worker() -> None:
         for state in states:
@@ -130,60 +125,21 @@ async def run_items(runtime: Runtime, planned: Plan, report: RunReport, *, run_o
                     state.fail(exc)
                 except Exception as exc:  # this item fails with its reason; the others go on
                     state.fail(exc)
-            report.add(state.report())
-            if on_report is not None:
-                await on_report(report)
+            ended.put_nowait(state.report())
 
-    await asyncio.gather(*(worker() for _ in range(runtime.workers)))
-
-
-THUMBNAIL_EDGE = 240  # px, the longest edge of an input's thumbnail in the gallery
-
-
-def _thumbnail(ref: str, base: str | None) -> bytes | None:
-    """A small JPEG of an input image given as a file, fsspec URL or data URI (None: unreadable)."""
+    workers = asyncio.gather(*(worker() for _ in range(runtime.workers)))
     try:
-        if images.is_data_uri(ref):
-            data = images.parse_data_uri(ref)[1]
-        else:
-            fs, path = images.open_fs(images.resolve_ref(ref, base))
-            data = fs.cat_file(path)
-        with Image.open(io.BytesIO(data)) as picture:
-            picture = picture.convert("RGB")
-            picture.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
-            out = io.BytesIO()
-            picture.save(out, "JPEG", quality=85)
-            return out.getvalue()
-    except Exception:  # the gallery goes without this thumbnail; the run's outcome does not depend on it
-        return None
-
-
-async def gallery_headers(archive: Archive, report: RunReport, items: Iterable[Item]) -> None:
-    """Set the report's garments and model photos in spec order, each with a thumbnail in the
-    archive (``_inputs/<content hash>.jpg``: made once per image, then found by one listing), or its
-    URL when given as one (``saved:`` names have none)."""
-    have = await archive.thumbnails(report.collection, report.model_name)
-    for item in items:
-        spec = model_spec(item.model_name)
-        for ident, field, heads in ((item.garment_id, spec.garment_field, report.garments),
-                                    (item.model_id, spec.model_field, report.models)):
-            if ident in heads:
-                continue
-            ref = str(item.inputs.get(field) or "")
-            heads[ident] = ref if images.is_http(ref) else None
-            if not ref or images.is_http(ref) or images.is_saved(ref):
-                continue
-            try:  # hashed already by planning (the item key): no second read
-                name = (await images.image_identity(ref, item.base_dir)).removeprefix("sha256:")[:32]
-            except Exception:  # the gallery goes without this thumbnail
-                continue
-            if name not in have:
-                data = await asyncio.to_thread(_thumbnail, ref, item.base_dir)
-                if data is None:
-                    continue
-                await archive.write_thumbnail(report.collection, report.model_name, name, data)
-                have.add(name)
-            heads[ident] = archive.thumbnail_path(name)
+        for _ in planned.states:
+            entry = asyncio.ensure_future(ended.get())
+            await asyncio.wait({entry, workers}, return_when=asyncio.FIRST_COMPLETED)
+            if not entry.done():  # the workers ended first: only by an error, raised here
+                entry.cancel()
+                workers.result()
+            yield entry.result()
+        await workers
+    finally:
+        workers.cancel()
+        await asyncio.gather(workers, return_exceptions=True)
 
 
 async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:
@@ -196,34 +152,3 @@ async def save_report(archive: Archive, report: RunReport, items: Iterable[Item]
         gallery=render_gallery(report).encode("utf-8"))
 
 
-async def gallery_copy(spec: str, *, archive: Archive, model_name: str | None = None, expires: int = 3600) -> str:
-    """The gallery of a collection's latest run, every image linked for this machine's browser
-    (presigned links on S3: no credentials in the page, each link one object for ``expires`` s)."""
-    collection = await load_spec(spec, model_name_override=model_name)
-    data = await archive.read_report(collection.name, collection.model_name)
-    if data is None:
-        raise ArchiveError(f"no report of {collection.name} ({collection.model_name}) in {archive.url}: run it first")
-    return render_gallery(RunReport.model_validate(data), link=lambda relative: archive.link(
-        collection.name, collection.model_name, relative, expires))
-
-
-async def dry_run(spec: str, *, archive: str | None = None, model_name: str | None = None, force: bool = False,
-                  reuse: bool | None = None, out: TextIO) -> int:
-    """Validate, list what would be submitted, reused or skipped, the credits and the balance;
-    spend nothing, write nothing."""
-    settings = FashnSettings()
-    archive_settings = ArchiveSettings()
-    collection = await load_and_validate(spec, model_name)
-    store = Archive(archive or archive_settings.archive_url)
-    print(f"{collection.name} ({collection.model_name}) into {store.url}:", file=out)
-    planned = await plan(collection, store, force=force, max_resubmits=settings.max_resubmits,
-                         reuse=archive_settings.reuse if reuse is None else reuse, out=out)
-    print(planned.line(), file=out)
-    async with FashnClient.from_settings(settings) as client:
-        balance = await client.credits()
-    print(f"balance: {balance.total} credits (subscription {balance.subscription}, on demand {balance.on_demand})",
-          file=out)
-    if balance.total < planned.credits_needed:
-        print("the balance does not cover this run: a real run would refuse to start", file=out)
-        return 1
-    return 0

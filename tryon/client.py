@@ -192,8 +192,10 @@ class FashnClient:
             raise api_error_from_response(response.status_code, {"error": answer.error, "message": answer.error})
         return answer.id
 
-    async def status(self, prediction_id: str) -> Prediction:
-        response = await self._send("status", "GET", f"/v1/status/{prediction_id}")
+    async def status(self, prediction_id: str, admitted: Answerable | None = None) -> Prediction:
+        """The prediction's status; ``admitted``: the first attempt's admission, already taken from
+        the gate by the caller (a scheduled poll, :data:`tryon.traffic.polling.PollFn`)."""
+        response = await self._send("status", "GET", f"/v1/status/{prediction_id}", admitted=admitted)
         prediction = Prediction.model_validate(_json(response))
         credits = response.headers.get("x-fashn-credits-used")
         if credits is not None and credits.strip().isdigit():
@@ -239,14 +241,18 @@ class FashnClient:
         validate_inputs(model_name, prepared)  # KeyError / ValidationError before anything is sent
         return prepared
 
-    async def _send(self, endpoint: Endpoint, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, endpoint: Endpoint, method: str, path: str, *, admitted: Answerable | None = None,
+                    **kwargs: Any) -> httpx.Response:
         submitting = endpoint == "run"
         timeout = self._submit_timeout if submitting else self._request_timeout
         attempt = rate_limited = 0
         while True:
             attempt += 1
             backoff = self.backoff * 2 ** (attempt - 1)
-            admission = await self.gate.acquire(endpoint) if self.gate is not None else None
+            if admitted is not None:  # taken by the caller for the first attempt
+                admission, admitted = admitted, None
+            else:
+                admission = await self.gate.acquire(endpoint) if self.gate is not None else None
             try:
                 response = await self._http.request(method, path, headers=self._auth, timeout=timeout, **kwargs)
             except _NOT_SENT as exc:

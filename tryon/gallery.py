@@ -6,14 +6,27 @@ a failed item, each with its reason. Image links are relative (``<garment>__<mod
 ``_inputs/garment-<id>.jpg``), so the page works opened from the archive folder or served over HTTP;
 ``link`` maps them elsewhere (presigned URLs for an archive on S3). An input given as an http(s) URL
 is shown from that URL. No scripts; every text is HTML-escaped.
+
+Its headers (:func:`gallery_headers`) are thumbnails of the inputs, archived once per image;
+:func:`gallery_copy` is the page of a collection's latest run with every link made for a browser
+elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from urllib.parse import quote
 
+from PIL import Image
+
+from tryon import images
+from tryon.archive import Archive, ArchiveError
+from tryon.spec.items import Item
+from tryon.spec.loaders import load_spec
+from tryon.models import model_spec
 from tryon.report import ItemReport, RunReport
 
 _STYLE = """
@@ -102,3 +115,63 @@ def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] 
         f"<table><thead><tr><th>garment \\ model</th>{header}</tr></thead>\n<tbody>\n"
         + "\n".join(rows) + "\n</tbody></table>\n</body></html>\n"
     )
+
+
+THUMBNAIL_EDGE = 240  # px, the longest edge of an input's thumbnail in the gallery
+
+
+def _thumbnail(ref: str, base: str | None) -> bytes | None:
+    """A small JPEG of an input image given as a file, fsspec URL or data URI (None: unreadable)."""
+    try:
+        if images.is_data_uri(ref):
+            data = images.parse_data_uri(ref)[1]
+        else:
+            fs, path = images.open_fs(images.resolve_ref(ref, base))
+            data = fs.cat_file(path)
+        with Image.open(io.BytesIO(data)) as picture:
+            picture = picture.convert("RGB")
+            picture.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
+            out = io.BytesIO()
+            picture.save(out, "JPEG", quality=85)
+            return out.getvalue()
+    except Exception:  # the gallery goes without this thumbnail; the run's outcome does not depend on it
+        return None
+
+
+async def gallery_headers(archive: Archive, report: RunReport, items: Iterable[Item]) -> None:
+    """Set the report's garments and model photos in spec order, each with a thumbnail in the
+    archive (``_inputs/<content hash>.jpg``: made once per image, then found by one listing), or its
+    URL when given as one (``saved:`` names have none)."""
+    have = await archive.thumbnails(report.collection, report.model_name)
+    for item in items:
+        spec = model_spec(item.model_name)
+        for ident, field, heads in ((item.garment_id, spec.garment_field, report.garments),
+                                    (item.model_id, spec.model_field, report.models)):
+            if ident in heads:
+                continue
+            ref = str(item.inputs.get(field) or "")
+            heads[ident] = ref if images.is_http(ref) else None
+            if not ref or images.is_http(ref) or images.is_saved(ref):
+                continue
+            try:  # hashed already by planning (the item key): no second read
+                name = (await images.image_identity(ref, item.base_dir)).removeprefix("sha256:")[:32]
+            except Exception:  # the gallery goes without this thumbnail
+                continue
+            if name not in have:
+                data = await asyncio.to_thread(_thumbnail, ref, item.base_dir)
+                if data is None:
+                    continue
+                await archive.write_thumbnail(report.collection, report.model_name, name, data)
+                have.add(name)
+            heads[ident] = archive.thumbnail_path(name)
+
+
+async def gallery_copy(spec: str, *, archive: Archive, model_name: str | None = None, expires: int = 3600) -> str:
+    """The gallery of a collection's latest run, every image linked for this machine's browser
+    (presigned links on S3: no credentials in the page, each link one object for ``expires`` s)."""
+    collection = await load_spec(spec, model_name_override=model_name)
+    data = await archive.read_report(collection.name, collection.model_name)
+    if data is None:
+        raise ArchiveError(f"no report of {collection.name} ({collection.model_name}) in {archive.url}: run it first")
+    return render_gallery(RunReport.model_validate(data), link=lambda relative: archive.link(
+        collection.name, collection.model_name, relative, expires))

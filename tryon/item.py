@@ -190,7 +190,7 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
                 await _reuse(runtime, state)
                 continue
             if state.reusable and paying is None:
-                paying, entry = await _pay_or_wait(runtime.archive, state.key)
+                paying, entry = await _pay_or_wait(runtime, state.key)
                 if entry is not None:  # another item of this process paid for the key meanwhile
                     state.stage, state.source, state.reason = "reuse", entry, f"outputs of {entry.folder}"
                     continue
@@ -203,7 +203,7 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
             await _wait_and_archive(runtime, state, slot)
     finally:
         if paying is not None:
-            _paid(runtime.archive, state, paying)
+            _paid(runtime, state, paying)
         if runtime.webhooks is not None and not state.active:
             runtime.webhooks.forget(state.label)
     return state.report()
@@ -211,28 +211,23 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
 
 # -- one payment per key in this process ----------------------------------------------------------
 
-#: Keys an item of this process is paying for, by (event loop, archive, key): the future ends with
-#: the index entry of the outputs it archived, or None. Runs in other processes are not seen: two
-#: of them needing the same new key at once may each pay for it once.
-_paying: dict[tuple[int, str, str], asyncio.Future] = {}
-
-
-async def _pay_or_wait(archive: Archive, key: str) -> tuple[asyncio.Future | None, IndexEntry | None]:
+async def _pay_or_wait(runtime: Runtime, key: str) -> tuple[asyncio.Future | None, IndexEntry | None]:
     """Take the key to pay for it (the future to end when done), or wait for the item paying for
-    it and return the entry it archived; when that one ends without outputs, take the key."""
-    where = (id(asyncio.get_running_loop()), archive.url, key)
-    while (other := _paying.get(where)) is not None:
+    it and return the entry it archived; when that one ends without outputs, take the key
+    (:attr:`tryon.process.Process.paying`)."""
+    paying, where = runtime.process.paying, (runtime.archive.url, key)
+    while (other := paying.get(where)) is not None:
         entry = await asyncio.shield(other)
         if entry is not None:
             return None, entry
-    mine = _paying[where] = asyncio.get_running_loop().create_future()
+    mine = paying[where] = asyncio.get_running_loop().create_future()
     return mine, None
 
 
-def _paid(archive: Archive, state: ItemState, mine: asyncio.Future) -> None:
-    where = (id(asyncio.get_running_loop()), archive.url, state.key)
-    if _paying.get(where) is mine:
-        del _paying[where]
+def _paid(runtime: Runtime, state: ItemState, mine: asyncio.Future) -> None:
+    archive, paying, where = runtime.archive, runtime.process.paying, (runtime.archive.url, state.key)
+    if paying.get(where) is mine:
+        del paying[where]
     archived = state.stage == "archived" and state.result is not None
     if not mine.done():
         mine.set_result(archive.index_entry(state.result) if archived else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, NamedTuple
 
@@ -87,6 +88,10 @@ class FashnSettings(BaseSettings):
                 "Nothing was submitted."
             )
         return self.api_key
+
+    def key_fingerprint(self) -> str:
+        """A short, non-reversible name for the key (safe for logs and limit names)."""
+        return hashlib.sha256(self.require_api_key().get_secret_value().encode()).hexdigest()[:12]
 
 
 class ArchiveSettings(BaseSettings):

@@ -52,7 +52,7 @@ from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
 from tryon.traffic.controller import KeyLimits, TrafficController
 from tryon.traffic.latency import LatencyDistribution, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
-from tryon.traffic.polling import PollScheduler, consume_preadmission
+from tryon.traffic.polling import PollScheduler
 from tryon.traffic.slots import InFlightSlots, Slot
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
     "SlidingWindowLimiter",
     "Slot",
     "TrafficController",
-    "consume_preadmission",
     "default_margin",
     "sleep_or_wake",
 ]

@@ -20,7 +20,7 @@ from tryon.settings import (
 from tryon.traffic.clock import Clock, MonotonicClock
 from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter
-from tryon.traffic.polling import PollFn, PollScheduler, consume_preadmission
+from tryon.traffic.polling import PollFn, PollScheduler
 from tryon.traffic.slots import InFlightSlots, Slot
 
 if TYPE_CHECKING:
@@ -123,9 +123,6 @@ class TrafficController:
         for a slot release after a ``ConcurrencyLimitExceeded``.
         """
         limiter = self._limiter(endpoint)
-        preadmitted, admission = consume_preadmission(endpoint)
-        if preadmitted:
-            return admission  # a scheduled poll: the scheduler already took this admission
         if endpoint == "run":
             self._check_submissions()
             await self._wait_concurrency_barrier()

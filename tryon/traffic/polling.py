@@ -55,7 +55,6 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from tryon.errors import OutOfCredits, ServerError, TooManyRequests, TransportError
@@ -64,38 +63,13 @@ from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
 from tryon.traffic.latency import LatencyModel, Profile
 from tryon.traffic.limiter import Admission
 
-PollFn = Callable[[str], Awaitable[Prediction]]
+#: One status call: the prediction id and the admission the scheduler took for it (the call's
+#: first attempt goes out on it; a retry inside the call takes its own).
+PollFn = Callable[[str, Admission], Awaitable[Prediction]]
 
 TRANSIENT_POLL_ERRORS: tuple[type[BaseException], ...] = (TooManyRequests, ServerError, TransportError)
 STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a prediction is overdue
 SURPRISED = 0.1  # found done at its first poll although the estimate gave it at most this chance
-
-
-# -- pre-admission: a status call the scheduler already paid for ------------------------------
-class _Preadmission:
-    __slots__ = ("endpoint", "used", "admission")
-
-    def __init__(self, endpoint: str, admission: Admission | None) -> None:
-        self.endpoint = endpoint
-        self.used = False
-        self.admission = admission
-
-
-_PREADMITTED: ContextVar[_Preadmission | None] = ContextVar("tryon_traffic_preadmitted", default=None)
-
-
-def consume_preadmission(endpoint: str) -> tuple[bool, Admission | None]:
-    """Whether the scheduler already took this call's admission (true once per poll task), and
-    that admission, to be answered when the call's answer is in.
-
-    The client's gate calls ``acquire("status")`` before every HTTP attempt; inside a
-    scheduled poll the first attempt is already admitted, retries are not.
-    """
-    token = _PREADMITTED.get()
-    if token is None or token.used or token.endpoint != endpoint:
-        return False, None
-    token.used = True
-    return True, token.admission
 
 
 # -- the scheduler --------------------------------------------------------------------------
@@ -128,14 +102,14 @@ class _Entry:
 class PollScheduler:
     """Polls many predictions through one status budget, the most likely finished first."""
 
-    def __init__(self, acquire: Callable[[], Awaitable[Admission | None]], clock: Clock | None = None,
+    def __init__(self, acquire: Callable[[], Awaitable[Admission]], clock: Clock | None = None,
                  latency: LatencyModel | None = None, *,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
                  quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.04,
                  max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.25,
                  probers: int = 3,
                  transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
-                 max_transient_errors: int = 8, endpoint: str = "status") -> None:
+                 max_transient_errors: int = 8) -> None:
         self._acquire = acquire
         # Status calls per second this process may make (it changes when processes share a key);
         # None: no pacing, the limiter alone.
@@ -163,7 +137,6 @@ class PollScheduler:
         self.widest = 0.0  # the longest a prediction was allowed to go unpolled (the bound's first term)
         self.transient_errors = transient_errors
         self.max_transient_errors = max_transient_errors
-        self.endpoint = endpoint
         self._next_send = -math.inf
         self._wake: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -366,7 +339,7 @@ class PollScheduler:
                 ready, idle, _ = self._choose(now)
                 if (chosen := ready or idle) is not None:
                     self._launch(chosen, admission)
-                elif admission is not None:
+                else:
                     admission.answered()  # nothing sent: it counts from now
         except asyncio.CancelledError:
             self._fail_all(RuntimeError("poll scheduler closed"))
@@ -374,23 +347,21 @@ class PollScheduler:
         except Exception as exc:  # the status limiter failed: every waiter learns why
             self._fail_all(exc)
 
-    def _launch(self, entry: _Entry, admission: Admission | None) -> None:
+    def _launch(self, entry: _Entry, admission: Admission) -> None:
         sent = self.clock.now()
         entry.busy = True
         entry.last_sent = sent
         task = asyncio.ensure_future(self._poll_once(entry, sent, admission))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if admission is not None:
-            # The client answered it when the call's answer came; if the poll skipped the client, or
-            # the task was cancelled before it ran, it counts from now (a limiter lives as long as
-            # its process: one never answered would hold a place in its windows for good).
-            task.add_done_callback(lambda _: admission.answered())
+        # The client answered it when the call's answer came; if the poll skipped the client, or
+        # the task was cancelled before it ran, it counts from now (a limiter lives as long as
+        # its process: one never answered would hold a place in its windows for good).
+        task.add_done_callback(lambda _: admission.answered())
 
-    async def _poll_once(self, entry: _Entry, sent: float, admission: Admission | None) -> None:
-        _PREADMITTED.set(_Preadmission(self.endpoint, admission))  # this task's own context
+    async def _poll_once(self, entry: _Entry, sent: float, admission: Admission) -> None:
         try:
-            answer = await entry.poll(entry.prediction_id)
+            answer = await entry.poll(entry.prediction_id, admission)
         except Exception as exc:
             entry.busy = False
             self._on_error(entry, exc)

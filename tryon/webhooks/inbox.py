@@ -1,15 +1,15 @@
 """What this process expects from webhooks, and how each delivery is judged.
 
-Submissions are named ``(run, item, attempt)``: ``run`` is one :class:`~tryon.runtime.Runtime`'s
-random name (two runs of a process, or of two processes sharing one receiver, may submit the same
-item), ``item`` the item's label, unique in its run. An item registers each submission before
-sending it (:meth:`WebhookInbox.expect`), binds the prediction id when the answer names it
-(:meth:`~WebhookInbox.bind`), and forgets the item when it ends. A delivery is *accepted* only for a
-submission registered here, and only once, so the provider's retries, duplicates and deliveries out
-of order change nothing; one naming another prediction than the bound one is *unexpected*. An
-accepted delivery is passed to the submission's listener (the scheduler's confirmation poll) and
-wakes :meth:`~WebhookInbox.wait` (an ambiguous answer's recovery). Memory: one entry per active
-submission.
+Submissions are named ``(run, item, attempt)``: ``run`` is the random name of one run's
+:class:`~tryon.webhooks.Webhooks` (two runs of a process, or of two processes sharing one receiver,
+may submit the same item), ``item`` the item's label, unique in its run. An item registers each
+submission before sending it (:meth:`WebhookInbox.expect`), binds the prediction id when the answer
+names it (:meth:`~WebhookInbox.bind`), and forgets the item when it ends. A delivery is *accepted*
+only for a submission registered here, and only once, so the provider's retries, duplicates and
+deliveries out of order change nothing; one naming another prediction than the bound one is
+*unexpected*. An accepted delivery is passed to the submission's listener (the scheduler's
+confirmation poll) and wakes :meth:`~WebhookInbox.wait` (an ambiguous answer's recovery). Memory:
+one entry per active submission.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from tests.collections import write_collection
 from tests.test_flow_faults import refuse_pending_and_first_output, url_collection
 from tests.fixtures.emulator import TEST_KEY
 from tryon import batch, item
-from tryon.archive import Archive, ArchiveError
+from tryon.archive import Archive, ArchiveError, Flags, SubmissionRecord, utcnow
 from tryon.client import FashnClient
 from tryon.report import RunReport
 from tryon.runtime import Runtime
@@ -132,13 +132,14 @@ async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(mak
                                                    base_dir=state.item.base_dir)
         prediction_id = await runtime.client.start(request)
     await archive.record_ambiguous(state.item, state.key, attempt=1)
-    await archive.record_pending(state.item, state.key, prediction_id, attempt=1, possible_duplicate_charge=False,
-                                 recovered_ambiguous=True)  # what the killed run had written
+    submission = SubmissionRecord(prediction_id=prediction_id, submitted_at=utcnow(), attempt=1)
+    await archive.record_pending(state.item, state.key, submission,
+                                 flags=Flags(recovered_ambiguous=True))  # what the killed run had written
 
     planned, report = await run_collection(emulator, spec, archive)
     assert planned.as_dict()["resume"] == 1
     [entry] = report.items
-    assert entry.recovered_ambiguous and not entry.possible_duplicate_charge
+    assert entry.flags == Flags(recovered_ambiguous=True)
     assert report.recovered_ambiguous == [state.label]
-    assert (await archive.read_result(state.item, state.key)).recovered_ambiguous
+    assert (await archive.read_result(state.item, state.key)).flags.recovered_ambiguous
     assert emulator.stats()["requests"]["run"] == {"200": 1}, "not submitted again"

@@ -29,8 +29,8 @@ import datetime as dt
 import logging
 from typing import Literal
 
-from tryon.archive import (Archive, ArchiveError, Flags, IndexEntry, ItemResult, NotReusable, OutputRecord,
-                           SubmissionRecord, utcnow)
+from tryon.archive import (Archive, ArchiveError, Flags, IndexEntry, ItemResult, NotReusable, SubmissionRecord,
+                           utcnow)
 from tryon.collection import Item, item_key
 from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
@@ -68,7 +68,7 @@ class ItemState:
         self.earlier = result is not None  # it ended in an earlier run
         self.notes: list[str] = []
         self.flags = flags  # what its report must say; into its pending record and its result
-        self.forgotten = False  # a prediction of this run was unknown to the provider (404): once is resubmitted
+        self.forgotten = False  # the provider forgot a prediction of this run (404): submitted again; twice raises
         self.source = source  # the index entry it copies from (stage "reuse")
         self.reusable = reusable  # may wait for another item of this process paying for its key
         if flags.reuse_refused:
@@ -89,6 +89,11 @@ class ItemState:
 
     def flag(self, **changes: bool | str) -> None:
         self.flags = self.flags.model_copy(update=changes)
+
+    def resubmit(self, note: str) -> None:
+        """Back to ``planned``, saying why: the next submission is a new prediction."""
+        self.notes.append(note)
+        self.submission, self.stage = None, "planned"
 
     def end(self, result: ItemResult) -> None:
         if self.earlier and result.state == "archived":
@@ -144,7 +149,7 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         if entry is not None:
             return ItemState(item, key, "reuse", reason=f"outputs of {entry.folder}", source=entry, reusable=True,
                              attempt=result.attempts if result else 0)
-    common = dict(reusable=reuse, flags=Flags(reuse_refused=refused))
+    common = dict(reusable=reuse, flags=(pending.flags if pending else Flags()) | Flags(reuse_refused=refused))
     if result is not None:
         retryable = result.error_name is not None and PredictionFailed(result.error_name, "").retryable
         if not retryable or result.attempts > max_resubmits:
@@ -152,8 +157,7 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         return ItemState(item, key, "planned", reason="retryable failure before", attempt=result.attempts, **common)
     if pending is None:
         return ItemState(item, key, "planned", **common)
-    return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts,
-                     reusable=reuse, flags=pending.flags | Flags(reuse_refused=refused))
+    return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts, **common)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -231,8 +235,7 @@ async def _reuse(runtime: Runtime, state: ItemState) -> None:
     except NotReusable as exc:
         state.flag(reuse_refused=str(exc))
         state.notes.append(f"not reused: {exc}; paid for")
-        state.source = None
-        state.stage = "planned"
+        state.source, state.stage = None, "planned"
         return
     result = ItemResult.reused(state.item, state.key, entry, outputs)
     state.notes.append(f"reused from {entry.folder}")
@@ -326,8 +329,7 @@ async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | Non
         # The provider no longer tracks it: submit once more, and say so in the report.
         state.forgotten = True
         state.flag(resubmitted_after_404=True)
-        state.notes.append(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
-        _back_to_planned(state)
+        state.resubmit(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
         return
     if prediction.status == "completed":
         try:
@@ -338,24 +340,17 @@ async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | Non
         return
     failure = _failure_of(prediction)
     if failure.retryable and state.attempt <= runtime.max_resubmits:
-        state.notes.append(f"attempt {state.attempt}: {failure.name}: {failure.message}; submitted again")
-        _back_to_planned(state)
+        state.resubmit(f"attempt {state.attempt}: {failure.name}: {failure.message}; submitted again")
         return
     await _record_failure(runtime, state, state.failed(failure))
-
-
-def _back_to_planned(state: ItemState) -> None:
-    state.submission = None
-    state.stage = "planned"
 
 
 async def _wait(runtime: Runtime, state: ItemState, slot: Slot | None) -> Prediction:
     """The terminal answer, polled through the key's shared scheduler (with webhooks: confirmed
     when its webhook comes, polled late as a fallback)."""
-    item, submission = state.item, state.submission
+    item, submission, hooks = state.item, state.submission, runtime.webhooks
     assert submission is not None
     elapsed = max(0.0, (utcnow() - submission.submitted_at).total_seconds())
-    hooks = runtime.webhooks
     hinted = state.pushed and hooks is not None and hooks.delivered(state.label, submission.attempt) is not None
     return await runtime.traffic.wait(
         submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
@@ -372,10 +367,8 @@ async def _archive(runtime: Runtime, state: ItemState, prediction: Prediction) -
     if not prediction.output:
         raise OutputExpired(f"prediction {prediction.id} completed with no output")
     ext = "jpg" if item.output_format == "jpeg" else "png"
-    outputs: list[OutputRecord] = []
-    for index, url in enumerate(prediction.output):
-        data = await runtime.client.download(url)
-        outputs.append(await runtime.archive.write_output(item, index, data, ext))
+    outputs = [await runtime.archive.write_output(item, index, await runtime.client.download(url), ext)
+               for index, url in enumerate(prediction.output)]  # one at a time: each verified before the next
     result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, state.flags)
     result = await runtime.archive.write_result(item, result)
     # After result.json, so an entry never names an item being written; another collection's

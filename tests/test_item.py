@@ -121,17 +121,22 @@ async def test_an_error_of_our_own_fails_the_item_with_its_reason_and_the_others
     assert report.totals["archived"] == 1
 
 
-async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(make_emulator, tmp_path):
-    """An ambiguous answer's prediction adopted through its webhook is marked with the adopted id,
-    so the run that resumes the item (after a kill) reports it recovered, not paid twice."""
-    emulator = make_emulator(time_scale=TIME_SCALE)
-    spec = write_collection(tmp_path, name="resumed", garments=1, models=1)
+async def started_by_a_killed_run(emulator, tmp_path: Path, name: str) -> tuple[Path, Archive, item.ItemState, str]:
+    """A planned one-item collection and a prediction started for its item, as by a run then killed."""
+    spec = write_collection(tmp_path, name=name, garments=1, models=1)
     archive = Archive(str(tmp_path / "archive"))
     [state] = (await batch.plan(await batch.load_and_validate(str(spec)), archive)).states
     async with runtime_for(emulator, archive) as runtime:
         request = await runtime.client.prepare_run(state.item.model_name, state.item.inputs,
                                                    base_dir=state.item.base_dir)
-        prediction_id = await runtime.client.start(request)
+        return spec, archive, state, await runtime.client.start(request)
+
+
+async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(make_emulator, tmp_path):
+    """An ambiguous answer's prediction adopted through its webhook is marked with the adopted id,
+    so the run that resumes the item (after a kill) reports it recovered, not paid twice."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec, archive, state, prediction_id = await started_by_a_killed_run(emulator, tmp_path, "resumed")
     await archive.record_ambiguous(state.item, state.key, attempt=1)
     submission = SubmissionRecord(prediction_id=prediction_id, submitted_at=utcnow(), attempt=1)
     await archive.record_pending(state.item, state.key, submission,
@@ -150,13 +155,7 @@ async def test_records_with_flat_flags_resume_and_stay_flat_in_the_files(make_em
     """A pending record as older versions wrote it (flags as flat fields, ids beside the
     submissions) resumes with its flags; result.json and the report keep them as flat fields."""
     emulator = make_emulator(time_scale=TIME_SCALE)
-    spec = write_collection(tmp_path, name="older", garments=1, models=1)
-    archive = Archive(str(tmp_path / "archive"))
-    [state] = (await batch.plan(await batch.load_and_validate(str(spec)), archive)).states
-    async with runtime_for(emulator, archive) as runtime:
-        request = await runtime.client.prepare_run(state.item.model_name, state.item.inputs,
-                                                   base_dir=state.item.base_dir)
-        prediction_id = await runtime.client.start(request)
+    spec, archive, state, prediction_id = await started_by_a_killed_run(emulator, tmp_path, "older")
     folder = tmp_path / "archive" / "older" / state.item.model_name / state.label
     folder.mkdir(parents=True)
     now = utcnow().isoformat()

@@ -33,6 +33,7 @@ class ItemReport(ItemResult):
                           "credits_used": 0, "flags": Flags()}, note=note)
         return cls(**{**dict(result), "state": "reused" if result.reused_from else result.state}, note=note)
 
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     """Sortable and unique: ``20261123T223300Z-3f9a1c``."""
     return f"{(now or utcnow()).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
@@ -116,8 +117,8 @@ class RunReport(BaseModel):
         return [e for e in self.items if e.state == "failed"]
 
     def summary_line(self) -> str:
-        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES
-                           if s != "reused" or self.totals.get(s))  # reused: only when some were
+        totals = self.totals
+        counts = ", ".join(f"{totals[s]} {s}" for s in STATES if s != "reused" or totals[s])  # reused: only when some were
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
                 f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used"
                 + ("" if self.credits_estimated is None else
@@ -161,7 +162,7 @@ class RunReport(BaseModel):
         """Totals as plain data (a flow's return value)."""
         return {
             "collection": self.collection, "model_name": self.model_name, "run_id": self.run_id,
-            "items": self.total, **{s: self.totals.get(s, 0) for s in STATES},
+            "items": self.total, **self.totals,
             "credits_used": self.credits_used, "credits_estimated": self.credits_estimated,
             "possible_duplicate_charges": len(self.possible_duplicate_charges),
             "resubmitted_after_404": len(self.resubmitted_after_404),

@@ -75,10 +75,9 @@ def write_spec(folder: Path, name: str, garments: int, models: int, first_model:
 
 async def archive_collection(archive, spec: Path, output_bytes: int) -> None:
     """Archive every item of ``spec`` as a paid run would: output, result.json, index entry."""
-    from types import SimpleNamespace
-
     from tryon import batch
-    from tryon.archive import ItemResult
+    from tryon.archive import Flags, ItemResult, SubmissionRecord, utcnow
+    from tryon.models import Prediction
 
     collection = await batch.load_and_validate(str(spec))
     planned = await batch.plan(collection, archive, reuse=False)
@@ -86,8 +85,9 @@ async def archive_collection(archive, spec: Path, output_bytes: int) -> None:
     async def one(state) -> None:
         data = os.urandom(output_bytes)
         output = await archive.write_output(state.item, 0, data, "png")
-        prediction = SimpleNamespace(id=f"bench-{state.key[:12]}", credits_used=1)
-        result = ItemResult.archived(state.item, state.key, None, prediction, [output])
+        prediction = Prediction(id=f"bench-{state.key[:12]}", status="completed", credits_used=1)
+        submission = SubmissionRecord(prediction_id=prediction.id, submitted_at=utcnow(), attempt=1)
+        result = ItemResult.archived(state.item, state.key, submission, prediction, [output], Flags())
         await archive.write_index(await archive.write_result(state.item, result))
 
     for start in range(0, len(planned.states), 32):

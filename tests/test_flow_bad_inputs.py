@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.fixtures.emulator import TEST_KEY
 from tests.test_flow_faults import run_flow, url_collection
-from tryon.archive import Archive
+from tryon.archive import Archive, SubmissionRecord, utcnow
 from tryon.spec.items import iter_items
 from tryon.spec.loaders import load_spec
 
@@ -133,7 +133,8 @@ async def test_a_prediction_the_provider_forgot_is_submitted_once_more(prefect_s
 
     collection = await load_spec(spec)
     forgotten = next(iter_items(collection))
-    await archive.record_pending(forgotten, await item_key(forgotten), "pred-unknown-to-the-provider", attempt=1)
+    await archive.record_pending(forgotten, await item_key(forgotten), SubmissionRecord(
+        prediction_id="pred-unknown-to-the-provider", submitted_at=utcnow(), attempt=1))
     state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
     assert state.is_completed(), state.message
     report = report_of(tmp_path / "archive", "faults")

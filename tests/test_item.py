@@ -6,6 +6,7 @@ without a Prefect server; the flows' tests cover the same paths through Prefect.
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from tests.collections import write_collection
 from tests.test_flow_faults import refuse_pending_and_first_output, url_collection
 from tests.fixtures.emulator import TEST_KEY
 from tryon import batch, item
-from tryon.archive import Archive, ArchiveError
+from tryon.archive import Archive, ArchiveError, Flags, SubmissionRecord, utcnow
 from tryon.client import FashnClient
-from tryon.report import RunReport
 from tryon.process import joined
+from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
@@ -117,25 +118,71 @@ async def test_an_error_of_our_own_fails_the_item_with_its_reason_and_the_others
     assert report.totals["archived"] == 1
 
 
-async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(make_emulator, tmp_path):
-    """An ambiguous answer's prediction adopted through its webhook is marked with the adopted id,
-    so the run that resumes the item (after a kill) reports it recovered, not paid twice."""
-    emulator = make_emulator(time_scale=TIME_SCALE)
-    spec = write_collection(tmp_path, name="resumed", garments=1, models=1)
+async def started_by_a_killed_run(emulator, tmp_path: Path, name: str) -> tuple[Path, Archive, item.ItemState, str]:
+    """A planned one-item collection and a prediction started for its item, as by a run then killed."""
+    spec = write_collection(tmp_path, name=name, garments=1, models=1)
     archive = Archive(str(tmp_path / "archive"))
     [state] = (await batch.plan(await batch.load_and_validate(str(spec)), archive)).states
     async with runtime_for(emulator, archive) as runtime:
         request = await runtime.client.prepare_run(state.item.model_name, state.item.inputs,
                                                    base_dir=state.item.base_dir)
-        prediction_id = await runtime.client.start(request)
+        return spec, archive, state, await runtime.client.start(request)
+
+
+async def test_a_recovery_resumed_by_a_later_run_is_still_reported_recovered(make_emulator, tmp_path):
+    """An ambiguous answer's prediction adopted through its webhook is marked with the adopted id,
+    so the run that resumes the item (after a kill) reports it recovered, not paid twice."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec, archive, state, prediction_id = await started_by_a_killed_run(emulator, tmp_path, "resumed")
     await archive.record_ambiguous(state.item, state.key, attempt=1)
-    await archive.record_pending(state.item, state.key, prediction_id, attempt=1, possible_duplicate_charge=False,
-                                 recovered_ambiguous=True)  # what the killed run had written
+    submission = SubmissionRecord(prediction_id=prediction_id, submitted_at=utcnow(), attempt=1)
+    await archive.record_pending(state.item, state.key, submission,
+                                 flags=Flags(recovered_ambiguous=True))  # what the killed run had written
 
     planned, report = await run_collection(emulator, spec, archive)
     assert planned.as_dict()["resume"] == 1
     [entry] = report.items
-    assert entry.recovered_ambiguous and not entry.possible_duplicate_charge
+    assert entry.flags == Flags(recovered_ambiguous=True)
     assert report.recovered_ambiguous == [state.label]
-    assert (await archive.read_result(state.item, state.key)).recovered_ambiguous
+    assert (await archive.read_result(state.item, state.key)).flags.recovered_ambiguous
     assert emulator.stats()["requests"]["run"] == {"200": 1}, "not submitted again"
+
+
+async def test_records_with_flat_flags_resume_and_stay_flat_in_the_files(make_emulator, tmp_path):
+    """A pending record as older versions wrote it (flags as flat fields, ids beside the
+    submissions) resumes with its flags; result.json and the report keep them as flat fields."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec, archive, state, prediction_id = await started_by_a_killed_run(emulator, tmp_path, "older")
+    folder = tmp_path / "archive" / "older" / state.item.model_name / state.label
+    folder.mkdir(parents=True)
+    now = utcnow().isoformat()
+    (folder / "prediction.json").write_text(json.dumps({
+        "key": state.key, "collection": "older", "model_name": state.item.model_name, "label": state.label,
+        "prediction_ids": [prediction_id], "submitted_at": now, "attempts": 2, "updated_at": now,
+        "submissions": [{"prediction_id": prediction_id, "submitted_at": now, "attempt": 2}],
+        "possible_duplicate_charge": True, "recovered_ambiguous": False}))
+
+    planned, report = await run_collection(emulator, spec, archive)
+    assert planned.as_dict()["resume"] == 1
+    [entry] = report.items
+    assert entry.flags == Flags(possible_duplicate_charge=True) and report.possible_duplicate_charges == [state.label]
+    stored = json.loads((folder / "result.json").read_text())
+    assert (stored["possible_duplicate_charge"], stored["attempts"], stored["prediction_ids"]) == (True, 2, [prediction_id])
+    assert "flags" not in stored and not (folder / "prediction.json").exists()
+    written = json.loads(report.to_json())
+    assert written["items"][0]["possible_duplicate_charge"] is True
+    assert written["possible_duplicate_charges"] == [state.label] and written["totals"]["archived"] == 1
+    assert RunReport.from_json(report.to_json()).items[0].flags == entry.flags
+
+
+def test_report_totals_follow_an_entry_replaced_by_a_later_one():
+    """Totals, credits and flag lists are computed from the entries, so a replaced entry leaves
+    nothing of itself behind."""
+    report = RunReport.start("c", "tryon-v1.6")
+    first = ItemReport(key="k", state="failed", collection="c", model_name="tryon-v1.6", garment_id="g",
+                       model_id="m", label="g__m", flags=Flags(possible_duplicate_charge=True))
+    report.add(first)
+    assert report.totals["failed"] == 1 and report.possible_duplicate_charges == ["g__m"]
+    report.add(first.model_copy(update={"state": "archived", "credits_used": 1, "flags": Flags()}))
+    assert report.totals == {"archived": 1, "reused": 0, "failed": 0, "skipped": 0}
+    assert (report.credits_used, report.possible_duplicate_charges, report.total) == (1, [], 1)

@@ -98,7 +98,7 @@ async def test_an_entry_that_does_not_verify_is_set_aside_and_the_item_paid_for(
     for label, why in (("g0__m0", "does not match"), ("g1__m1", "does not verify")):
         entry_report = by_label[label]
         assert entry_report.state == "archived" and entry_report.reused_from is None
-        assert why in entry_report.reuse_refused and "not reused" in entry_report.note
+        assert why in entry_report.flags.reuse_refused and "not reused" in entry_report.note
         assert label in report.summary_text() and "did not verify" in report.summary_text()
         served = emulator.prediction(entry_report.prediction_id)["output_sha256"]
         data = (root / "b" / MODEL / label / "output_0.png").read_bytes()

@@ -31,6 +31,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -43,6 +44,7 @@ CHUNK = 1 << 20
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DATA_RE = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<body>.*)$", re.DOTALL)
 # Formats sent with their own bytes; anything else readable is re-encoded as JPEG.
+_SECRET_PARAM = re.compile(r"(sig|signature|token|key|credential|secret|auth|password|session)", re.IGNORECASE)
 _PASS_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 
 _registered_options: dict[str, dict[str, Any]] = {}
@@ -122,7 +124,7 @@ def open_fs(location: str, storage_options: Mapping[str, Any] | None = None) -> 
     return fsspec.core.url_to_fs(location, **storage_options_for(location, storage_options))
 
 
-# -- data URIs ------------------------------------------------------------------------------------
+# -- data URIs, and what of a reference may be written down --------------------------------------
 
 def parse_data_uri(ref: str) -> tuple[str, bytes]:
     """``(mime type, bytes)`` of a base64 data URI; ``ValueError`` says what is wrong."""
@@ -157,6 +159,27 @@ def _data_uri_bytes_or_raw(ref: str) -> bytes:
         return parse_data_uri(ref)[1]
     except ValueError:
         return ref.encode()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of signature-, token- and key-like query parameters redacted."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, "REDACTED" if _SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
+
+
+def sanitize_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs safe to archive: no base64 bodies (``data:...sha256=<hex>``), no URL secrets."""
+    clean: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if isinstance(value, str) and is_data_uri(value):
+            value = describe(value)
+        elif isinstance(value, str) and is_http(value):
+            value = redact_url(value)
+        clean[name] = value
+    return clean
 
 
 # -- identity -------------------------------------------------------------------------------------

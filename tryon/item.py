@@ -25,11 +25,14 @@ transition is in this module.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-import time
 from typing import Literal
 
-from tryon.archive import Archive, ArchiveError, IndexEntry, ItemResult, NotReusable, OutputRecord, PendingRecord
+from tryon.archive import (Archive, ArchiveError, Flags, IndexEntry, ItemResult, NotReusable, SubmissionRecord,
+                           utcnow)
+from tryon.spec.items import Item
+from tryon.spec.key import item_key
 from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
 from tryon.report import ItemReport
@@ -44,18 +47,6 @@ Stage = Literal["reuse", "planned", "submitted", "archived", "reused", "failed",
 ACTIVE: frozenset[Stage] = frozenset({"reuse", "planned", "submitted"})
 
 
-class Submission:
-    """A prediction the provider accepted for this item."""
-
-    __slots__ = ("prediction_id", "submitted_at", "attempt", "pushed")
-
-    def __init__(self, prediction_id: str, submitted_at: float, attempt: int, *, pushed: bool = False) -> None:
-        self.prediction_id = prediction_id
-        self.submitted_at = submitted_at  # epoch seconds
-        self.attempt = attempt
-        self.pushed = pushed  # submitted with this run's webhook URL: its end comes by webhook
-
-
 class ItemState:
     """Where one item stands in this run. Created by :func:`plan`, changed only here.
 
@@ -63,32 +54,29 @@ class ItemState:
     futures), and this object is handed to one task per item.
     """
 
-    __slots__ = ("item", "key", "stage", "reason", "attempt", "submission", "result", "notes",
-                 "possible_duplicate_charge", "resubmitted_after_404", "earlier", "source", "reusable",
-                 "reuse_refused", "recovered_ambiguous")
+    __slots__ = ("item", "key", "stage", "reason", "attempt", "submission", "pushed", "result", "earlier", "notes",
+                 "flags", "forgotten", "source", "reusable")
 
     def __init__(self, item: Item, key: str, stage: Stage, *, reason: str = "", attempt: int = 0,
-                 submission: Submission | None = None, result: ItemResult | None = None,
-                 possible_duplicate_charge: bool = False, recovered_ambiguous: bool = False,
-                 source: IndexEntry | None = None, reusable: bool = False, reuse_refused: str | None = None) -> None:
+                 submission: SubmissionRecord | None = None, result: ItemResult | None = None,
+                 flags: Flags = Flags(), source: IndexEntry | None = None, reusable: bool = False) -> None:
         self.item = item
         self.key = key
         self.stage: Stage = stage
         self.reason = reason  # why it was planned so
         self.attempt = attempt  # submissions so far, this run's and earlier runs'
         self.submission = submission  # the prediction it waits on (stage "submitted")
+        self.pushed = False  # that prediction was submitted with this run's webhook URL: its end comes by webhook
         self.result = result  # how it ended (archived, failed or skipped)
         self.earlier = result is not None  # it ended in an earlier run
         self.notes: list[str] = []
-        self.possible_duplicate_charge = possible_duplicate_charge
-        self.resubmitted_after_404 = False
-        self.recovered_ambiguous = recovered_ambiguous  # an ambiguous answer's prediction was found by its webhook
+        self.flags = flags  # what its report must say; into its pending record and its result
+        self.forgotten = False  # the provider forgot a prediction of this run (404): submitted again; twice raises
         self.source = source  # the index entry it copies from (stage "reuse")
         self.reusable = reusable  # may wait for another item of this process paying for its key
-        self.reuse_refused = reuse_refused  # why an index entry for its key was not used
-        if reuse_refused:
-            self.notes.append(f"not reused: {reuse_refused}")
-        if possible_duplicate_charge:
+        if flags.reuse_refused:
+            self.notes.append(f"not reused: {flags.reuse_refused}")
+        if flags.possible_duplicate_charge:
             self.notes.append("an earlier run got an ambiguous answer to a submission")
 
     @property
@@ -102,10 +90,13 @@ class ItemState:
     def __repr__(self) -> str:
         return f"ItemState({self.label!r}, {self.stage})"
 
-    def flags(self) -> dict[str, bool | str | None]:
-        return {"possible_duplicate_charge": self.possible_duplicate_charge,
-                "resubmitted_after_404": self.resubmitted_after_404, "reuse_refused": self.reuse_refused,
-                "recovered_ambiguous": self.recovered_ambiguous}
+    def flag(self, **changes: bool | str) -> None:
+        self.flags = self.flags.model_copy(update=changes)
+
+    def resubmit(self, note: str) -> None:
+        """Back to ``planned``, saying why: the next submission is a new prediction."""
+        self.notes.append(note)
+        self.submission, self.stage = None, "planned"
 
     def end(self, result: ItemResult) -> None:
         if self.earlier and result.state == "archived":
@@ -115,11 +106,14 @@ class ItemState:
         self.result = result
         self.submission = None
 
+    def failed(self, failure: PredictionFailed, *, credits_used: int | None = None) -> ItemResult:
+        """The result of this item failed by ``failure``."""
+        return ItemResult.failed(self.item, self.key, self.submission, failure, self.flags, attempts=self.attempt,
+                                 credits_used=credits_used)
+
     def fail(self, exc: BaseException, *, name: str | None = None) -> None:
         """End the item failed by ``exc`` (outside a prediction: not written to the archive)."""
-        failure = PredictionFailed(name or type(exc).__name__, str(exc) or repr(exc))
-        self.end(ItemResult.failed(self.item, self.key, self.submission, failure, attempts=max(self.attempt, 1),
-                                   **self.flags()))
+        self.end(self.failed(PredictionFailed(name or type(exc).__name__, str(exc) or repr(exc))))
 
     def report(self) -> ItemReport:
         """The report entry, derived from how the item ended."""
@@ -146,11 +140,9 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
     if result is not None and result.state == "archived":
         return ItemState(item, key, "skipped", reason="already archived", result=result)
     pending = await archive.read_pending(item, key) if result is None else None
-    if pending is not None and pending.prediction_id:
-        return ItemState(item, key, "submitted", reason=f"polling prediction {pending.prediction_id}",
-                         attempt=pending.attempts, submission=_resumed(pending),
-                         possible_duplicate_charge=pending.possible_duplicate_charge,
-                         recovered_ambiguous=pending.recovered_ambiguous, reusable=reuse)
+    if pending is not None and (submission := pending.current) is not None:
+        return ItemState(item, key, "submitted", reason=f"polling prediction {submission.prediction_id}",
+                         attempt=pending.attempts, submission=submission, flags=pending.flags, reusable=reuse)
     refused = None
     if reuse:
         try:
@@ -160,7 +152,7 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         if entry is not None:
             return ItemState(item, key, "reuse", reason=f"outputs of {entry.folder}", source=entry, reusable=True,
                              attempt=result.attempts if result else 0)
-    common = dict(reusable=reuse, reuse_refused=refused)
+    common = dict(reusable=reuse, flags=(pending.flags if pending else Flags()) | Flags(reuse_refused=refused))
     if result is not None:
         retryable = result.error_name is not None and PredictionFailed(result.error_name, "").retryable
         if not retryable or result.attempts > max_resubmits:
@@ -168,13 +160,7 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
         return ItemState(item, key, "planned", reason="retryable failure before", attempt=result.attempts, **common)
     if pending is None:
         return ItemState(item, key, "planned", **common)
-    return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts,
-                     possible_duplicate_charge=pending.possible_duplicate_charge, **common)
-
-
-def _resumed(pending: PendingRecord) -> Submission:
-    submitted = pending.submitted_at.timestamp() if pending.submitted_at else time.time()
-    return Submission(pending.prediction_id or "", submitted, max(pending.attempts, 1))
+    return ItemState(item, key, "planned", reason="ambiguous submission before", attempt=pending.attempts, **common)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -245,10 +231,9 @@ async def _reuse(runtime: Runtime, state: ItemState) -> None:
         await archive.check_source(entry)
         outputs = [await archive.copy_output(entry, output, state.item) for output in entry.outputs]
     except NotReusable as exc:
-        state.reuse_refused = str(exc)
+        state.flag(reuse_refused=str(exc))
         state.notes.append(f"not reused: {exc}; paid for")
-        state.source = None
-        state.stage = "planned"
+        state.source, state.stage = None, "planned"
         return
     result = ItemResult.reused(state.item, state.key, entry, outputs)
     state.notes.append(f"reused from {entry.folder}")
@@ -275,7 +260,7 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     request: RunRequest = await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
     state.attempt += 1
     slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
-    submitted_at = time.time()
+    submitted_at = utcnow()
     webhook_url = None
     if hooks is not None:
         hooks.expect(state.label, state.attempt, lambda delivery: runtime.traffic.hint(delivery.prediction_id))
@@ -291,12 +276,12 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
             profile = (item.model_name, item.mode)
             delivery = await hooks.wait(state.label, state.attempt, runtime.traffic.latency.expected_duration(profile))
             if delivery is not None:
-                state.recovered_ambiguous = True
+                state.flag(recovered_ambiguous=True)
                 state.notes.append(f"attempt {state.attempt}: prediction {delivery.prediction_id} recovered by its "
                                    "webhook; not submitted again")
                 return await _submitted(runtime, state, delivery.prediction_id, submitted_at, slot, recovered=True)
         # The server may have created (and will bill) a prediction whose id we never got.
-        state.possible_duplicate_charge = True
+        state.flag(possible_duplicate_charge=True)
         if not (runtime.resubmit_ambiguous and state.attempt <= runtime.max_resubmits):
             state.fail(exc, name="AmbiguousSubmission")
         return None
@@ -308,18 +293,17 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     return await _submitted(runtime, state, prediction_id, submitted_at, slot)
 
 
-async def _submitted(runtime: Runtime, state: ItemState, prediction_id: str, submitted_at: float, slot: Slot, *,
-                     recovered: bool = False) -> Slot:
+async def _submitted(runtime: Runtime, state: ItemState, prediction_id: str, submitted_at: dt.datetime, slot: Slot,
+                     *, recovered: bool = False) -> Slot:
     # The prediction exists (and will be billed) whether or not its id is recorded: never abandon
     # it. Only a kill before its result.json is written can lose an id the archive refused.
-    item = state.item
-    await _record(runtime.archive.record_pending(item, state.key, prediction_id, attempt=state.attempt,
-                                                 possible_duplicate_charge=state.possible_duplicate_charge
-                                                 if recovered else None, recovered_ambiguous=recovered),
-                  f"{item.label}: prediction {prediction_id} is running but its id could not be recorded; "
+    # After a recovered ambiguous answer the state's flags are the record's: no unknown prediction.
+    submission = SubmissionRecord(prediction_id=prediction_id, submitted_at=submitted_at, attempt=state.attempt)
+    await _record(runtime.archive.record_pending(state.item, state.key, submission,
+                                                 flags=state.flags if recovered else None),
+                  f"{state.label}: prediction {prediction_id} is running but its id could not be recorded; "
                   "archiving it anyway")
-    state.submission = Submission(prediction_id, submitted_at, state.attempt, pushed=runtime.webhooks is not None)
-    state.stage = "submitted"
+    state.submission, state.pushed, state.stage = submission, runtime.webhooks is not None, "submitted"
     return slot
 
 
@@ -338,45 +322,38 @@ async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | Non
     try:
         prediction = await _wait(runtime, state, slot)
     except NotFound:
-        if state.resubmitted_after_404:
+        if state.forgotten:
             raise
         # The provider no longer tracks it: submit once more, and say so in the report.
-        state.resubmitted_after_404 = True
-        state.notes.append(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
-        _back_to_planned(state)
+        state.forgotten = True
+        state.flag(resubmitted_after_404=True)
+        state.resubmit(f"prediction {submission.prediction_id} unknown to the provider (404); submitted again")
         return
     if prediction.status == "completed":
         try:
             state.end(await _archive(runtime, state, prediction))
         except OutputExpired as exc:  # final: the provider no longer has the images
-            await _record_failure(runtime, state, ItemResult.failed(
-                item, state.key, submission, exc, credits_used=prediction.credits_used, **state.flags()))
+            await _record_failure(runtime, state, state.failed(PredictionFailed("OutputExpired", str(exc)),
+                                                               credits_used=prediction.credits_used))
         return
     failure = _failure_of(prediction)
     if failure.retryable and state.attempt <= runtime.max_resubmits:
-        state.notes.append(f"attempt {state.attempt}: {failure.name}: {failure.message}; submitted again")
-        _back_to_planned(state)
+        state.resubmit(f"attempt {state.attempt}: {failure.name}: {failure.message}; submitted again")
         return
-    await _record_failure(runtime, state, ItemResult.failed(item, state.key, submission, failure, **state.flags()))
-
-
-def _back_to_planned(state: ItemState) -> None:
-    state.submission = None
-    state.stage = "planned"
+    await _record_failure(runtime, state, state.failed(failure))
 
 
 async def _wait(runtime: Runtime, state: ItemState, slot: Slot | None) -> Prediction:
     """The terminal answer, polled through the key's shared scheduler (with webhooks: confirmed
     when its webhook comes, polled late as a fallback)."""
-    item, submission = state.item, state.submission
+    item, submission, hooks = state.item, state.submission, runtime.webhooks
     assert submission is not None
-    elapsed = max(0.0, time.time() - submission.submitted_at)
-    hooks = runtime.webhooks
-    hinted = submission.pushed and hooks is not None and hooks.delivered(state.label, submission.attempt) is not None
+    elapsed = max(0.0, (utcnow() - submission.submitted_at).total_seconds())
+    hinted = state.pushed and hooks is not None and hooks.delivered(state.label, submission.attempt) is not None
     return await runtime.traffic.wait(
         submission.prediction_id, model_name=item.model_name, mode=item.mode, poll=runtime.client.status,
         submitted_at=runtime.traffic.clock.now() - elapsed, timeout=runtime.prediction_timeout, slot=slot,
-        pushed=submission.pushed, hinted=hinted,
+        pushed=state.pushed, hinted=hinted,
     )
 
 
@@ -388,11 +365,9 @@ async def _archive(runtime: Runtime, state: ItemState, prediction: Prediction) -
     if not prediction.output:
         raise OutputExpired(f"prediction {prediction.id} completed with no output")
     ext = "jpg" if item.output_format == "jpeg" else "png"
-    outputs: list[OutputRecord] = []
-    for index, url in enumerate(prediction.output):
-        data = await runtime.client.download(url)
-        outputs.append(await runtime.archive.write_output(item, index, data, ext))
-    result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, **state.flags())
+    outputs = [await runtime.archive.write_output(item, index, await runtime.client.download(url), ext)
+               for index, url in enumerate(prediction.output)]  # one at a time: each verified before the next
+    result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, state.flags)
     result = await runtime.archive.write_result(item, result)
     # After result.json, so an entry never names an item being written; another collection's
     # items with the same key reuse these outputs rather than paying again.

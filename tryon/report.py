@@ -7,9 +7,9 @@ import datetime as dt
 import secrets
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
-from tryon.archive import ItemResult, utcnow
+from tryon.archive import Flags, ItemResult, utcnow
 
 State = Literal["archived", "reused", "failed", "skipped"]
 STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped")
@@ -28,14 +28,10 @@ class ItemReport(ItemResult):
     def of(cls, result: ItemResult, *, note: str = "", earlier: bool = False) -> "ItemReport":
         """The entry for ``result``; ``earlier``: it ended in an earlier run (archived: skipped),
         so this run spent nothing on it and its flags were reported then."""
-        entry = cls(**dict(result), note=note)
-        if result.reused_from and not earlier:
-            entry.state = "reused"
         if earlier:
-            entry.state = "skipped" if result.state == "archived" else "failed"
-            entry.credits_used = 0
-            entry.possible_duplicate_charge = entry.resubmitted_after_404 = entry.recovered_ambiguous = False
-        return entry
+            return cls(**{**dict(result), "state": "skipped" if result.state == "archived" else "failed",
+                          "credits_used": 0, "flags": Flags()}, note=note)
+        return cls(**{**dict(result), "state": "reused" if result.reused_from else result.state}, note=note)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -51,14 +47,8 @@ class RunReport(BaseModel):
     run_id: str = Field(default_factory=new_run_id)
     started_at: dt.datetime = Field(default_factory=utcnow)
     finished_at: dt.datetime | None = None
-    totals: dict[str, int] = Field(default_factory=lambda: {s: 0 for s in STATES})
-    credits_used: int = 0
     credits_estimated: int | None = Field(None, description="The plan's estimate for the items it submitted.")
     credits_estimate_exact: bool = Field(True, description="False: the estimate is the top of a published range.")
-    possible_duplicate_charges: list[str] = Field(default_factory=list, description="Labels of items that may have been billed twice.")
-    resubmitted_after_404: list[str] = Field(default_factory=list, description="Labels of items submitted again after a 404.")
-    recovered_ambiguous: list[str] = Field(default_factory=list, description="Labels of items whose ambiguous "
-                                           "submission was recovered by its webhook (not paid twice).")
     items: list[ItemReport] = Field(default_factory=list)
     garments: dict[str, str | None] = Field(
         default_factory=dict, description="Garment ids in spec order, each with its thumbnail (a path relative to "
@@ -76,27 +66,41 @@ class RunReport(BaseModel):
         return cls(collection=collection, model_name=model_name, run_id=run_id or new_run_id(started),
                    started_at=started)
 
-    def _count(self, entry: ItemReport, sign: int) -> None:
-        self.totals[entry.state] = self.totals.get(entry.state, 0) + sign
-        self.credits_used += sign * entry.credits_used
-        for flag, labels in ((entry.possible_duplicate_charge, self.possible_duplicate_charges),
-                             (entry.resubmitted_after_404, self.resubmitted_after_404),
-                             (entry.recovered_ambiguous, self.recovered_ambiguous)):
-            if flag and sign > 0 and entry.label not in labels:
-                labels.append(entry.label)
-            elif flag and sign < 0 and entry.label in labels:
-                labels.remove(entry.label)
-
     def add(self, entry: ItemReport) -> None:
         """Add an item's entry; a second entry for the same item replaces the first."""
-        index = self._index.get(entry.label)
-        if index is None:
-            self._index[entry.label] = len(self.items)
+        index = self._index.setdefault(entry.label, len(self.items))
+        if index == len(self.items):
             self.items.append(entry)
         else:
-            self._count(self.items[index], -1)
             self.items[index] = entry
-        self._count(entry, +1)
+
+    # Derived from the items (and written into report.json for its readers).
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def totals(self) -> dict[str, int]:
+        return {s: sum(1 for e in self.items if e.state == s) for s in STATES}
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def credits_used(self) -> int:
+        return sum(e.credits_used for e in self.items)
+
+    @computed_field(description="Labels of items that may have been billed twice.")  # type: ignore[prop-decorator]
+    @property
+    def possible_duplicate_charges(self) -> list[str]:
+        return [e.label for e in self.items if e.flags.possible_duplicate_charge]
+
+    @computed_field(description="Labels of items submitted again after a 404.")  # type: ignore[prop-decorator]
+    @property
+    def resubmitted_after_404(self) -> list[str]:
+        return [e.label for e in self.items if e.flags.resubmitted_after_404]
+
+    @computed_field(description="Labels of items whose ambiguous submission was recovered by its webhook "
+                                "(not paid twice).")  # type: ignore[prop-decorator]
+    @property
+    def recovered_ambiguous(self) -> list[str]:
+        return [e.label for e in self.items if e.flags.recovered_ambiguous]
 
     def finish(self) -> None:
         self.finished_at = utcnow()
@@ -113,8 +117,8 @@ class RunReport(BaseModel):
         return [e for e in self.items if e.state == "failed"]
 
     def summary_line(self) -> str:
-        counts = ", ".join(f"{self.totals.get(s, 0)} {s}" for s in STATES
-                           if s != "reused" or self.totals.get(s))  # reused: only when some were
+        totals = self.totals
+        counts = ", ".join(f"{totals[s]} {s}" for s in STATES if s != "reused" or totals[s])  # reused: only when some were
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
                 f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used"
                 + ("" if self.credits_estimated is None else
@@ -137,11 +141,11 @@ class RunReport(BaseModel):
         if self.recovered_ambiguous:
             lines.append(f"recovered by webhook after an ambiguous answer, not paid twice "
                          f"({len(self.recovered_ambiguous)}): " + ", ".join(self.recovered_ambiguous[:MAX_LISTED]))
-        refused = [e for e in self.items if e.reuse_refused and e.state != "skipped"]
+        refused = [e for e in self.items if e.flags.reuse_refused]
         if refused:
             lines.append(f"paid for although indexed elsewhere ({len(refused)}; the index entry did not verify):")
             for entry in refused[:MAX_LISTED]:
-                lines.append(f"  {entry.label}: {entry.reuse_refused}")
+                lines.append(f"  {entry.label}: {entry.flags.reuse_refused}")
         if self.resubmitted_after_404:
             lines.append(f"submitted again after the provider forgot the prediction (404) "
                          f"({len(self.resubmitted_after_404)}): " + ", ".join(self.resubmitted_after_404[:MAX_LISTED]))
@@ -158,7 +162,7 @@ class RunReport(BaseModel):
         """Totals as plain data (a flow's return value)."""
         return {
             "collection": self.collection, "model_name": self.model_name, "run_id": self.run_id,
-            "items": self.total, **{s: self.totals.get(s, 0) for s in STATES},
+            "items": self.total, **self.totals,
             "credits_used": self.credits_used, "credits_estimated": self.credits_estimated,
             "possible_duplicate_charges": len(self.possible_duplicate_charges),
             "resubmitted_after_404": len(self.resubmitted_after_404),

@@ -47,12 +47,16 @@ def test_the_form_is_a_multi_select_of_the_labels_with_the_flags_described():
 
 # -- over a real server, a served deployment and a browser ----------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _exits(pid: int, timeout: float = 60) -> bool:
+    """True once process ``pid`` is gone (the run's state turns Suspended just before its process ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 class Served:
@@ -86,10 +90,15 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, emulator) -> Iterator[Served]:
-    from tests.test_deployments_e2e import _stack
+def served(tmp_path_factory) -> Iterator[Served]:
+    from tests.test_deployments_e2e import PrefectStack
 
-    with _stack(tmp_path_factory, emulator, PREFECT_UI_ENABLED="true", PREFECT_RUNNER_POLL_FREQUENCY="1") as stack:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FASHN_", "TRYON_"))}
+    stack = PrefectStack(tmp_path_factory.mktemp("prefect-review-home"), {**env, "PYTHONPATH": str(ROOT)})
+    stack.env.update(PREFECT_UI_ENABLED="true", PREFECT_RUNNER_POLL_FREQUENCY="1")
+    try:
+        stack.start("server", "start", "--host", "127.0.0.1", "--port", str(stack.port), name="server")
+        stack.wait_healthy(timeout=400)  # a busy 2-core machine takes minutes for the first migration
         log = stack.home / "serve.log"
         proc = subprocess.Popen([sys.executable, "-m", "tests.review_served"], cwd=ROOT, env=stack.env,
                                 stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -99,6 +108,8 @@ def served(tmp_path_factory, emulator) -> Iterator[Served]:
             assert time.monotonic() < deadline and proc.poll() is None, f"serve did not start\n{stack.logs()}"
             time.sleep(0.5)
         yield Served(stack, answer.json()["id"])
+    finally:
+        stack.stop()
 
 
 async def _resume(api: str, run_id: str, run_input: dict) -> None:
@@ -125,14 +136,16 @@ async def test_a_suspended_review_holds_no_process_and_gets_the_rejected_labels_
     run_id = served.start_run(out)
     run = served.wait(run_id, "Suspended", runs=1, out=out)
     assert run["state"]["state_details"]["pause_key"] == "review-1"
-    assert not _alive(served.pids(out)[0]), "the flow run's process exited while it waits"
-    schema = json.loads(stack.http.get(f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()["value"])
+    assert _exits(served.pids(out)[0]), "the flow run's process ends while it waits"
+    assert stack.http.get(f"/flow_runs/{run_id}").json()["state_name"] == "Suspended"
+    schema = stack.http.get(f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()
     assert schema["properties"]["reject"]["items"]["enum"][:2] == ["dress__ava", "coat__bo"]
 
     rejected = ["coat__bo", "dress__ava", "shirt__ava"]
     await _resume(stack.api, run_id, {"reject": rejected, "reason": "hands wrong"})
     served.wait(run_id, "Suspended", runs=2, out=out)  # round 1 answered; round 2 waits
-    assert not any(_alive(pid) for pid in served.pids(out))
+    assert all(_exits(pid) for pid in served.pids(out))
+    assert stack.http.get(f"/flow_runs/{run_id}").json()["state_name"] == "Suspended", "still waiting, no process"
     with pytest.raises(RuntimeError, match="Reason"):  # the server checks the input against the form
         await _resume(stack.api, run_id, {"reject": ["not-a-label"]})
     await _resume(stack.api, run_id, {"approve_all": True})
@@ -178,8 +191,8 @@ async def test_the_review_form_renders_as_a_multi_select_in_a_real_browser(serve
                 if (!select) return null;
                 return {text: dialog.innerText, options: Array.from(select.options).map(o => o.value),
                         fields: dialog.querySelectorAll('input, textarea, select[multiple]').length};
-            })()""")
-            if form:
+            })()""") or form
+            if form and "Approve All" in form["text"] and "Flagged" in form["text"]:  # description fetched too
                 break
             await asyncio.sleep(0.2)
         await page.screenshot(artifacts / "review-form.png", beyond_viewport=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from uuid import UUID
 
 from prefect import get_client, get_run_logger
 from prefect.context import FlowRunContext
@@ -87,7 +88,7 @@ async def review_gate(labels: Sequence[str], flagged: Mapping[str, Sequence[str]
     key = f"review-{round}"
     resource = {"prefect.resource.id": f"tryon.collection.{collection}.{model_name}",
                 "prefect.resource.name": collection}
-    if not await _suspension_fired(key):  # a run started again on resume asked once already
+    if not await _suspension_fired(context.flow_run.id, key):  # a run started again on resume asked already
         emit_event(event="tryon.review.waiting", resource=resource,
                    payload={"round": round, "items": len(labels), "flagged": dict(flagged)})
         get_run_logger().info("waiting for review of %s (round %d): %d items, %d flagged",
@@ -101,9 +102,8 @@ async def review_gate(labels: Sequence[str], flagged: Mapping[str, Sequence[str]
     return decision
 
 
-async def _suspension_fired(key: str) -> bool:
-    """True when this flow run was suspended under ``key`` before (the server keeps the keys)."""
-    flow_run_id = FlowRunContext.get().flow_run.id  # type: ignore[union-attr]
+async def _suspension_fired(flow_run_id: UUID, key: str) -> bool:
+    """True when the flow run was suspended under ``key`` before (the server keeps the keys)."""
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
     return key in (flow_run.empirical_policy.pause_keys or set())

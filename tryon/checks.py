@@ -30,7 +30,7 @@ from tryon.models import model_spec
 
 TIER_FACTOR = 2.0
 BLANK_STDDEV = 3.0
-_SAMPLE = (64, 64)  # the thumbnail the blank check measures (cheap on a 16 MP output)
+_SAMPLE = (64, 64)  # the thumbnail the blank check measures
 
 Check = Literal["decodes", "size", "not_blank"]
 
@@ -90,13 +90,13 @@ def check_output(data: bytes, model_name: str, inputs: Mapping[str, Any] | None 
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             size = image.size
+            image.thumbnail(_SAMPLE)  # before any conversion: cheap on a 16 MP output
             sample = image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         return Verdict((Problem("decodes", f"does not decode ({type(exc).__name__}: {exc})"),))
     problems = []
     if (wrong := size_promise(model_name, inputs).problem(size)) is not None:
         problems.append(Problem("size", wrong))
-    sample.thumbnail(_SAMPLE)
     spread = max(ImageStat.Stat(sample).stddev)
     if spread < BLANK_STDDEV:
         problems.append(Problem("not_blank", f"blank (near-uniform: colour spread {spread:.1f} < {BLANK_STDDEV:g})"))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 import pytest
 
 from flows.review import review_form, review_labels
@@ -65,18 +66,31 @@ class Served:
     def __init__(self, stack, deployment: str) -> None:
         self.stack, self.deployment = stack, deployment
 
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One call to the server; a 503 (SQLite busy on a loaded machine) is tried again, as
+        Prefect's own client does."""
+        for _ in range(20):
+            response = self.stack.http.request(method, path, **kwargs)
+            if response.status_code != 503:
+                response.raise_for_status()
+                return response
+            time.sleep(0.5)
+        response.raise_for_status()
+        return response
+
     def start_run(self, out: Path) -> str:
         out.mkdir(parents=True, exist_ok=True)
-        response = self.stack.http.post(f"/deployments/{self.deployment}/create_flow_run", json={
-            "parameters": {"labels": LABELS, "flagged": FLAGGED, "out": str(out)}})
-        response.raise_for_status()
-        return response.json()["id"]
+        return self.api("POST", f"/deployments/{self.deployment}/create_flow_run", json={
+            "parameters": {"labels": LABELS, "flagged": FLAGGED, "out": str(out)}}).json()["id"]
+
+    def state_name(self, run_id: str) -> str:
+        return self.api("GET", f"/flow_runs/{run_id}").json()["state_name"]
 
     def wait(self, run_id: str, state_name: str, runs: int, out: Path, timeout: float = 240) -> dict:
         """Wait until the run is in ``state_name`` after its ``runs``-th process started."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.stack.http.get(f"/flow_runs/{run_id}").json()
+            run = self.api("GET", f"/flow_runs/{run_id}").json()
             log = out / "processes.log"
             started = len(log.read_text().split()) if log.exists() else 0
             if run["state_name"] == state_name and started == runs:
@@ -121,13 +135,11 @@ async def _resume(api: str, run_id: str, run_input: dict) -> None:
         await aresume_flow_run(UUID(run_id), run_input=run_input)
 
 
-def _events(stack, run_id: str) -> list[dict]:
+def _events(served: Served, run_id: str) -> list[dict]:
     """The gate's events of this flow run, oldest first (stored asynchronously: the caller waits)."""
-    response = stack.http.post("/events/filter", json={"filter": {
+    return served.api("POST", "/events/filter", json={"filter": {
         "event": {"prefix": ["tryon.review."]}, "related": {"id": [f"prefect.flow-run.{run_id}"]},
-        "order": "ASC"}, "limit": 50})
-    response.raise_for_status()
-    return response.json()["events"]
+        "order": "ASC"}, "limit": 50}).json()["events"]
 
 
 @pytest.mark.slow
@@ -137,15 +149,15 @@ async def test_a_suspended_review_holds_no_process_and_gets_the_rejected_labels_
     run = served.wait(run_id, "Suspended", runs=1, out=out)
     assert run["state"]["state_details"]["pause_key"] == "review-1"
     assert _exits(served.pids(out)[0]), "the flow run's process ends while it waits"
-    assert stack.http.get(f"/flow_runs/{run_id}").json()["state_name"] == "Suspended"
-    schema = stack.http.get(f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()
+    assert served.state_name(run_id) == "Suspended"
+    schema = served.api("GET", f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()
     assert schema["properties"]["reject"]["items"]["enum"][:2] == ["dress__ava", "coat__bo"]
 
     rejected = ["coat__bo", "dress__ava", "shirt__ava"]
     await _resume(stack.api, run_id, {"reject": rejected, "reason": "hands wrong"})
     served.wait(run_id, "Suspended", runs=2, out=out)  # round 1 answered; round 2 waits
     assert all(_exits(pid) for pid in served.pids(out))
-    assert stack.http.get(f"/flow_runs/{run_id}").json()["state_name"] == "Suspended", "still waiting, no process"
+    assert served.state_name(run_id) == "Suspended", "still waiting, no process"
     with pytest.raises(RuntimeError, match="Reason"):  # the server checks the input against the form
         await _resume(stack.api, run_id, {"reject": ["not-a-label"]})
     await _resume(stack.api, run_id, {"approve_all": True})
@@ -156,7 +168,7 @@ async def test_a_suspended_review_holds_no_process_and_gets_the_rejected_labels_
         {"round": 1, "approved": False, "rejected": rejected, "reason": "hands wrong"},
         {"round": 2, "approved": True, "rejected": [], "reason": ""}]
     for _ in range(60):  # one "waiting" per round, none again when a resumed run replays round 1
-        events = _events(stack, run_id)
+        events = _events(served, run_id)
         if len(events) >= 3:
             break
         await asyncio.sleep(0.5)

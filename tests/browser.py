@@ -97,9 +97,11 @@ class Browser:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def screenshot(self, path: Path) -> bytes:
+    async def screenshot(self, path: Path, beyond_viewport: bool = True) -> bytes:
+        """The whole page; ``beyond_viewport=False``: the window only (a fixed overlay, e.g. a dialog,
+        is lost when the page is laid out again at its full height)."""
         data = base64.b64decode((await self.send("Page.captureScreenshot", format="png",
-                                                 captureBeyondViewport=True))["data"])
+                                                 captureBeyondViewport=beyond_viewport))["data"])
         path.write_bytes(data)
         return data
 

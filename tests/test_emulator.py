@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import logging
 import threading
@@ -458,3 +459,50 @@ async def test_new_models_fail_with_the_same_failure_names(make_emulator):
         prediction = await until_done(client, await client.run("tryon-max", bad))
         assert prediction.status == "failed" and prediction.error.name == "ContentModerationError"
         assert prediction.credits_used == 0
+
+
+# -- output faults: completed and charged, but the image is bad ----------------------------------
+
+async def test_output_faults_chosen_by_input_serve_a_blank_and_a_half_size_image(make_emulator):
+    from tryon.checks import check_output
+
+    emulator = make_emulator(time_scale=200.0,
+                             faults={"output_faults": {"blank-shirt": "blank", "small-shirt": "wrong_size"}})
+    async with FashnClient(TEST_KEY, emulator.url) as client:
+        verdicts = {}
+        for garment in ("shirt", "blank-shirt", "small-shirt"):
+            values = inputs(emulator, garment_image=f"{emulator.url}/_assets/{garment}.png")
+            prediction = await until_done(client, await client.run("tryon-v1.6", values))
+            assert prediction.status == "completed" and prediction.credits_used == 1, "charged like any output"
+            data = await client.download(prediction.output[0])
+            record = emulator.prediction(prediction.id)
+            assert record["output_sha256"] == [hashlib.sha256(data).hexdigest()]
+            verdicts[garment] = (record["output_fault"], check_output(data, "tryon-v1.6", values))
+    assert verdicts["shirt"][0] is None and verdicts["shirt"][1].ok
+    fault, verdict = verdicts["blank-shirt"]
+    assert fault == "blank" and [p.check for p in verdict.problems] == ["not_blank"] and verdict.size == (864, 1296)
+    fault, verdict = verdicts["small-shirt"]
+    assert fault == "wrong_size" and [p.check for p in verdict.problems] == ["size"] and verdict.size == (432, 648)
+    assert emulator.stats()["injected"] == {"output_blank": 1, "output_wrong_size": 1}
+
+
+async def test_output_fault_rates_are_seeded_and_flag_tier_sized_models_too(make_emulator):
+    from tryon.checks import check_output
+
+    def seen(emulator) -> list:
+        return [record["output_fault"] for record in emulator.predictions()]
+
+    runs = []
+    for _ in range(2):  # two emulators with one seed draw the same faults
+        emulator = make_emulator(seed=11, max_in_flight=12, time_scale=200.0,
+                                 faults={"blank_output_rate": 0.3, "wrong_size_rate": 0.4})
+        async with FashnClient(TEST_KEY, emulator.url) as client:
+            ids = [await client.run("tryon-max", product_inputs(emulator, seed=n)) for n in range(12)]
+            runs.append(seen(emulator))
+            wrong = ids[runs[-1].index("wrong_size")]
+            prediction = await until_done(client, wrong)
+            data = await client.download(prediction.output[0])
+    assert runs[0] == runs[1] and {"blank", "wrong_size", None} == set(runs[0]), runs[0]
+    assert emulator.stats()["injected"] == {f"output_{k}": runs[0].count(k) for k in ("blank", "wrong_size")}
+    verdict = check_output(data, "tryon-max", product_inputs(emulator))
+    assert [p.check for p in verdict.problems] == ["size"] and verdict.size == (416, 624)

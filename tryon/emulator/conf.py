@@ -6,13 +6,16 @@ windows, retention, slow answers), so a scale of 10 runs the API ten times faste
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from tryon.settings import Limit
 
 LimitField = Annotated[Limit, BeforeValidator(Limit.parse)]
+#: What an output fault serves in place of the rendered image: a uniform fill of the promised size
+#: ("blank"), or a rendered image at half the promised size each side ("wrong_size").
+OutputFault = Literal["blank", "wrong_size"]
 DEFAULT_KEY = "fa-emulator-key"
 
 
@@ -31,6 +34,13 @@ class FaultConfig(BaseModel):
     slow_rate: float = Field(0.0, description="share of answers delayed by slow_seconds")
     slow_seconds: float = Field(5.0, description="delay of a slow answer (API seconds)")
     expired_output_rate: float = Field(0.0, description="share of predictions whose outputs are already gone")
+    # Output faults: the prediction completes and is charged, but its images are bad.
+    blank_output_rate: float = Field(0.0, description="share of predictions whose outputs are blank (a uniform fill)")
+    wrong_size_rate: float = Field(0.0, description="share of predictions whose outputs are half the promised "
+                                                    "size each side")
+    output_faults: dict[str, OutputFault] = Field(default_factory=dict,
+                                                  description="substring of an image input -> the output fault "
+                                                              "its predictions get")
     # Webhook faults: drawn once per prediction with a webhook_url, when it is created.
     webhook_lost_rate: float = Field(0.0, description="share of predictions whose webhook is never sent")
     webhook_delay_rate: float = Field(0.0, description="share whose webhook is sent late, by a uniform random "

@@ -71,11 +71,21 @@ def render_output(seed: bytes, size: tuple[int, int], fmt: str, model_png: bytes
     draw = ImageDraw.Draw(model)
     draw.rectangle([0, h - h // 12, w, h], fill=tuple(seed[:3]))
     draw.text((10, h - h // 14), seed.hex()[:16], fill=(255, 255, 255))
+    return _encode(model, fmt)
+
+
+@lru_cache(maxsize=8)
+def blank_output(size: tuple[int, int], fmt: str) -> bytes:
+    """What a failed render looks like: one uniform fill of the promised size."""
+    return _encode(Image.new("RGB", size, (238, 238, 238)), fmt)
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     if fmt == "jpeg":
-        model.save(out, "JPEG", quality=85)
+        image.save(out, "JPEG", quality=85)
     else:
-        model.save(out, "PNG", compress_level=1)
+        image.save(out, "PNG", compress_level=1)
     return out.getvalue()
 
 

@@ -200,7 +200,12 @@ class Emulator:
     def _output(self, prediction: Prediction, index: int) -> bytes:
         model_png, garment_png = prediction.thumbs or (render.PLACEHOLDER, render.PLACEHOLDER)
         seed = hashlib.sha256(f"{prediction.hash}:{index}".encode()).digest()
-        data = render.render_output(seed, prediction.size, prediction.output_format, model_png, garment_png)
+        if prediction.output_fault == "blank":
+            data = render.blank_output(prediction.size, prediction.output_format)
+        else:
+            w, h = prediction.size
+            size = (w // 2, h // 2) if prediction.output_fault == "wrong_size" else (w, h)
+            data = render.render_output(seed, size, prediction.output_format, model_png, garment_png)
         digest = prediction.served_sha256[index] = hashlib.sha256(data).hexdigest()
         served = prediction.served_all.setdefault(index, [])
         if digest not in served:

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tryon.emulator.conf import EmulatorConfig
+from tryon.emulator.conf import EmulatorConfig, OutputFault
 from tryon.models import IMAGE_FIELDS, model_spec
 
 
@@ -36,6 +36,7 @@ class Prediction:
     failure: tuple[str, str] | None = None  # (name, message)
     fail_at: float | None = None  # failures end earlier than a completion
     expired: bool = False
+    output_fault: OutputFault | None = None  # injected: its outputs are blank or wrongly sized
     thumbs: tuple[bytes, bytes] | None = None  # model, garment thumbnails (PNG)
     settled: bool = False
     credits: int = 0  # charged on completion
@@ -191,6 +192,7 @@ class State:
         if prediction.expired:
             self.injected["expired_output"] += 1
         self._inject_failure(prediction)
+        self._inject_output_fault(prediction)
         if webhook_url:
             self._plan_webhook(prediction)
         account = self.accounts[key]
@@ -214,6 +216,19 @@ class State:
                 self.fail(prediction, name, f"injected {name}")
                 return
             roll -= rate
+
+    def _inject_output_fault(self, prediction: Prediction) -> None:
+        """An input match, else a draw per rate; a rate of 0 draws nothing, so runs without these
+        faults keep their random sequence."""
+        faults = self.config.faults
+        images = " ".join(str(prediction.inputs.get(f, "")) for f in IMAGE_FIELDS)
+        fault = next((kind for needle, kind in faults.output_faults.items() if needle in images), None)
+        for kind, rate in (("blank", faults.blank_output_rate), ("wrong_size", faults.wrong_size_rate)):
+            if fault is None and rate and self.rng.random() < rate:
+                fault = kind
+        if fault is not None:
+            prediction.output_fault = fault
+            self.injected[f"output_{fault}"] += 1
 
     def _plan_webhook(self, prediction: Prediction) -> None:
         """Draw the webhook's faults now, in creation order, so a seeded run repeats them.
@@ -254,6 +269,7 @@ class State:
             "ends": prediction.ends, "failure": prediction.failure, "num_samples": prediction.num_samples,
             "credits": prediction.credits, "size": list(prediction.size),
             "status_calls": prediction.status_calls, "noticed": prediction.noticed, "answer": prediction.answer, "expired": prediction.expired,
+            "output_fault": prediction.output_fault,
             "images": images,
             "webhook": prediction.webhook, "webhook_attempts": prediction.webhook_attempts,
             "webhook_answers": list(prediction.webhook_answers), "webhook_faults": list(prediction.webhook_faults),

@@ -1,13 +1,21 @@
 """The item's life without Prefect and without sockets: the project's emulator served in this
 process to the client through httpx's ASGI transport, a runtime over it, and a collection taken
-through ``tryon.batch`` (plan, then run_items) as the flow takes it."""
+through ``tryon.batch`` (plan, then run_items) as the flow takes it.
+
+``runtime_over`` and ``run_spec`` also take the emulator on loopback (``EmulatorServer``), and
+``python -m tests.life URL TIME_SCALE SPEC ARCHIVE`` runs one collection in a process of its own
+(to be killed).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -88,21 +96,25 @@ async def local_emulator(**config: Any) -> AsyncIterator[LocalEmulator]:
 
 
 @asynccontextmanager
-async def runtime_over(emulator: LocalEmulator, archive: Archive, *, api_key: str = TEST_KEY,
+async def runtime_over(emulator: Any, archive: Archive, *, api_key: str = TEST_KEY,
                        **options: Any) -> AsyncIterator[Runtime]:
-    """A runtime on ``emulator`` with the documented limits scaled to its time scale."""
+    """A runtime on ``emulator`` (in process, or on loopback) with the documented limits scaled to
+    its time scale."""
     settings = FashnSettings(api_key=api_key, base_url=emulator.url)
     traffic = TrafficController.from_settings(settings, time_scale=emulator.config.time_scale)
+    transport = getattr(emulator, "transport", None)
     try:
-        async with FashnClient.from_settings(settings, gate=traffic, transport=emulator.transport) as client:
+        async with FashnClient.from_settings(settings, gate=traffic, transport=transport) as client:
             yield Runtime(client, traffic, archive, **options)
     finally:
         await traffic.aclose()
 
 
-async def run_spec(emulator: LocalEmulator, spec: Path, archive: Archive, **options: Any) -> tuple[batch.Plan, RunReport]:
-    """Plan ``spec`` from the archive and run every item to its end, as one run of the flow would."""
-    collection = await batch.load_and_validate(str(spec))
+async def run_spec(emulator: Any, spec: Path, archive: Archive, *, model_name: str | None = None,
+                   overrides: dict[str, Any] | None = None, **options: Any) -> tuple[batch.Plan, RunReport]:
+    """Plan ``spec`` (its model and inputs overridden as a run may) from the archive and run every
+    item to its end, as one run of the flow would; ``options`` go to the :class:`Runtime`."""
+    collection = await batch.load_and_validate(str(spec), model_name, overrides)
     planned = await batch.plan(collection, archive, max_resubmits=options.get("max_resubmits", 2))
     report = RunReport.start(collection.name, collection.model_name)
     async with runtime_over(emulator, archive, **options) as runtime:
@@ -112,3 +124,9 @@ async def run_spec(emulator: LocalEmulator, spec: Path, archive: Archive, **opti
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+if __name__ == "__main__":
+    url, time_scale, spec, root = sys.argv[1:]
+    loopback = SimpleNamespace(url=url, config=EmulatorConfig(time_scale=float(time_scale)))
+    asyncio.run(run_spec(loopback, Path(spec), Archive(root)))

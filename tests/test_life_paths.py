@@ -13,7 +13,7 @@ import pytest
 
 from tests.collections import write_collection
 from tests.life import local_emulator, run_spec, sha256
-from tryon.archive import Archive
+from tryon.archive import Archive, ArchiveError
 
 
 def item_dir(root: Path, label: str, collection: str = "test-coll") -> Path:
@@ -61,8 +61,8 @@ async def test_outputs_are_the_emulators_bytes_and_a_rerun_pays_nothing(tmp_path
 
 
 async def kill_after_submission(emulator, spec: Path, root: Path, archive: Archive) -> str:
-    """Run ``spec`` (one item) and kill the run once its prediction's id is in the archive and
-    before it ends; the id of that prediction."""
+    """Run ``spec`` (one item) and kill the run once its prediction's id is in the archive,
+    before its outputs are; the id of that prediction."""
     run = asyncio.create_task(run_spec(emulator, spec, archive))
     pending = item_dir(root, "g0__m0") / "prediction.json"
 
@@ -74,13 +74,12 @@ async def kill_after_submission(emulator, spec: Path, root: Path, archive: Archi
     with pytest.raises(asyncio.CancelledError):
         await run
     [prediction] = await emulator.predictions()
-    assert prediction["status"] != "completed", "killed while the prediction ran"
     assert json.loads(pending.read_text())["prediction_ids"] == [prediction["id"]]
     assert not (item_dir(root, "g0__m0") / "result.json").exists()
     return prediction["id"]
 
 
-SLOW = {"latencies": {"performance": 60.0}}  # 0.3 s: time to kill the run while the prediction runs
+SLOW = {"latencies": {"performance": 60.0}}  # 0.3 s: time to kill the run before it archives
 
 
 async def test_a_killed_runs_prediction_is_polled_by_the_next_run_not_paid_again(tmp_path, root, archive):
@@ -134,6 +133,33 @@ async def test_a_failure_is_resubmitted_up_to_max_resubmits_only_when_retrying_c
         again, rerun = await run_spec(emulator, spec, archive, max_resubmits=2)
         assert again.as_dict()["failed"] == 1 and rerun.items[0].error_name == error
         assert (await emulator.stats())["requests"]["run"] == {"200": posts}, "a later run does not pay again"
+
+
+async def test_a_failure_whose_record_cannot_be_written_keeps_its_reason_and_is_polled_again(tmp_path, root, archive,
+                                                                                            monkeypatch):
+    spec = write_collection(tmp_path, garments=1, models=1)
+    write_result = Archive.write_result
+
+    async def refuse_failed_results(self, item, result):
+        if result.state == "failed":
+            raise ArchiveError("injected: the archive refused result.json")
+        return await write_result(self, item, result)
+
+    monkeypatch.setattr(Archive, "write_result", refuse_failed_results)
+    async with local_emulator(faults={"failure_rates": {"PoseError": 1.0}}) as emulator:
+        _, report = await run_spec(emulator, spec, archive)
+        [entry] = report.items
+        assert (entry.state, entry.error_name) == ("failed", "PoseError")
+        assert "result.json could not be written: injected" in entry.note
+        assert not list(root.rglob("result.json"))
+        polls = (await emulator.stats())["requests"]["status"]["200"]
+
+        monkeypatch.setattr(Archive, "write_result", write_result)  # the archive is healthy again
+        planned, _ = await run_spec(emulator, spec, archive)
+        assert planned.as_dict()["resume"] == 1
+        requests = (await emulator.stats())["requests"]
+        assert requests["run"] == {"200": 1} and requests["status"]["200"] > polls, "the same prediction polled"
+        assert result_of(root, "g0__m0")["error_name"] == "PoseError"
 
 
 AMBIGUOUS = ["server_error_after_rate", "drop_after_rate"]  # a 500, or no answer, after the prediction was created

@@ -96,11 +96,11 @@ async def local_emulator(**config: Any) -> AsyncIterator[LocalEmulator]:
 
 
 @asynccontextmanager
-async def runtime_over(emulator: Any, archive: Archive, *, api_key: str = TEST_KEY,
+async def runtime_over(emulator: Any, archive: Archive, *, api_key: str = TEST_KEY, max_in_flight: int = 6,
                        **options: Any) -> AsyncIterator[Runtime]:
     """A runtime on ``emulator`` (in process, or on loopback) with the documented limits scaled to
     its time scale."""
-    settings = FashnSettings(api_key=api_key, base_url=emulator.url)
+    settings = FashnSettings(api_key=api_key, base_url=emulator.url, max_in_flight=max_in_flight)
     traffic = TrafficController.from_settings(settings, time_scale=emulator.config.time_scale)
     transport = getattr(emulator, "transport", None)
     try:

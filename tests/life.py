@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,6 +120,14 @@ async def run_spec(emulator: Any, spec: Path, archive: Archive, *, model_name: s
     async with runtime_over(emulator, archive, **options) as runtime:
         await batch.run_items(runtime, planned, report)
     return planned, report
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    """Wait until ``condition()`` holds, checked every few milliseconds (an emulator counter, a
+    file in the archive)."""
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.002)
 
 
 def sha256(path: Path) -> str:

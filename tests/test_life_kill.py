@@ -4,13 +4,12 @@ the killed one recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.collections import write_collection
-from tests.life import run_spec, sha256
+from tests.life import run_spec, sha256, until
 from tryon.archive import Archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +30,12 @@ async def test_a_run_killed_with_sigkill_resumes_without_paying_twice(make_emula
         # Kill once a few predictions exist and every one of them has its id recorded: a kill
         # between the provider creating a prediction and the id reaching the archive is the one
         # window no client can close (the README says so); this test is about everything else.
-        async with asyncio.timeout(60):
-            while True:
-                assert process.poll() is None, "the run ended before it could be killed"
-                created = emulator.stats()["predictions"]
-                if created >= 3 and recorded() >= created:
-                    break
-                await asyncio.sleep(0.005)
+        async def quiet_moment() -> bool:
+            assert process.poll() is None, "the run ended before it could be killed"
+            created = emulator.stats()["predictions"]
+            return created >= 3 and recorded() >= created
+
+        await until(quiet_moment, timeout=180)  # the process first imports the product
     finally:
         process.kill()
         process.wait()

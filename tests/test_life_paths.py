@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.collections import write_collection
-from tests.life import local_emulator, run_spec, sha256
+from tests.life import local_emulator, run_spec, sha256, until
 from tryon.archive import Archive, ArchiveError
 
 
@@ -22,13 +22,6 @@ def item_dir(root: Path, label: str, collection: str = "test-coll") -> Path:
 
 def result_of(root: Path, label: str) -> dict:
     return json.loads((item_dir(root, label) / "result.json").read_text())
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds (checked at every turn of a short loop)."""
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.002)
 
 
 @pytest.fixture

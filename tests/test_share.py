@@ -25,11 +25,16 @@ from tryon.traffic.share import KeyShare, default_staleness, hold_share
 ROOT = Path(__file__).resolve().parent.parent
 
 RUN, STATUS = Limit(12, 60), Limit(6, 10)
-LEASE = 60.0
 
 
 def controller(clock: FakeClock | None = None) -> TrafficController:
     return TrafficController(RUN, STATUS, Limit(3, 10), 6, clock=clock)
+
+
+W = controller().limiters["run"].window  # the longest window, margin included
+D = default_staleness(W)
+HOLD = W + D  # a member is counted this long after its last admission
+LEASE = 2 * HOLD  # what hold_share asks for
 
 
 class FakeKey:
@@ -60,30 +65,36 @@ class FakeKey:
 
 
 class FakeMembership:
-    lease = LEASE
+    """A member's calls; once ``dead`` (killed), it sends nothing more."""
 
     def __init__(self, key: FakeKey) -> None:
         self.key, self.lease_id, self.dead = key, None, False
 
-    async def join(self) -> None:
+    async def _call(self, act):
+        if self.dead:
+            raise ConnectionError("killed")
+        return await self.key.call(act)
+
+    async def join(self, lease: float) -> float:
         def grant():
             self.lease_id = next(self.key.ids)
-            self.key.leases[self.lease_id] = self.key.clock.now() + LEASE
-        await self.key.call(grant)
+            self.key.leases[self.lease_id] = self.key.clock.now() + lease
+        await self._call(grant)
+        return lease
 
-    async def renew(self) -> None:
+    async def renew(self, lease: float) -> float:
         def renew():
             if self.key.leases.get(self.lease_id, -1) <= self.key.clock.now():
                 raise LookupError("lease lapsed")
-            self.key.leases[self.lease_id] = self.key.clock.now() + LEASE
-        await self.key.call(renew)
+            self.key.leases[self.lease_id] = self.key.clock.now() + lease
+        await self._call(renew)
+        return lease
 
     async def count(self) -> int:
-        return await self.key.call(self.key.held)
+        return await self._call(self.key.held)
 
     async def leave(self) -> None:
-        if not self.dead:
-            await self.key.call(lambda: self.key.leases.pop(self.lease_id, None))
+        await self._call(lambda: self.key.leases.pop(self.lease_id, None))
 
 
 class Member:
@@ -153,6 +164,19 @@ def test_a_smaller_count_takes_effect_only_once_it_held_for_the_window_plus_d():
         assert share.members(t)["run"] == (3 if t <= 70 + 70 else 1), t  # the last 3 was read at 70
 
 
+def test_a_newcomer_whose_first_count_shows_only_itself_takes_the_key_at_once_until_a_break():
+    share = KeyShare({"run": 60.0, "status": 10.0}, staleness=10.0)
+    share.read(0.0, 0.1, 1)
+    assert share.members(0.1) == {"run": 1, "status": 1}, "alone on the key"
+    share.read(5.0, 5.1, 2)
+    assert share.members(5.1) == {"run": 2, "status": 2}, "another joined: half from its count on"
+    share.read(30.0, 30.1, 1)  # after a break
+    assert share.members(30.1) == {"run": 0, "status": 0}, "a newcomer again, not alone"
+    share.reset()
+    share.read(40.0, 40.1, 2)
+    assert share.members(40.1) == {"run": 0, "status": 0}, "a first count of two waits W + D"
+
+
 # -- the loop on a fake clock ------------------------------------------------------------------
 async def drive(clock: FakeClock, body) -> None:
     await clock.run(body())
@@ -174,11 +198,64 @@ def test_a_newcomer_waits_one_window_plus_d_then_takes_its_share_and_a_leave_is_
         await clock.sleep(RUN.seconds + d)
         assert second.admitted, "and then starts"
         await second.leave()
-        await clock.sleep(RUN.seconds)
-        assert first.controller.limiters["run"].limit.count == 6, "the leaver's admissions may be in a window"
-        await clock.sleep(2 * d)
+        await clock.sleep(HOLD)
+        assert first.controller.limiters["run"].limit.count == 6, "the leaver is counted W + D, then read"
+        await clock.sleep(HOLD + d)
         assert first.controller.limiters["run"].limit.count == 12, "the whole key once its count held W + D"
         await first.leave()
+        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
+        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
+
+    asyncio.run(drive(clock, body))
+
+
+def test_a_run_alone_on_the_key_admits_at_once():
+    clock = FakeClock()
+
+    async def body():
+        key, stamps = FakeKey(clock, 4), {"run": [], "status": []}
+        member = Member(key, stamps)
+        await member.joined
+        assert member.controller.limiters["run"].limit.count == RUN.count, "the whole key"
+        await clock.sleep(0.1)
+        assert member.admitted, "at once"
+        await member.leave()
+
+    asyncio.run(drive(clock, body))
+
+
+@pytest.mark.parametrize("how", ["leave", "kill"])
+def test_a_newcomer_right_after_a_member_left_or_was_killed_waits_until_its_admissions_aged_out(how):
+    clock = FakeClock()
+
+    async def body():
+        key, stamps = FakeKey(clock, 5), {"run": [], "status": []}
+        first = Member(key, stamps)
+        await clock.sleep(30)
+        await (first.leave() if how == "leave" else first.kill())
+        second = Member(key, stamps)
+        await second.joined
+        await clock.sleep(HOLD - 1)
+        assert second.controller.limiters["run"].admitted == 0, "the one before is still counted: W + D"
+        await clock.sleep(LEASE)
+        assert second.controller.limiters["run"].admitted
+        await second.leave()
+        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
+        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
+
+    asyncio.run(drive(clock, body))
+
+
+def test_two_newcomers_at_once_on_a_free_key_do_not_both_take_it():
+    clock = FakeClock()
+
+    async def body():
+        key, stamps = FakeKey(clock, 6), {"run": [], "status": []}
+        members = [Member(key, stamps), Member(key, stamps)]
+        await clock.sleep(3 * HOLD)
+        assert all(member.admitted for member in members)
+        for member in members:
+            await member.leave()
         assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
         assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
 
@@ -219,49 +296,63 @@ def test_a_lapsed_lease_makes_a_member_a_newcomer_again():
         await clock.sleep(LEASE + 20)
         key.down = False
         assert key.held() == 0
-        await clock.sleep(default_staleness(member.controller.limiters["run"].window) + 1)
+        await clock.sleep(D + 1)
         assert key.held() == 1, "joined again"
         await member.leave()
-        assert key.held() == 0, "and gave the slot back"
+        assert key.held() == 1, "and is counted W + D after its last admission"
+        await clock.sleep(HOLD)
+        assert key.held() == 0, "then no longer"
 
     asyncio.run(drive(clock, body))
 
 
-# Members join, leave and are killed at random, with count reads late (up to D) or failing.
+# Members join, leave and are killed at random (some at once, some right after another left or was
+# killed, on a key with or without a member that stays), with count reads late (up to D) or failing.
 @settings(max_examples=int(os.environ.get("TRYON_SHARE_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(
-    others=st.lists(st.tuples(st.floats(0, 150), st.floats(1, 200), st.booleans()), min_size=1, max_size=4),
+    others=st.lists(st.tuples(st.one_of(st.floats(0, 150), st.sampled_from([0.0, 50.0])),  # start
+                              st.floats(1, 200),  # length
+                              st.booleans(),  # killed
+                              st.one_of(st.none(), st.integers(0, 3)),  # starts right after this one ends
+                              st.sampled_from([0.0, 0.5])),  # ... this many windows later
+                    min_size=1, max_size=4),
+    stays=st.booleans(),
     delay=st.sampled_from([0.0, 0.25, 0.5, 1.0]),  # the longest a call takes, in D
     failures=st.sampled_from([0.0, 0.1, 0.3]),
     seed=st.integers(0, 10**6),
 )
-def test_members_joining_leaving_and_dying_never_overrun_the_key_together(others, delay, failures, seed):
+def test_members_joining_leaving_and_dying_never_overrun_the_key_together(others, stays, delay, failures, seed):
     clock = FakeClock()
-    d = default_staleness(controller().limiters["run"].window)
-    end = max(start + length for start, length, _ in others) + LEASE + 3 * (RUN.seconds + d)
+    starts: list[float] = []
+    for start, length, _, after, gap in others:
+        follows = after is not None and after < len(starts)
+        starts.append(starts[after] + others[after][1] + gap * W if follows else start)
+    ends = [start + other[1] for start, other in zip(starts, others)]
+    settle = LEASE + 3 * HOLD
+    end = max(ends) + settle
 
     async def body():
         key = FakeKey(clock, seed)
         stamps: dict[str, list[float]] = {"run": [], "status": []}
-        stayers = [Member(key, stamps)]
-        await stayers[0].joined
-        key.delay, key.failures = delay * d, failures
+        stayers = [Member(key, stamps)] if stays else []
+        for stayer in stayers:
+            await stayer.joined
+        key.delay, key.failures = delay * D, failures
 
         async def life(start: float, length: float, killed: bool) -> None:
-            await clock.sleep(start)
+            await clock.sleep(start - clock.now())
             member = Member(key, stamps)
             await clock.sleep(length)
             await (member.kill() if killed else member.leave())
 
-        lives = asyncio.gather(*(life(*other) for other in others))
-        await clock.sleep(end - LEASE - 3 * (RUN.seconds + d))
-        await lives
+        await asyncio.gather(*(life(start, other[1], other[2]) for start, other in zip(starts, others)))
         key.delay, key.failures = 0.0, 0.0  # the server recovers: every member that stays admits again
         recovered = clock.now()
         await clock.sleep(end - recovered)
-        assert any(t > recovered for t in stayers[0].admitted), "the member that stays admits again"
-        await stayers[0].leave()
+        for stayer in stayers:
+            assert any(t > recovered for t in stayer.admitted), "the member that stays admits again"
+            await stayer.leave()
         assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count, "run limit overrun"
         assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count, "status limit overrun"
 

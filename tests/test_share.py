@@ -329,7 +329,7 @@ def test_members_joining_leaving_and_dying_never_overrun_the_key_together(others
         follows = after is not None and after < len(starts)
         starts.append(starts[after] + others[after][1] + gap * W if follows else start)
     ends = [start + other[1] for start, other in zip(starts, others)]
-    settle = LEASE + 3 * HOLD
+    settle = 2 * HOLD  # the stayer, fenced at worst, admits again within W + 2D
     end = max(ends) + settle
 
     async def body():

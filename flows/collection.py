@@ -9,11 +9,10 @@ control, then write the report, gallery and artifacts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.events import emit_event
 from prefect.states import Failed
 
@@ -22,17 +21,12 @@ from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
 from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
 from flows.tasks import tryon_item
+from flows.watch import watcher_of
 from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
 from tryon.runtime import key_fingerprint, open_runtime
 from tryon.settings import ArchiveSettings
-
-#: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
-#: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
-progress_listener: ContextVar[Callable[[RunReport], Awaitable[None]] | None] = ContextVar(
-    "tryon_progress_listener", default=None)
-
 
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
@@ -70,8 +64,7 @@ async def tryon_collection(
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
     logger = get_run_logger()
-    listener = progress_listener.get()
-    progress_listener.set(None)  # subflows started from here are runs of their own
+    watcher = watcher_of(flow_run.get_id())  # the terminal that started this run, if one did
     collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
     settings = await resolve_settings(given(credentials_block))
     store = await resolve_archive(given(archive), given(archive_block))
@@ -80,6 +73,8 @@ async def tryon_collection(
     async with open_runtime(settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
+        if watcher is not None:
+            watcher.waiting("joining the key")
         async with key_membership(runtime.traffic, key_fingerprint(settings), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
@@ -94,11 +89,13 @@ async def tryon_collection(
             report = RunReport.start(collection.name, collection.model_name)
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
+            if watcher is not None:
+                watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
 
             async def on_report(current: RunReport) -> None:
                 await tracker.update(current)
-                if listener is not None:
-                    await listener(current)
+                if watcher is not None:
+                    await watcher.progress(current)
 
             await run_items(runtime, planned, report, run_one=tryon_item, on_report=on_report)
         await tracker.update(report, force=True)
@@ -107,6 +104,8 @@ async def tryon_collection(
         gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
         await artifacts.publish_results(report, location, gallery)
         logger.info("%s; report at %s", report.summary_line(), location)
+        if watcher is not None:
+            watcher.saved(location)
         failed = report.totals.get("failed", 0)
         emit_event(  # for automations, e.g. notify on tryon.collection.failed
             event=f"tryon.collection.{'failed' if failed else 'completed'}",

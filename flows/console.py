@@ -140,8 +140,8 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     parameters = {"spec": spec, "force": force, **{name: value for name, value in options.items() if value is not None}}
     began = time.monotonic()
     async with get_client() as client:  # starts the embedded server, if that is the one
-        flow_run = await client.create_flow_run(tryon_collection, tryon_collection.serialize_parameters(parameters),
-                                                state=Pending())
+        flow_run = await client.create_flow_run(
+            tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
     print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:

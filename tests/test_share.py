@@ -374,6 +374,20 @@ async def test_a_prefect_membership_takes_renews_and_gives_back_its_slot(prefect
         assert await membership.count() == 0
 
 
+async def test_over_prefect_a_run_alone_on_a_key_admits_at_once_and_one_right_after_it_waits(prefect_server):
+    from flows.coordination import count_members, key_membership, limit_name
+
+    fingerprint = f"alone-{uuid.uuid4().hex[:12]}"
+    first = controller()
+    async with key_membership(first, fingerprint):
+        assert first.limiters["run"].limit.count == RUN.count, "the whole key"
+        (await first.acquire("run")).answered()  # admitted at once: no wait for W + D
+    assert await count_members(limit_name(fingerprint)) == 1, "counted W + D after its last admission"
+    second = controller()
+    async with key_membership(second, fingerprint):
+        assert second.limiters["run"].next_admission() == float("inf"), "not alone: it waits"
+
+
 async def test_a_join_outlasts_a_busy_server_and_a_join_refused_throughout_spends_nothing(prefect_server,
                                                                                         monkeypatch):
     import httpx
@@ -436,9 +450,10 @@ async def _until_members(fingerprint: str, n: int, *processes: subprocess.Popen)
 
 @pytest.mark.slow
 async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_server, make_emulator, tmp_path):
-    # Three `tryon run` processes on one key through one Prefect server: the second starts while the
+    # `tryon run` processes on one key through one Prefect server: the second starts while the
     # first runs, the third while both do, then the second is killed with SIGKILL (its slot stays
-    # counted until its lease lapses).
+    # counted until its lease lapses) and a fourth starts at once; a fifth starts as soon as the
+    # first has left.
     from prefect.settings import PREFECT_API_URL
 
     from tests.fixtures.emulator import TIME_SCALE, flow_env
@@ -449,7 +464,7 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
     emulator = make_emulator(keys={key: 10**6})
     env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key, "PYTHONPATH": str(ROOT),
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    sizes = {"first": 6, "second": 6, "third": 3}  # garments, times 6 models; quality: 2 s each here
+    sizes = {"first": 6, "second": 6, "third": 3, "fourth": 2, "fifth": 2}  # garments, times 6 models; quality: 2 s each here
 
     def start(name: str) -> subprocess.Popen:
         spec = write_collection(tmp_path / name, name=name, garments=sizes[name], models=6,
@@ -460,17 +475,21 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
 
     fingerprint = key_fingerprint(FashnSettings(api_key=key))
     processes = {name: start(name) for name in sizes}  # started at once, each run waits for its go
-    for n, name in enumerate(sizes, 1):
+    for n, name in enumerate(("first", "second", "third"), 1):
         (tmp_path / f"go-{name}").touch()
         await _until_members(fingerprint, n, *processes.values())
-    first, second, third = processes.values()
-    second.kill()
-    for name, process in (("first", first), ("third", third)):
-        _, err = await asyncio.to_thread(process.communicate, timeout=300)
-        assert process.returncode == 0, err[-3000:]
+    processes["second"].kill()
+    await asyncio.to_thread(processes["second"].communicate)
+    (tmp_path / "go-fourth").touch()  # right after a kill
+    _, err = await asyncio.to_thread(processes["first"].communicate, timeout=300)
+    assert processes["first"].returncode == 0, err[-3000:]
+    (tmp_path / "go-fifth").touch()  # right after a leave
+    for name in ("third", "fourth", "fifth"):
+        _, err = await asyncio.to_thread(processes[name].communicate, timeout=300)
+        assert processes[name].returncode == 0, err[-3000:]
+    for name in ("first", "third", "fourth", "fifth"):
         report = json.loads((tmp_path / f"{name}.json").read_text())
         assert report["totals"].get("archived") == sizes[name] * 6, report["totals"]
-    second.communicate()
     stats = emulator.stats()
     assert "RateLimitExceeded" not in stats["too_many_requests"], stats["too_many_requests"]
     assert stats["duplicate_hashes"] == 0, "every item submitted once"

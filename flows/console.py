@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +46,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_LOGGING_LEVEL": "WARNING",
-    # The first start creates and migrates the database: 10-30 s on a 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # The first start creates and migrates the database: ≈ 30 s of CPU, minutes on a busy machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
 }
 
 
@@ -95,19 +95,31 @@ class ConsoleWatcher:
         self.traffic: TrafficController | None = None
         self.profiles: Sequence[Profile] = ()
         self.location: str | None = None
+        self.done = 0
 
     def waiting(self, what: str) -> None:
         self.bar.update(self.task, description=what)
 
     def started(self, traffic: TrafficController, profiles: Sequence[Profile]) -> None:
         self.traffic, self.profiles = traffic, profiles
-        self.bar.update(self.task, description="try-on", left=self.time_left(0))
+        self.tick()
 
     async def progress(self, report: RunReport) -> None:
         t = report.totals
-        self.bar.update(self.task, completed=report.total, left=self.time_left(report.total),
+        self.done = report.total
+        self.bar.update(self.task, completed=report.total,
                         counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
                                f"{t['skipped']} skipped")
+        self.tick()
+
+    def tick(self) -> None:
+        """Description and time left as the key's share and the learned latency are now."""
+        if self.traffic is None:
+            return
+        if self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
+            self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
+        else:
+            self.bar.update(self.task, description="try-on", left=self.time_left(self.done))
 
     def saved(self, location: str) -> None:
         self.location = location
@@ -146,10 +158,20 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:
         watcher = ConsoleWatcher(bar, total)
-        with watching(str(flow_run.id), watcher):
-            state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
-                                         return_type="state")
+        ticking = asyncio.create_task(_every_second(watcher.tick))
+        try:
+            with watching(str(flow_run.id), watcher):
+                state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
+                                             return_type="state")
+        finally:
+            ticking.cancel()
     return await _finish(state, watcher.location, report)
+
+
+async def _every_second(call: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        call()
 
 
 async def _finish(state, location: str | None, report_path: Path | None) -> int:

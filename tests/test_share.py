@@ -142,6 +142,11 @@ def most_in_a_window(stamps: list[float], window: float) -> int:
     return most
 
 
+def assert_within_the_key(stamps: dict[str, list[float]]) -> None:
+    assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count, "run limit overrun"
+    assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count, "status limit overrun"
+
+
 # -- the rule itself ---------------------------------------------------------------------------
 def test_a_limit_is_shared_only_once_the_reads_cover_its_window_plus_d_without_a_break():
     share = KeyShare({"run": 60.0, "status": 10.0}, staleness=10.0)
@@ -203,8 +208,7 @@ def test_a_newcomer_waits_one_window_plus_d_then_takes_its_share_and_a_leave_is_
         await clock.sleep(HOLD + d)
         assert first.controller.limiters["run"].limit.count == 12, "the whole key once its count held W + D"
         await first.leave()
-        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
-        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
+        assert_within_the_key(stamps)
 
     asyncio.run(drive(clock, body))
 
@@ -240,8 +244,7 @@ def test_a_newcomer_right_after_a_member_left_or_was_killed_waits_until_its_admi
         await clock.sleep(LEASE)
         assert second.controller.limiters["run"].admitted
         await second.leave()
-        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
-        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
+        assert_within_the_key(stamps)
 
     asyncio.run(drive(clock, body))
 
@@ -256,8 +259,7 @@ def test_two_newcomers_at_once_on_a_free_key_do_not_both_take_it():
         assert all(member.admitted for member in members)
         for member in members:
             await member.leave()
-        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count
-        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count
+        assert_within_the_key(stamps)
 
     asyncio.run(drive(clock, body))
 
@@ -353,8 +355,7 @@ def test_members_joining_leaving_and_dying_never_overrun_the_key_together(others
         for stayer in stayers:
             assert any(t > recovered for t in stayer.admitted), "the member that stays admits again"
             await stayer.leave()
-        assert most_in_a_window(stamps["run"], RUN.seconds) <= RUN.count, "run limit overrun"
-        assert most_in_a_window(stamps["status"], STATUS.seconds) <= STATUS.count, "status limit overrun"
+        assert_within_the_key(stamps)
 
     asyncio.run(drive(clock, body))
 

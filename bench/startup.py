@@ -9,7 +9,8 @@ then the naive SDK script (``fashn``'s ``predictions.subscribe`` under ``asyncio
 semaphore of the in-flight limit) in a process of its own on the same emulator. The product is told
 the key and the emulator's URL, nothing else. Measured: wall time from launching the process to its
 exit, the first submission after the launch, and the API span (the first prediction created to
-the last one ended, as the emulator saw them); for ``tryon run``, where the time before the first
+the last one ended, as the emulator saw them), and the CPU time of the process and its children
+(the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where the time before the first
 submission went: imports (Prefect's included), the Prefect server (started or reached, and the
 flow run created), and the flow up to its first submission.
 
@@ -29,6 +30,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -69,13 +71,19 @@ def launch(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.
                             text=True), time.monotonic()
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(emulator, process: subprocess.Popen, launched: float) -> dict:
+    cpu = children_cpu()
     out, err = process.communicate()
-    wall = time.monotonic() - launched
+    wall, cpu = time.monotonic() - launched, children_cpu() - cpu  # with the embedded server's
     assert process.returncode == 0, err[-3000:]
     predictions = [p for p in emulator.predictions() if p["created"] >= launched]
     first = min(p["created"] for p in predictions)
-    row = {"wall": wall, "first": first - launched, "span": max(p["ends"] for p in predictions) - first,
+    row = {"wall": wall, "cpu": cpu, "first": first - launched, "span": max(p["ends"] for p in predictions) - first,
            "429": sum(emulator.stats()["too_many_requests"].values())}
     if imported := re.search(r"IMPORTED ([\d.]+)", err):
         ready = re.search(r"Prefect ready \(([\d.]+) s\)", out)
@@ -99,11 +107,11 @@ def naive(emulator, folder: Path) -> dict:
 
 
 def show(case: str, row: dict, script: dict | None) -> None:
-    parts = f"wall {row['wall']:6.1f} s  first submission {row['first']:5.1f} s  API span {row['span']:5.1f} s"
-    parts += f"  429 {row['429']}"
+    parts = (f"wall {row['wall']:6.1f} s  CPU {row['cpu']:5.1f} s  first submission {row['first']:5.1f} s"
+             f"  API span {row['span']:5.1f} s  429 {row['429']}")
     if script:
-        parts += (f"  | naive: wall {script['wall']:5.1f} s, first {script['first']:4.1f} s"
-                  f"  => {row['wall'] / script['wall']:.2f}x")
+        parts += (f"  | naive: wall {script['wall']:5.1f} s, CPU {script['cpu']:4.1f} s, first {script['first']:4.1f} s,"
+                  f" span {script['span']:4.1f} s  => {row['wall'] / script['wall']:.2f}x")
     if "imports" in row:
         parts += f"  | before the first: imports {row['imports']:.1f}, server {row['server']:.1f}, flow {row['flow']:.1f} s"
     print(f"{case:12} {parts}", flush=True)

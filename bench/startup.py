@@ -21,7 +21,9 @@ prints it), and the flow up to its first submission (the rest).
 - ``used``: no server, the ``PREFECT_HOME`` of ``fresh``;
 - ``after-leave``: on the server, a run starts half a window after another left the key;
 - ``after-kill``: on the server, a run starts as soon as another, killed with SIGKILL during its
-  first predictions, stops.
+  first predictions, stops;
+- ``embedded``: the embedded server's start alone, with Prefect's defaults and with the CLI's
+  (``flows.console.PREFECT_DEFAULTS``), in a fresh home and twice more in it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,18 @@ sys.path.insert(0, str(ROOT))
 KEY = "fa-bench-startup"
 WINDOW = 60.0  # the run limit's window
 VARIANTS = count()
-CASES = ("server", "fresh", "used", "after-leave", "after-kill")
+CASES = ("server", "fresh", "used", "after-leave", "after-kill", "embedded")
+# The embedded server alone: Prefect's own start of it, to healthy, with the server's CPU seconds.
+EMBEDDED = r"""
+import os, time
+from prefect.server.api.server import SubprocessASGIServer
+began = time.monotonic()
+server = SubprocessASGIServer()
+server.start(timeout=900)
+stat = open(f"/proc/{server.server_process.pid}/stat").read().rsplit(")", 1)[1].split()
+print(f"wall {time.monotonic() - began:5.1f} s, server CPU {(int(stat[11]) + int(stat[12])) / os.sysconf('SC_CLK_TCK'):4.1f} s")
+server.stop()
+"""
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
 IMPORTS = "import flows.cli, flows.console, flows.collection"  # what `tryon run` imports before its server
 NAIVE = """
@@ -152,6 +165,15 @@ def main() -> None:
                 pass
             assert server.poll() is None, "the Prefect server did not start"
             time.sleep(0.5)
+    if "embedded" in cases:
+        from flows.console import PREFECT_DEFAULTS
+
+        for name, settings in (("Prefect's defaults", {}), ("the CLI's", PREFECT_DEFAULTS)):
+            env = {**base, **settings, "PREFECT_HOME": str(folder / f"embedded-{len(settings)}")}
+            for start in ("fresh", "used", "used"):
+                out = subprocess.run([sys.executable, "-c", EMBEDDED], env=env, cwd=folder, capture_output=True,
+                                     text=True).stdout.strip()
+                print(f"embedded server, {name}, {start} home: {out}", flush=True)
     try:
         with EmulatorServer(EmulatorConfig(time_scale=1.0, keys={KEY: 10**6})) as emulator:
             base["FASHN_BASE_URL"] = emulator.url

@@ -10,8 +10,8 @@ semaphore of the in-flight limit) in a process of its own on the same emulator. 
 the key and the emulator's URL, nothing else. Measured: wall time from launching the process to its
 exit, the first submission after the launch, and the API span (the first prediction created to
 the last one ended, as the emulator saw them), and the CPU time of the process and its children
-(the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where the time before the first
-submission went: process start and imports (Prefect's included; timed alone, in a process of their
+(the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where
+the time before the first submission went: process start and imports (Prefect's included; timed alone, in a process of their
 own, just before), the Prefect server (started or reached, and the flow run created: the CLI
 prints it), and the flow up to its first submission (the rest).
 
@@ -56,7 +56,8 @@ began = time.monotonic()
 server = SubprocessASGIServer()
 server.start(timeout=900)
 stat = open(f"/proc/{server.server_process.pid}/stat").read().rsplit(")", 1)[1].split()
-print(f"wall {time.monotonic() - began:5.1f} s, server CPU {(int(stat[11]) + int(stat[12])) / os.sysconf('SC_CLK_TCK'):4.1f} s")
+cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+print(f"wall {time.monotonic() - began:5.1f} s, server CPU {cpu:4.1f} s")
 server.stop()
 """
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
@@ -120,15 +121,16 @@ def tryon(emulator, folder: Path, name: str, env: dict[str, str]) -> tuple[subpr
 
 def naive(emulator, folder: Path) -> dict:
     emulator.reset()
-    return measure(emulator, *launch([sys.executable, "-c", NAIVE, emulator.url, "6", "6", KEY], dict(os.environ), folder))
+    argv = [sys.executable, "-c", NAIVE, emulator.url, "6", "6", KEY]
+    return measure(emulator, *launch(argv, dict(os.environ), folder))
 
 
 def show(case: str, row: dict, script: dict | None) -> None:
     parts = (f"wall {row['wall']:6.1f} s  CPU {row['cpu']:5.1f} s  first submission {row['first']:5.1f} s"
              f"  API span {row['span']:5.1f} s  429 {row['429']}")
     if script:
-        parts += (f"  | naive: wall {script['wall']:5.1f} s, CPU {script['cpu']:4.1f} s, first {script['first']:4.1f} s,"
-                  f" span {script['span']:4.1f} s  => {row['wall'] / script['wall']:.2f}x")
+        parts += (f"  | naive: wall {script['wall']:5.1f} s, CPU {script['cpu']:4.1f} s,"
+                  f" first {script['first']:4.1f} s, span {script['span']:4.1f} s  => {row['wall'] / script['wall']:.2f}x")
     if "server" in row:
         flow = row["first"] - row["imports"] - row["server"]
         parts += (f"  | before the first: process and imports {row['imports']:.1f}, server {row['server']:.1f},"

@@ -465,7 +465,8 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
     emulator = make_emulator(keys={key: 10**6})
     env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key, "PYTHONPATH": str(ROOT),
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    sizes = {"first": 6, "second": 6, "third": 3, "fourth": 2, "fifth": 2}  # garments, times 6 models; quality: 2 s each here
+    # garments, times 6 models; quality: 2 s each here
+    sizes = {"first": 6, "second": 6, "third": 3, "fourth": 2, "fifth": 2}
 
     def start(name: str) -> subprocess.Popen:
         spec = write_collection(tmp_path / name, name=name, garments=sizes[name], models=6,

@@ -11,9 +11,9 @@ the key and the emulator's URL, nothing else. Measured: wall time from launching
 exit, the first submission after the launch, and the API span (the first prediction created to
 the last one ended, as the emulator saw them), and the CPU time of the process and its children
 (the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where
-the time before the first submission went: process start and imports (Prefect's included; timed alone, in a process of their
-own, just before), the Prefect server (started or reached, and the flow run created: the CLI
-prints it), and the flow up to its first submission (the rest).
+the time before the first submission went: process start and imports (Prefect's included; timed
+alone, in a process of their own, just before), the Prefect server (started or reached, and the
+flow run created: the CLI prints it), and the flow up to its first submission (the rest).
 
 - ``server``: a Prefect server already runs (``prefect server start``, as on a worker);
 - ``fresh``: no server, a fresh ``PREFECT_HOME`` (a first run ever: the embedded server creates

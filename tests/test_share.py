@@ -368,9 +368,9 @@ async def test_a_prefect_membership_takes_renews_and_gives_back_its_slot(prefect
 
     async with get_client() as client:
         membership = PrefectMembership(client, limit_name(f"lease-{uuid.uuid4().hex[:12]}"))
-        await membership.join()
+        assert await membership.join(10) == 60, "the server's shortest lease"
         assert await membership.count() == 1
-        await membership.renew()  # raises unless the server renewed it
+        assert await membership.renew(140) == 140  # raises unless the server renewed it
         await membership.leave()
         assert await membership.count() == 0
 

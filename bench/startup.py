@@ -131,7 +131,7 @@ def show(case: str, row: dict, script: dict | None) -> None:
     if script:
         parts += (f"  | naive: wall {script['wall']:5.1f} s, CPU {script['cpu']:4.1f} s,"
                   f" first {script['first']:4.1f} s, span {script['span']:4.1f} s  => {row['wall'] / script['wall']:.2f}x")
-    if "server" in row:
+    if "imports" in row:
         flow = row["first"] - row["imports"] - row["server"]
         parts += (f"  | before the first: process and imports {row['imports']:.1f}, server {row['server']:.1f},"
                   f" flow {flow:.1f} s")

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from tryon.traffic import TrafficController
 from tryon.traffic.share import hold_share
@@ -67,6 +67,9 @@ class PrefectMembership:
     def __init__(self, client: PrefectClient, name: str) -> None:
         self.client, self.name = client, name
         self._lease_id: str | None = None
+        # A server Prefect embeds in this process (no API URL) stops with it, its leases (kept in
+        # memory) with it, and it revokes no lapsed lease: it cannot count us after we are gone.
+        self.lasting = bool(PREFECT_API_URL.value())
 
     async def join(self, lease: float) -> float:
         lease = max(lease, SHORTEST_LEASE)

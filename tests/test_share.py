@@ -67,6 +67,8 @@ class FakeKey:
 class FakeMembership:
     """A member's calls; once ``dead`` (killed), it sends nothing more."""
 
+    lasting = True
+
     def __init__(self, key: FakeKey) -> None:
         self.key, self.lease_id, self.dead = key, None, False
 
@@ -101,10 +103,11 @@ class Member:
     """A process on the key: keeps to its share (the real loop) and sends run and status requests
     as fast as its limiters admit them, each stamped by the provider when admitted."""
 
-    def __init__(self, key: FakeKey, stamps: dict[str, list[float]]) -> None:
+    def __init__(self, key: FakeKey, stamps: dict[str, list[float]], *, lasting: bool = True) -> None:
         self.key, self.stamps = key, stamps
         self.controller = controller(key.clock)
         self.membership = FakeMembership(key)
+        self.membership.lasting = lasting
         self.joined = asyncio.get_running_loop().create_future()
         self.stop = asyncio.get_running_loop().create_future()
         self.admitted: list[float] = []
@@ -224,6 +227,22 @@ def test_a_run_alone_on_the_key_admits_at_once():
         await clock.sleep(0.1)
         assert member.admitted, "at once"
         await member.leave()
+
+    asyncio.run(drive(clock, body))
+
+
+def test_a_member_whose_server_may_go_with_it_never_starts_alone_and_gives_its_slot_back():
+    clock = FakeClock()
+
+    async def body():
+        key, stamps = FakeKey(clock, 7), {"run": [], "status": []}
+        member = Member(key, stamps, lasting=False)
+        await member.joined
+        assert member.controller.limiters["run"].limit.count == 0, "waits W + D, alone or not"
+        await clock.sleep(HOLD + 1)
+        assert member.controller.limiters["run"].admitted
+        await member.leave()
+        assert key.held() == 0, "nothing could count it once its server is gone"
 
     asyncio.run(drive(clock, body))
 

@@ -37,6 +37,8 @@ log = logging.getLogger("tryon.share")
 class Membership(Protocol):
     """One slot per process using the key, under a lease the server lets lapse if not renewed."""
 
+    lasting: bool  # the server outlives its members (else it may go with us: no lone start, see hold_share)
+
     async def join(self, lease: float) -> float: ...  # take our slot; the lease granted (>= lease)
 
     async def renew(self, lease: float) -> float: ...  # the slot stays counted that long from now
@@ -56,10 +58,10 @@ def default_staleness(window: float) -> float:
 class KeyShare:
     """The rule: count reads in, members per limit out (0: admit nothing)."""
 
-    def __init__(self, windows: Mapping[str, float], staleness: float) -> None:
+    def __init__(self, windows: Mapping[str, float], staleness: float, *, lone_start: bool = True) -> None:
         if staleness <= 0:
             raise ValueError("staleness must be > 0")
-        self.staleness = staleness
+        self.staleness, self.lone_start = staleness, lone_start
         self.spans = {name: window + staleness for name, window in windows.items()}
         self.reset()
 
@@ -74,7 +76,7 @@ class KeyShare:
         """A count read sent at ``sent`` answered ``count`` at ``answered`` (our clock)."""
         if answered > self.fresh_until:
             self.fresh_since = answered  # a break: fresh again only from this answer on
-            self.alone = self.fresh_until == -math.inf and count <= 1  # the first read since reset
+            self.alone = self.lone_start and self.fresh_until == -math.inf and count <= 1  # first since reset
         self.fresh_until = max(self.fresh_until, sent + self.staleness)
         self._reads.append((sent, max(1, count)))
         while self._reads and self._reads[0][0] < answered - max(self.spans.values()):
@@ -103,7 +105,9 @@ async def hold_share(membership: Membership, controller: TrafficController, join
     """
     clock = controller.clock
     windows = {name: limiter.window for name, limiter in controller.limiters.items()}
-    share = KeyShare(windows, staleness or default_staleness(max(windows.values())))
+    # A server that may go with us (one embedded in this process) cannot count us after we left:
+    # then we give the slot back and nobody starts alone.
+    share = KeyShare(windows, staleness or default_staleness(max(windows.values())), lone_start=membership.lasting)
     hold = max(share.spans.values())  # counted this long after our last admission
     lease = 2 * hold  # renewed every lease/4, so it runs ≥ 1.5 × hold longer: no fence between renewals
     lease_until = renew_at = -math.inf
@@ -156,6 +160,7 @@ async def hold_share(membership: Membership, controller: TrafficController, join
         apply()  # nothing more is admitted
         if lease_until > -math.inf:
             try:  # counted W + D after our last admission (the lease already runs that long)
-                await (membership.renew(hold) if admitted() > admitted_at_join else membership.leave())
+                lingering = membership.lasting and admitted() > admitted_at_join
+                await (membership.renew(hold) if lingering else membership.leave())
             except Exception as exc:  # the lease lapses by itself
                 log.info("could not leave the key (%s: %s)", type(exc).__name__, exc)

@@ -5,10 +5,10 @@ staleness bound: a member admits a request at ``t`` only if, throughout ``[t - (
 held its membership slot under a live lease and had an answered count of the members whose read
 was sent at most D earlier; it then admits at most ``1 / n`` of the limit, ``n`` the largest
 count among the reads it sent in that span (in-flight slots: ``1 / n`` with the run limit's
-``n``). A member stays counted until W + D after its last admission (it admits only while its
-lease runs that much longer, and on leaving renews it for W + D instead of giving it back), so a
-newcomer whose first count shows only itself is alone on the key: it admits at once, with ``n``
-taken from its reads since then. Any other newcomer admits nothing for W + D after its slot is
+``n``). On a server that outlives its members (``Membership.lasting``), a member stays counted
+until W + D after its last admission (it admits only while its lease runs that much longer, and on
+leaving renews it for W + D instead of giving it back), so a newcomer whose first count shows only
+itself is alone on the key: it admits at once, with ``n`` taken from its reads since then. Any other newcomer admits nothing for W + D after its slot is
 granted, a member that cannot count the others admits nothing, and a smaller count takes effect
 only once it has held for W + D. Why that keeps every window of every limit within the key's
 count: ``docs/design.md``.

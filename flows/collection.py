@@ -9,12 +9,11 @@ control, then write the report, gallery and artifacts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.events import emit_event
 from prefect.states import Failed
 
@@ -23,18 +22,13 @@ from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
 from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
 from flows.tasks import tryon_item
+from flows.watch import watcher_of
 from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.report import RunReport
 from tryon.process import joined
 from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings
-
-#: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
-#: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
-progress_listener: ContextVar[Callable[[RunReport], Awaitable[None]] | None] = ContextVar(
-    "tryon_progress_listener", default=None)
-
 
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
@@ -72,8 +66,7 @@ async def tryon_collection(
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
     logger = get_run_logger()
-    listener = progress_listener.get()
-    progress_listener.set(None)  # subflows started from here are runs of their own
+    watcher = watcher_of(flow_run.get_id())  # the terminal that started this run, if one did
     collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
     settings = await resolve_settings(given(credentials_block))
     store = await resolve_archive(given(archive), given(archive_block))
@@ -82,6 +75,8 @@ async def tryon_collection(
     async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
+        if watcher is not None:
+            watcher.waiting("joining the key")
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
@@ -96,18 +91,22 @@ async def tryon_collection(
             report = RunReport.start(collection.name, collection.model_name)
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
+            if watcher is not None:
+                watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
             async with aclosing(run_items(runtime, planned, run_one=tryon_item)) as entries:
                 async for entry in entries:
                     report.add(entry)
                     await tracker.update(report)
-                    if listener is not None:
-                        await listener(report)
+                    if watcher is not None:
+                        await watcher.progress(report)
         await tracker.update(report, force=True)
         report.finish()
         location = await save_report(store, report, (state.item for state in planned.states))
         gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
         await artifacts.publish_results(report, location, gallery)
         logger.info("%s; report at %s", report.summary_line(), location)
+        if watcher is not None:
+            watcher.saved(location)
         failed = report.totals.get("failed", 0)
         emit_event(  # for automations, e.g. notify on tryon.collection.failed
             event=f"tryon.collection.{'failed' if failed else 'completed'}",

@@ -37,15 +37,17 @@ def set_env_defaults(values: dict[str, str]) -> None:
 
 
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
-                      force: bool, reuse: bool | None = None) -> int:
-    """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
+                      force: bool, reuse: bool | None = None, max_credits: int | None = None,
+                      partial: bool = False) -> int:
+    """Run the flow; 0 when every item is archived, skipped or left for the budget, 1 when any failed."""
     if not os.environ.get("PREFECT_API_URL"):
         set_env_defaults(PREFECT_DEFAULTS)
-    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse))
+    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
+                            max_credits=max_credits, partial=partial))
 
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
-               reuse: bool | None = None) -> int:
+               reuse: bool | None = None, max_credits: int | None = None, partial: bool = False) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.collection import progress_listener, tryon_collection
@@ -64,8 +66,9 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
                               f"{t['skipped']} skipped")
 
         progress_listener.set(on_item)
-        options = {"archive": archive, "model_name": model_name, "reuse": reuse}  # unset: the flow's defaults
-        state = await tryon_collection(spec, force=force, return_state=True,
+        # Unset: the flow's defaults.
+        options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
+        state = await tryon_collection(spec, force=force, partial=partial, return_state=True,
                                        **{name: value for name, value in options.items() if value is not None})
     return await _finish(state, report)
 
@@ -78,8 +81,9 @@ async def _finish(state, report_path: Path | None) -> int:
     if state.is_completed():
         totals = await state.aresult()
         location = totals.get("report")
-        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed; "
-              f"{totals['credits_used']} credits used")
+        unfunded = f", {totals['unfunded']} left for the budget" if totals.get("unfunded") else ""
+        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed"
+              f"{unfunded}; {totals['credits_used']} credits used")
     else:
         print(f"failed: {message}")
         location = message.rsplit("report at ", 1)[-1] if "report at " in message else None

@@ -73,6 +73,8 @@ def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str],
         state = f"skipped (archived earlier){': ' + links if links else ''}"
     elif entry.state == "reused":
         state = f"reused from {escape(entry.reused_from or '')}, 0 credits"
+    elif entry.state == "unfunded":
+        state = f"left for the budget: would cost {entry.credits_needed} credit(s)"
     else:
         state = f"archived, {entry.credits_used} credit{'s' if entry.credits_used != 1 else ''}"
     return f'<td class="{entry.state}"><div class="imgs">{thumbs}</div><div class="state">{state}</div></td>'

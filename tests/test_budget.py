@@ -16,6 +16,7 @@ from tryon.archive import Archive
 from tryon.errors import OverBudget
 from tryon.models import Prediction
 from tryon.report import RunReport
+from tryon.settings import FashnSettings
 from tryon.traffic.budget import Budget
 
 # -- the ledger on a fake provider -----------------------------------------------------------------
@@ -81,6 +82,16 @@ def test_without_a_limit_the_ledger_only_counts():
     budget.bind(reservation, "a")
     budget.settle(Prediction(id="a", status="completed", credits_used=4))
     assert (budget.charged, budget.held, budget.reached) == (4, 0, False)
+
+
+def test_the_limit_comes_from_the_run_then_the_credentials_block_then_the_environment(monkeypatch):
+    from blocks import FashnCredentials
+
+    assert FashnSettings().max_credits is None, "no limit unless one is set"
+    monkeypatch.setenv("TRYON_MAX_CREDITS", "50")
+    assert FashnSettings().max_credits == 50
+    assert FashnCredentials(api_key="fa-x").settings().max_credits == 50
+    assert FashnCredentials(api_key="fa-x", max_credits=9).settings().max_credits == 9
 
 
 # -- over the emulator ------------------------------------------------------------------------------

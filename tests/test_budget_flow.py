@@ -33,6 +33,24 @@ def test_a_run_over_the_limit_spends_nothing_and_says_by_how_much(prefect_server
 
 
 @pytest.mark.slow
+async def test_a_backfill_over_its_limit_spends_nothing_without_partial(prefect_server, make_emulator, env_for,
+                                                                         tmp_path):
+    """Each collection's plan fits the limit alone; the backfill's, checked before any collection
+    starts, does not."""
+    from flows.backfill import backfill
+    from tryon.errors import OverBudget
+
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    env_for(emulator, TIME_SCALE)
+    specs = [write_collection(tmp_path / f"c{i}", name=f"c{i}", garments=2, models=2, variant=i) for i in range(3)]
+    with pytest.raises(OverBudget, match=r"the backfill's plan \(3 collections\) needs up to 12 credits, 5 over "
+                                         "the limit of 7 credits"):
+        await backfill(collections=[str(s) for s in specs], archive=str(tmp_path / "archive"), max_credits=7)
+    assert emulator.stats()["predictions"] == 0 and "run" not in emulator.stats()["requests"]
+    assert not (tmp_path / "archive").exists() or not any((tmp_path / "archive").glob("*/*/report.json"))
+
+
+@pytest.mark.slow
 async def test_a_backfill_keeps_its_collections_within_one_limit(prefect_server, make_emulator, env_for,
                                                                  monkeypatch, tmp_path):
     import flows.collection

@@ -36,6 +36,7 @@ table{border-collapse:collapse} th,td{border:1px solid #ddd;padding:.4rem;vertic
 th{background:#f0f0f0;font-weight:600;font-size:.85rem} th.garment{text-align:left}
 td .imgs{display:flex;flex-wrap:wrap;gap:.25rem} td img{height:160px;width:auto;display:block;background:#eee}
 td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{background:#f6fff0} td.none{color:#aaa;text-align:center}
+td.unfunded{background:#fffbe6}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
 .error b{display:block} th img{height:96px;width:auto;display:block;margin:0 auto .2rem;background:#eee}
 label.filter{display:inline-block;margin:0 0 .8rem;font-size:.9rem}

@@ -171,8 +171,9 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
 
 async def run(runtime: Runtime, state: ItemState) -> ItemReport:
     """Take an active item to its end, archived (or reused), failed with its reason or left for the
-    budget, and return its report entry. Failed predictions end the item; errors of our own (the archive, the
-    network) are raised with the state left where it stands, so a repeat goes on from there."""
+    budget, and return its report entry. Failed predictions end the item; errors of our own (the
+    archive, the network) are raised with the state left where it stands, so a repeat goes on from
+    there."""
     paying: asyncio.Future | None = None
     try:
         while state.active:
@@ -192,10 +193,9 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
                 slot = await runtime.traffic.acquire_slot()
             await _wait_and_archive(runtime, state, slot)
     finally:
-        if paying is not None:  # the index entry of what it archived, or None: the next item pays
-            archived = state.stage == "archived" and state.result is not None
-            runtime.process.paid((runtime.archive.url, state.key), paying,
-                                 runtime.archive.index_entry(state.result) if archived else None)
+        if paying is not None:  # what it archived, to the items waiting for the key (None: the next one pays)
+            entry = runtime.archive.index_entry(state.result) if state.stage == "archived" and state.result else None
+            runtime.process.paid((runtime.archive.url, state.key), paying, entry)
         if runtime.webhooks is not None and not state.active:
             runtime.webhooks.forget(state.label)
     return state.report()

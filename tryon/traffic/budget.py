@@ -12,10 +12,10 @@ phantom behind an ambiguous answer, which may have been created and charged with
 So the limit holds whatever the price, retries, resubmissions and ambiguous answers.
 
 Before a run spends anything, its plan's worst case is checked against what the limit has left
-(:meth:`Budget.shortfall`, :meth:`Budget.refusal`). A refused submission is not waited for: its item is left for the budget (a later run with a larger
-limit takes it). One :class:`Budget` may be shared by several runs of one event loop (a backfill's
-collections): pass the same object. Without a limit it only keeps the ledger. Pure bookkeeping, no
-I/O: each call is atomic in the event loop.
+(:meth:`Budget.shortfall`, :meth:`Budget.refusal`). A refused submission is not waited for: its
+item is left for the budget (a later run with a larger limit takes it). One :class:`Budget` may be
+shared by several runs of one event loop (a backfill's collections): pass the same object. Without
+a limit it only keeps the ledger. Pure bookkeeping, no I/O: each call is atomic in the event loop.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from tests.collections import write_collection
 from tests.fixtures.emulator import TEST_KEY
+from tests.life import runtime_over
 from tests.test_cli import tryon
-from tests.test_item import runtime_for
 from tryon import batch
 from tryon.archive import Archive
 from tryon.errors import OverBudget
@@ -109,7 +109,7 @@ async def run_with_limit(emulator, spec, archive: Archive, limit: int | None, *,
         planned.fund(budget, partial=partial)
     report = RunReport.start(collection.name, collection.model_name)
     report.max_credits = limit
-    async with runtime_for(emulator, archive, budget=budget) as runtime:
+    async with runtime_over(emulator, archive, budget=budget) as runtime:
         async for entry in batch.run_items(runtime, planned):
             report.add(entry)
     assert limit is None or budget.charged <= limit

@@ -29,7 +29,6 @@ flow run created: the CLI prints it), and the flow up to its first submission (t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re

@@ -2,9 +2,9 @@
 ends failed with the reason in the report.
 
 Read top to bottom: load and validate the spec, check the archive is writable, plan every item
-once and check the balance covers the run (all before anything is spent), run every planned item
-through its life (:mod:`tryon.item`, one Prefect task each) under the key's shared traffic
-control, then write the report, gallery and artifacts.
+once and check the spend limit and the balance cover the run (all before anything is spent), run
+every planned item through its life (:mod:`tryon.item`, one Prefect task each) under the key's
+shared traffic control and the run's budget, then write the report, gallery and artifacts.
 """
 
 from __future__ import annotations
@@ -16,19 +16,23 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.events import emit_event
 from prefect.states import Failed
+from pydantic.json_schema import SkipJsonSchema
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
-from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
+from flows.params import (AS_IN_SPEC, InlineCollection, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given,
+                          input_overrides)
 from flows.tasks import tryon_item
 from flows.watch import watcher_of
 from flows.webhooks import webhook_events
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
+from tryon.errors import OverBudget
 from tryon.report import RunReport
 from tryon.process import joined
 from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings
+from tryon.traffic.budget import Budget
 
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
@@ -44,6 +48,9 @@ async def tryon_collection(
     reuse: bool = True,
     credentials_block: str = "",
     archive_block: str = "",
+    max_credits: MaxCredits = 0,
+    partial: bool = False,
+    budget: SkipJsonSchema[Budget | None] = None,
 ) -> dict[str, Any]:
     """Run one collection.
 
@@ -60,6 +67,12 @@ async def tryon_collection(
             paying again (TRYON_REUSE=false turns this off for every run).
         credentials_block: Name of a FashnCredentials block; empty: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block (URL and storage credentials).
+        max_credits: The most credits this run may be charged (a submission is sent only if it fits, ambiguous
+            answers counted at their worst); 0: the credentials block's, then TRYON_MAX_CREDITS, else no limit.
+            A plan above it spends nothing, unless partial.
+        partial: When the plan is above max_credits, run items in spec order up to the limit and leave the rest
+            for the budget (reported, not failed; a run with a larger limit takes them).
+        budget: The spend limit shared with other runs of this process (a backfill's subflows); not a form field.
     """
     inline = inline_spec if inline_spec is not None and not inline_spec.empty else None
     if bool(given(spec)) == (inline is not None):
@@ -71,8 +84,11 @@ async def tryon_collection(
     settings = await resolve_settings(given(credentials_block))
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
+    if budget is None:
+        budget = Budget(max_credits or settings.max_credits)
 
-    async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
+    async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
+            webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
         if watcher is not None:
@@ -80,6 +96,11 @@ async def tryon_collection(
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
+            try:
+                planned.fund(budget, partial=partial)
+            except OverBudget:
+                if not dry_run:
+                    raise
             if planned.credits_needed or dry_run:
                 planned.balance = (await runtime.client.credits()).total
             logger.info("%s: %s", collection.name, planned.line())
@@ -89,6 +110,7 @@ async def tryon_collection(
             if planned.credits_needed:
                 require_balance(planned.balance or 0, planned.credits_needed)
             report = RunReport.start(collection.name, collection.model_name)
+            report.max_credits = budget.limit
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
             if watcher is not None:
@@ -108,11 +130,16 @@ async def tryon_collection(
         if watcher is not None:
             watcher.saved(location)
         failed = report.totals.get("failed", 0)
+        resource = {"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
+                    "prefect.resource.name": collection.name}
+        if unfunded := report.unfunded():
+            emit_event(  # e.g. notify: raise the limit and run again
+                event="tryon.collection.budget-reached", resource=resource,
+                payload={**report.totals_dict(location), "charged": budget.charged, "held": budget.held,
+                         "credits_left_for_budget": sum(e.credits_needed or 0 for e in unfunded)})
         emit_event(  # for automations, e.g. notify on tryon.collection.failed
             event=f"tryon.collection.{'failed' if failed else 'completed'}",
-            resource={"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
-                      "prefect.resource.name": collection.name},
-            payload={**report.totals_dict(location), "gallery": gallery},
+            resource=resource, payload={**report.totals_dict(location), "gallery": gallery},
         )
         if failed:
             return Failed(message=f"{report.summary_line()}; report at {location}")  # type: ignore[return-value]

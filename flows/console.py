@@ -72,8 +72,9 @@ def profile_api_url() -> str | None:
 
 
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
-                      force: bool, reuse: bool | None = None) -> int:
-    """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
+                      force: bool, reuse: bool | None = None, max_credits: int | None = None,
+                      partial: bool = False) -> int:
+    """Run the flow; 0 when every item is archived, skipped or left for the budget, 1 when any failed."""
     server = os.environ.get("PREFECT_API_URL") or profile_api_url()
     if server:
         print(f"Prefect: {server}", flush=True)
@@ -82,7 +83,8 @@ def run_with_progress(spec: str, *, archive: str | None, report: Path | None, mo
         home = Path(os.environ["PREFECT_HOME"])
         first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
         print(f"starting Prefect (a local server for this run{first})", flush=True)
-    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse))
+    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
+                            max_credits=max_credits, partial=partial))
 
 
 class ConsoleWatcher:
@@ -137,7 +139,7 @@ class ConsoleWatcher:
 
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
-               reuse: bool | None = None) -> int:
+               reuse: bool | None = None, max_credits: int | None = None, partial: bool = False) -> int:
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow_async
     from prefect.states import Pending
@@ -148,8 +150,10 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     from tryon.spec.loaders import load_spec
 
     total = (await load_spec(spec, model_name_override=model_name)).item_count()
-    options = {"archive": archive, "model_name": model_name, "reuse": reuse}  # unset: the flow's defaults
-    parameters = {"spec": spec, "force": force, **{name: value for name, value in options.items() if value is not None}}
+    # Unset: the flow's defaults.
+    options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
+    parameters = {"spec": spec, "force": force, "partial": partial,
+                  **{name: value for name, value in options.items() if value is not None}}
     began = time.monotonic()
     async with get_client() as client:  # starts the embedded server, if that is the one
         flow_run = await client.create_flow_run(
@@ -179,8 +183,9 @@ async def _finish(state, location: str | None, report_path: Path | None) -> int:
 
     if state.is_completed():
         totals = await state.aresult()
-        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed; "
-              f"{totals['credits_used']} credits used")
+        unfunded = f", {totals['unfunded']} left for the budget" if totals.get("unfunded") else ""
+        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed"
+              f"{unfunded}; {totals['credits_used']} credits used")
     else:
         print(f"failed: {state.message or ''}")
     if location:

@@ -1,7 +1,9 @@
 """Several processes on one API key: each a member of the key through Prefect.
 
 A member holds one slot of the global concurrency limit ``tryon-key-<fingerprint>`` under a lease
-it renews, which lapses if the process dies: the slots held are the processes using the key.
+it renews, which lapses if the process dies: the slots held are the processes using the key. With
+no Prefect server of its own (one embedded in the process, which forgets its leases when it
+stops), a member's lease is a line of a file under ``PREFECT_HOME`` instead.
 What a member may admit follows from the count alone (:mod:`tryon.traffic.share`); this module is
 the :class:`~tryon.traffic.share.Membership` over Prefect's client and the process's membership
 (flow runs of one process share one controller, and so one membership).
@@ -14,14 +16,16 @@ import contextlib
 import logging
 import time
 import weakref
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
 
 from tryon.traffic import TrafficController
+from tryon.traffic.members_file import FileMembership
 from tryon.traffic.share import hold_share
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
@@ -67,9 +71,6 @@ class PrefectMembership:
     def __init__(self, client: PrefectClient, name: str) -> None:
         self.client, self.name = client, name
         self._lease_id: str | None = None
-        # A server Prefect embeds in this process (no API URL) stops with it, its leases (kept in
-        # memory) with it, and it revokes no lapsed lease: it cannot count us after we are gone.
-        self.lasting = bool(PREFECT_API_URL.value())
 
     async def join(self, lease: float) -> float:
         lease = max(lease, SHORTEST_LEASE)
@@ -117,6 +118,10 @@ async def _hold(controller: TrafficController, name: str, joined: asyncio.Future
     # that fails is simply read again D/2 later.
     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
         try:
+            if not PREFECT_API_URL.value():  # an embedded server goes with us: a file counts us after
+                membership = FileMembership(Path(PREFECT_HOME.value()) / "tryon-keys" / f"{name}.json")
+                await hold_share(membership, controller, joined, stop, staleness)
+                return
             async with get_client() as client:
                 await hold_share(PrefectMembership(client, name), controller, joined, stop, staleness)
         except Exception as exc:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tests.collections import write_collection
 from tryon.settings import Limit
 from tryon.traffic import FakeClock, TrafficController
+from tryon.traffic.members_file import FileMembership
 from tryon.traffic.share import KeyShare, default_staleness, hold_share
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +68,6 @@ class FakeKey:
 class FakeMembership:
     """A member's calls; once ``dead`` (killed), it sends nothing more."""
 
-    lasting = True
-
     def __init__(self, key: FakeKey) -> None:
         self.key, self.lease_id, self.dead = key, None, False
 
@@ -103,11 +102,10 @@ class Member:
     """A process on the key: keeps to its share (the real loop) and sends run and status requests
     as fast as its limiters admit them, each stamped by the provider when admitted."""
 
-    def __init__(self, key: FakeKey, stamps: dict[str, list[float]], *, lasting: bool = True) -> None:
+    def __init__(self, key: FakeKey, stamps: dict[str, list[float]]) -> None:
         self.key, self.stamps = key, stamps
         self.controller = controller(key.clock)
         self.membership = FakeMembership(key)
-        self.membership.lasting = lasting
         self.joined = asyncio.get_running_loop().create_future()
         self.stop = asyncio.get_running_loop().create_future()
         self.admitted: list[float] = []
@@ -231,20 +229,17 @@ def test_a_run_alone_on_the_key_admits_at_once():
     asyncio.run(drive(clock, body))
 
 
-def test_a_member_whose_server_may_go_with_it_never_starts_alone_and_gives_its_slot_back():
-    clock = FakeClock()
-
-    async def body():
-        key, stamps = FakeKey(clock, 7), {"run": [], "status": []}
-        member = Member(key, stamps, lasting=False)
-        await member.joined
-        assert member.controller.limiters["run"].limit.count == 0, "waits W + D, alone or not"
-        await clock.sleep(HOLD + 1)
-        assert member.controller.limiters["run"].admitted
-        await member.leave()
-        assert key.held() == 0, "nothing could count it once its server is gone"
-
-    asyncio.run(drive(clock, body))
+async def test_a_file_membership_counts_every_process_on_it_and_a_killed_one_until_its_lease_ends(tmp_path):
+    path = tmp_path / "tryon-keys" / "tryon-key-abc.json"
+    first, second = FileMembership(path), FileMembership(path)
+    assert await first.join(60) == 60 and await first.count() == 1
+    await second.join(0.2)  # then killed: never renews, never leaves
+    assert await first.count() == 2
+    while await first.count() == 2:  # its lease ends on the wall clock; nothing else removes it
+        await asyncio.sleep(0.01)
+    assert await first.renew(30) == 30 and await FileMembership(path).count() == 1
+    await first.leave()
+    assert await second.count() == 0 and json.loads(path.read_text()) == {}
 
 
 @pytest.mark.parametrize("how", ["leave", "kill"])

@@ -36,6 +36,7 @@ table{border-collapse:collapse} th,td{border:1px solid #ddd;padding:.4rem;vertic
 th{background:#f0f0f0;font-weight:600;font-size:.85rem} th.garment{text-align:left}
 td .imgs{display:flex;flex-wrap:wrap;gap:.25rem} td img{height:160px;width:auto;display:block;background:#eee}
 td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{background:#f6fff0} td.none{color:#aaa;text-align:center}
+td.unfunded{background:#fffbe6}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
 .error b{display:block} th img{height:96px;width:auto;display:block;margin:0 auto .2rem;background:#eee}
 label.filter{display:inline-block;margin:0 0 .8rem;font-size:.9rem}
@@ -73,6 +74,8 @@ def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str],
         state = f"skipped (archived earlier){': ' + links if links else ''}"
     elif entry.state == "reused":
         state = f"reused from {escape(entry.reused_from or '')}, 0 credits"
+    elif entry.state == "unfunded":
+        state = f"left for the budget: would cost {entry.credits_needed} credit(s)"
     else:
         state = f"archived, {entry.credits_used} credit{'s' if entry.credits_used != 1 else ''}"
     return f'<td class="{entry.state}"><div class="imgs">{thumbs}</div><div class="state">{state}</div></td>'

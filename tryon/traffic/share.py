@@ -5,18 +5,18 @@ staleness bound: a member admits a request at ``t`` only if, throughout ``[t - (
 held its membership slot under a live lease and had an answered count of the members whose read
 was sent at most D earlier; it then admits at most ``1 / n`` of the limit, ``n`` the largest
 count among the reads it sent in that span (in-flight slots: ``1 / n`` with the run limit's
-``n``). On a server that outlives its members (``Membership.lasting``), a member stays counted
-until W + D after its last admission (it admits only while its lease runs that much longer, and on
+``n``). A member stays counted until W + D after its last admission (it admits only while its lease runs that much longer, and on
 leaving renews it for W + D instead of giving it back), so a newcomer whose first count shows only
-itself is alone on the key: it admits at once, with ``n`` taken from its reads since then. Any other newcomer admits nothing for W + D after its slot is
-granted, a member that cannot count the others admits nothing, and a smaller count takes effect
+itself is alone on the key: it admits at once, with ``n`` taken from its reads since then. Any
+other newcomer admits nothing for W + D after its slot is granted, a member that cannot count the others admits nothing, and a smaller count takes effect
 only once it has held for W + D. Why that keeps every window of every limit within the key's
 count: ``docs/design.md``.
 
 This module is that rule (:class:`KeyShare`, pure) and the loop that follows it
 (:func:`hold_share`: takes the slot, renews its lease, reads the count every D/2 and gives the
 :class:`~tryon.traffic.controller.TrafficController` its share), over any :class:`Membership`;
-:mod:`flows.coordination` is the Prefect one (a lease-backed global concurrency limit).
+:mod:`flows.coordination` is the Prefect one (a lease-backed global concurrency limit) and
+:mod:`tryon.traffic.members_file` the one for a Prefect server that goes with its process.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ log = logging.getLogger("tryon.share")
 
 
 class Membership(Protocol):
-    """One slot per process using the key, under a lease the server lets lapse if not renewed."""
-
-    lasting: bool  # the server outlives its members (else it may go with us: no lone start, see hold_share)
+    """One slot per process using the key, under a lease that lapses if not renewed, kept by
+    something that outlives every member (so it counts a killed one until its lease ends)."""
 
     async def join(self, lease: float) -> float: ...  # take our slot; the lease granted (>= lease)
 
@@ -58,10 +57,10 @@ def default_staleness(window: float) -> float:
 class KeyShare:
     """The rule: count reads in, members per limit out (0: admit nothing)."""
 
-    def __init__(self, windows: Mapping[str, float], staleness: float, *, lone_start: bool = True) -> None:
+    def __init__(self, windows: Mapping[str, float], staleness: float) -> None:
         if staleness <= 0:
             raise ValueError("staleness must be > 0")
-        self.staleness, self.lone_start = staleness, lone_start
+        self.staleness = staleness
         self.spans = {name: window + staleness for name, window in windows.items()}
         self.reset()
 
@@ -76,7 +75,7 @@ class KeyShare:
         """A count read sent at ``sent`` answered ``count`` at ``answered`` (our clock)."""
         if answered > self.fresh_until:
             self.fresh_since = answered  # a break: fresh again only from this answer on
-            self.alone = self.lone_start and self.fresh_until == -math.inf and count <= 1  # first since reset
+            self.alone = self.fresh_until == -math.inf and count <= 1  # the first read since reset
         self.fresh_until = max(self.fresh_until, sent + self.staleness)
         self._reads.append((sent, max(1, count)))
         while self._reads and self._reads[0][0] < answered - max(self.spans.values()):
@@ -105,9 +104,7 @@ async def hold_share(membership: Membership, controller: TrafficController, join
     """
     clock = controller.clock
     windows = {name: limiter.window for name, limiter in controller.limiters.items()}
-    # A server that may go with us (one embedded in this process) cannot count us after we left:
-    # then we give the slot back and nobody starts alone.
-    share = KeyShare(windows, staleness or default_staleness(max(windows.values())), lone_start=membership.lasting)
+    share = KeyShare(windows, staleness or default_staleness(max(windows.values())))
     hold = max(share.spans.values())  # counted this long after our last admission
     lease = 2 * hold  # renewed every lease/4, so it runs ≥ 1.5 × hold longer: no fence between renewals
     lease_until = renew_at = -math.inf
@@ -160,7 +157,7 @@ async def hold_share(membership: Membership, controller: TrafficController, join
         apply()  # nothing more is admitted
         if lease_until > -math.inf:
             try:  # counted W + D after our last admission (the lease already runs that long)
-                lingering = membership.lasting and admitted() > admitted_at_join
+                lingering = admitted() > admitted_at_join
                 await (membership.renew(hold) if lingering else membership.leave())
             except Exception as exc:  # the lease lapses by itself
                 log.info("could not leave the key (%s: %s)", type(exc).__name__, exc)

@@ -26,12 +26,12 @@ from tryon.archive.records import (Flags, IndexedOutput, IndexEntry, ItemResult,
                                    SubmissionRecord, utcnow)
 from tryon.archive.reports import RunFiles
 from tryon.archive.reuse import NotReusable, ReuseIndex
-from tryon.archive.store import INDEX_DIR, RESULT_FILE, ArchiveError
+from tryon.archive.store import INDEX_DIR, PENDING_FILE, RESULT_FILE, ArchiveError
 
 
 class Archive(ItemFiles, ReuseIndex, RunFiles):
     """An archive root (see :class:`~tryon.archive.store.Store`) with every kind of file it holds."""
 
 
-__all__ = ["INDEX_DIR", "RESULT_FILE", "Archive", "ArchiveError", "Flags", "IndexEntry",
+__all__ = ["INDEX_DIR", "PENDING_FILE", "RESULT_FILE", "Archive", "ArchiveError", "Flags", "IndexEntry",
            "IndexedOutput", "ItemResult", "NotReusable", "OutputRecord", "PendingRecord", "SubmissionRecord", "utcnow"]

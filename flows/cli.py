@@ -128,6 +128,22 @@ def index(archive: str, /) -> int:
 
 
 @app.command
+def reconcile(archive: str, /) -> int:
+    """Archive what killed or cancelled runs left pending (prediction.json without result.json,
+    whose run holds no live lease): poll each prediction, archive its outputs, record the lost with
+    their reason. Never submits (0 credits); safe while runs work and when run twice at once.
+
+    Parameters
+    ----------
+    archive
+        Archive root (fsspec URL or path).
+    """
+    from flows.console import run_reconcile
+
+    return run_reconcile(archive)
+
+
+@app.command
 def gallery(spec: str, /, *, archive: str | None = None, model_name: str | None = None,
             out: Path = Path("gallery.html"), expires: int = 3600) -> int:
     """Write a copy of a collection's gallery that opens in this machine's browser: on S3 every image

@@ -12,7 +12,7 @@ between the check and the request, so nothing is sent once the drain is requeste
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from typing import TYPE_CHECKING
 
 from tryon.errors import ApiError
@@ -35,10 +35,10 @@ class RunCancelled(ApiError):
 class Drain:
     """Whether the run was asked to stop, and why."""
 
-    def __init__(self, traffic: TrafficController, on_request: Callable[[str], None] | None = None) -> None:
+    def __init__(self, traffic: TrafficController) -> None:
         self.traffic = traffic
         self.reason: str | None = None
-        self._on_request = on_request  # hears the reason, once
+        self.heard = asyncio.Event()  # set by the request
 
     @property
     def requested(self) -> bool:
@@ -51,8 +51,7 @@ class Drain:
             return False
         self.reason = reason
         self.traffic.stop_submissions(self._stop_reason, RunCancelled)
-        if self._on_request is not None:
-            self._on_request(reason)
+        self.heard.set()
         return True
 
     @property

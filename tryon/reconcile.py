@@ -28,19 +28,23 @@ from tryon.spec.items import Item
 from tryon.traffic import TrafficController
 
 
+RECONCILER = "reconcile-"  # how a reconciler's lease is named
+
+
 @dataclass
 class Reconciled:
     """What one pass did, by item folder (relative to the archive root)."""
 
     recovered: list[str] = field(default_factory=list)  # archived now
     lost: dict[str, str] = field(default_factory=dict)  # folder: why (expired, unknown, failed)
-    live: list[str] = field(default_factory=list)  # a live run (or another reconciler) owns it
+    live: list[str] = field(default_factory=list)  # a live run owns it
+    others: list[str] = field(default_factory=list)  # another reconciler took it
     unsubmitted: list[str] = field(default_factory=list)  # an ambiguous answer left no id to poll
     left: dict[str, str] = field(default_factory=dict)  # folder: why it is still pending (the next pass retries)
-    results: list[ItemResult] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"{len(self.recovered)} recovered, {len(self.lost)} lost, {len(self.live)} left to live runs, "
+                f"{len(self.others)} to other reconcilers, "
                 f"{len(self.left)} still pending, {len(self.unsubmitted)} without a prediction id; 0 submitted")
 
     def text(self) -> str:
@@ -73,13 +77,13 @@ async def _take(archive: Archive, folder: str, owner: str, done: Reconciled) -> 
         done.unsubmitted.append(folder)
         return None
     if record.owner != owner and await is_live(archive, record.owner):
-        done.live.append(folder)
+        _left(done, folder, record.owner)
         return None
     item = _item(record)
     await archive.write_pending(item, record.model_copy(update={"owner": owner}))
     back = await archive.read_pending_in(folder)
     if back is None or back.owner != owner:
-        done.live.append(folder)
+        _left(done, folder, back.owner if back is not None else None)
         return None
     return item, back
 
@@ -137,12 +141,19 @@ async def _still_ours(archive: Archive, item: Item, record: PendingRecord) -> bo
     return now is not None and now.owner == record.owner
 
 
-async def update_reports(archive: Archive, results: list[ItemResult]) -> None:
-    """Move each finished item's entry in its collection's latest report (a new report when the
-    collection has none) to how it ended."""
+def _left(done: Reconciled, folder: str, owner: str | None) -> None:
+    (done.others if owner is not None and owner.startswith(RECONCILER) else done.live).append(folder)
+
+
+async def update_reports(archive: Archive, folders: list[str]) -> None:
+    """Move the entry of each item of ``folders`` that a reconciler finished (its ``result.json``
+    is there) in its collection's latest report (a new report when the collection has none) to how
+    it ended. Read from the archive, so two reconcilers at once each write every item either
+    finished."""
     by_folder: dict[tuple[str, str], list[ItemResult]] = {}
-    for result in results:
-        by_folder.setdefault((result.collection, result.model_name), []).append(result)
+    for folder in folders:
+        if (result := await archive.read_result_in(folder)) is not None:
+            by_folder.setdefault((result.collection, result.model_name), []).append(result)
     for (collection, model_name), finished in by_folder.items():
         data = await archive.read_report(collection, model_name)
         report = RunReport.model_validate(data) if data is not None else RunReport.start(collection, model_name)
@@ -157,7 +168,7 @@ async def reconcile(archive: Archive, client: FashnClient, traffic: TrafficContr
     done = Reconciled()
     folders = await pending_folders(archive)
     limit = asyncio.Semaphore(workers or 2 * traffic.limits.in_flight + 2)
-    async with RunLease(archive, f"reconcile-{new_run_id()}", lease_term) as lease:
+    async with RunLease(archive, f"{RECONCILER}{new_run_id()}", lease_term) as lease:
 
         async def one(folder: str) -> None:
             async with limit:
@@ -169,15 +180,14 @@ async def reconcile(archive: Archive, client: FashnClient, traffic: TrafficContr
                 except FashnError as exc:  # left pending: the next pass tries again
                     done.left[folder] = str(exc)
                     return
-                if result is None:
-                    done.live.append(folder)
+                if result is None:  # a later taker finishes it
+                    done.others.append(folder)
                     return
-                done.results.append(result)
                 if result.state == "archived":
                     done.recovered.append(folder)
                 else:
                     done.lost[folder] = f"{result.error_name}: {result.error_message}"
 
         await asyncio.gather(*(one(folder) for folder in folders))
-    await update_reports(archive, done.results)
+    await update_reports(archive, [*done.recovered, *done.lost, *done.others])
     return done

@@ -36,7 +36,8 @@ async def reconcile_archive(archive: str = "", credentials_block: str = "", arch
             done = await reconcile(store, client, traffic, lease_term=ArchiveSettings().run_lease,
                                    prediction_timeout=settings.prediction_timeout)
     logger.info("%s: %s", store.url, done.text().rstrip())
-    summary = {"text": done.text(), "recovered": done.recovered, "lost": done.lost, "live": done.live, "other_reconcilers": done.others,
+    summary = {"text": done.text(), "recovered": done.recovered, "lost": done.lost, "live": done.live,
+               "other_reconcilers": done.others,
                "still_pending": done.left, "without_prediction_id": done.unsubmitted}
     if done.left:  # the next pass tries these again
         return Failed(message=done.text())  # type: ignore[return-value]

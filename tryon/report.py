@@ -1,7 +1,6 @@
 """What a run did: one entry per item (archived, reused, failed, skipped, left for the budget or
-cancelled),
-totals, credits, and a short human summary (``report.json`` and ``summary.txt``, written by
-:func:`tryon.batch.save_report`)."""
+cancelled), totals, credits, and a short human summary (``report.json`` and ``summary.txt``,
+written by :func:`tryon.batch.save_report`)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from tryon.spec.items import Item
 
 State = Literal["archived", "reused", "failed", "skipped", "unfunded", "cancelled"]
 STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped", "unfunded", "cancelled")
-SOMETIMES: frozenset[State] = frozenset({"reused", "unfunded", "cancelled"})  # in the summary line only when some are
+SOMETIMES: frozenset[State] = frozenset({"reused", "unfunded", "cancelled"})  # in the summary only when some are
 MAX_LISTED = 20
 
 

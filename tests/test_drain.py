@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,11 @@ ITEMS, IN_FLIGHT = 30, 10
 @pytest.fixture
 def slow_key(make_emulator, monkeypatch):
     """An emulator at real speed allowing 10 predictions in flight, and this process's settings for it."""
-    emulator = make_emulator(time_scale=1.0, max_in_flight=IN_FLIGHT)
-    env = {**flow_env(emulator, 1.0), "FASHN_MAX_IN_FLIGHT": str(IN_FLIGHT), "TRYON_RUN_LEASE": "3"}
+    # A key of its own: runs killed by earlier tests stay members of theirs until their leases lapse.
+    key = f"drain-{uuid.uuid4().hex[:8]}"
+    emulator = make_emulator(time_scale=1.0, max_in_flight=IN_FLIGHT, keys={key: 1_000_000})
+    env = {**flow_env(emulator, 1.0), "FASHN_API_KEY": key, "FASHN_MAX_IN_FLIGHT": str(IN_FLIGHT),
+           "TRYON_RUN_LEASE": "3"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return emulator, env

@@ -1,0 +1,36 @@
+"""Publishing an approved collection: each approved output copied under a stable flat name that a
+shop's CMS can pick up, ``<url>/<collection>/<garment>__<model>_<n>.png`` (``n`` the output's
+index), and verified by reading it back (size and sha256, as every copy in the archive)."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+from tryon.archive import Archive, ArchiveError
+from tryon.archive.store import mismatch
+from tryon.verdicts import Approved
+
+
+def published_name(label: str, index: int, path: str) -> str:
+    return f"{label}_{index}{posixpath.splitext(path)[1]}"
+
+
+async def publish(approved: Approved, archive: Archive, url: str,
+                  storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Copy every approved output to ``url`` (any fsspec URL or a local path); their locations."""
+    target = Archive(url, storage_options)
+    folder = target._join(target.root, approved.collection)
+    written = []
+    for item in approved.items:
+        for index, (path, sha256) in enumerate(zip(item.outputs, item.sha256)):
+            data = await archive._read(archive._join(archive.root, *path.split("/")))
+            if data is None or (got := mismatch(data, len(data), sha256)) is not None:
+                raise ArchiveError(f"{item.label}: {path} does not match approved.json (sha256 {sha256})")
+            dest = target._join(folder, published_name(item.label, index, path))
+            await target._write(dest, data)
+            if (got := mismatch(await target._read(dest), len(data), sha256)) is not None:
+                raise ArchiveError(f"verification failed for {target.location(dest)}: read back {got}")
+            written.append(target.location(dest))
+    return written

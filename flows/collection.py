@@ -12,23 +12,30 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from contextvars import ContextVar
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from pydantic import Field
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
 from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
+from flows.review import ReviewDecision, review_gate
 from flows.tasks import tryon_item
 from flows.webhooks import webhook_events
+from tryon.archive import Archive
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
+from tryon.publish import publish as publish_approved
 from tryon.report import RunReport
 from tryon.process import joined
 from tryon.runtime import open_runtime
-from tryon.settings import ArchiveSettings
+from tryon.settings import ArchiveSettings, FashnSettings
+from tryon.spec.collection import CollectionSpec
+from tryon.verdicts import approve, flagged, reject, standings
 
 #: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
 #: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
@@ -50,6 +57,9 @@ async def tryon_collection(
     reuse: bool = True,
     credentials_block: str = "",
     archive_block: str = "",
+    review: bool = False,
+    max_review_rounds: Annotated[int, Field(ge=1)] = 3,
+    publish: str = "",
 ) -> dict[str, Any]:
     """Run one collection.
 
@@ -66,19 +76,72 @@ async def tryon_collection(
             paying again (TRYON_REUSE=false turns this off for every run).
         credentials_block: Name of a FashnCredentials block; empty: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block (URL and storage credentials).
+        review: After the run, wait (suspended, holding no worker) for a reviewer's verdict in the run's input
+            form: rejected items get a new take and the form asks again; approval writes approved.json.
+        max_review_rounds: Review rounds before the run gives up unapproved.
+        publish: On approval, copy each approved output to this fsspec URL as <collection>/<label>_<n>.png.
     """
     inline = inline_spec if inline_spec is not None and not inline_spec.empty else None
     if bool(given(spec)) == (inline is not None):
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
-    logger = get_run_logger()
     listener = progress_listener.get()
     progress_listener.set(None)  # subflows started from here are runs of their own
     collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
     settings = await resolve_settings(given(credentials_block))
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
+    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, reuse=reuse,
+                              listener=listener)
+    if dry_run or not review or isinstance(outcome, State):
+        return outcome
+    for round in range(1, max_review_rounds + 1):
+        decision = await _review_round(collection, store, round)
+        if decision.approved:
+            return await _approve(collection, store, round, given(publish), outcome)
+        # A run resumed later starts again from the top: its items are skipped, each rejection
+        # recorded once (by its round), and each take made once.
+        outcome = await _run_once(collection, settings, store, dry_run=False, force=False, reuse=reuse,
+                                  listener=listener)
+        if isinstance(outcome, State):
+            return outcome
+    return Failed(message=f"{collection.name}: not approved after {max_review_rounds} review rounds")  # type: ignore[return-value]
 
+
+def _review_id(round: int) -> tuple[str, str]:
+    """Who answers a round (the flow run, by name) and the round's identity (run id and round)."""
+    flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    return f"flow run {flow_run.name}", f"{flow_run.id}/review-{round}"
+
+
+async def _review_round(collection: CollectionSpec, store: Archive, round: int) -> ReviewDecision:
+    """Ask the reviewer (suspended: no process while waiting); record what was rejected."""
+    items = await standings(collection, store)
+    decision = await review_gate([s.label for s in items], flagged(items), collection=collection.name,
+                                 model_name=collection.model_name, round=round)
+    if decision.rejected:
+        by, review_id = _review_id(round)
+        await reject(collection, store, decision.rejected, reason=decision.reason, by=by, review=review_id)
+        get_run_logger().info("round %d: %d items rejected (%s); making new takes", round, len(decision.rejected),
+                              decision.reason or "no reason given")
+    return decision
+
+
+async def _approve(collection: CollectionSpec, store: Archive, round: int, url: str | None,
+                   outcome: dict[str, Any]) -> dict[str, Any]:
+    by, review_id = _review_id(round)
+    approved = await approve(collection, store, by=by, review=review_id)
+    published = await publish_approved(approved, store, url) if url else []
+    get_run_logger().info("%s approved: %d items%s", collection.name, len(approved.items),
+                          f", published to {url}" if url else "")
+    return {**outcome, "approved": len(approved.items), "published": len(published)}
+
+
+async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: Archive, *, dry_run: bool,
+                    force: bool, reuse: bool, listener: Callable[[RunReport], Awaitable[None]] | None,
+                    ) -> dict[str, Any] | State:
+    """Plan, check the balance, run every planned item, write the report, gallery and artifacts."""
+    logger = get_run_logger()
     async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.

@@ -65,6 +65,16 @@ def flagged(items: Iterable[Standing]) -> dict[str, list[str]]:
     return {s.label: [s.needs_review] for s in items if s.needs_review}
 
 
+def standing_lines(items: Sequence[Standing]) -> list[str]:
+    """One line per item, those needing review first: label, take, checks, verdict."""
+    lines = []
+    for s in sorted(items, key=lambda s: s.needs_review is None):
+        made = "needs review: " + s.needs_review if s.needs_review else "checks passed" if s.made else "not made yet"
+        verdict = f"; {s.verdict.verdict} by {s.verdict.by}" if s.verdict else ""
+        lines.append(f"{s.label}  take {s.take}  {made}{verdict}")
+    return lines
+
+
 def _pick(items: Sequence[Standing], labels: Iterable[str]) -> list[Standing]:
     by_label = {s.label: s for s in items}
     unknown = [label for label in labels if label not in by_label]

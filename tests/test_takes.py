@@ -131,3 +131,42 @@ async def test_a_rejection_killed_half_way_is_finished_by_the_next_plan(make_emu
     await run_collection(emulator, spec, archive)
     assert (folder / "takes/1/output_0.png").exists() and json.loads((folder / "result.json").read_text())["take"] == 2
     assert seeds(emulator) == [42, 43]
+
+
+async def test_the_gallery_shows_the_collection_as_it_stands_and_picks_labels_in_a_browser(make_emulator, tmp_path):
+    from tests.browser import Browser, chromium_path
+    from tryon.gallery import gallery_copy
+
+    emulator = make_emulator(time_scale=TIME_SCALE, faults={"output_faults": {"blank-shirt": "blank"}})
+    spec = url_collection(tmp_path, emulator, garments=["shirt", "blank-shirt"], models=2, name="stand")
+    archive = Archive(str(tmp_path / "archive"))
+    await run_collection(emulator, spec, archive)
+    collection = await batch.load_and_validate(str(spec))
+    await reject(collection, archive, ["shirt__m1"], reason="hand wrong", by="ana")
+    planned, report = await run_collection(emulator, spec, archive)
+    await batch.save_report(archive, report, (s.item for s in planned.states))
+    written = (tmp_path / "archive/stand/tryon-v1.6/index.html").read_text()
+    assert "4 items, 4 archived (1 at a later take), 2 need review, 0 approved" in written
+    assert written.count("take 1, archived") == 3 and "take 2, archived by this run, 1 credit" in written
+    await approve(collection, archive, by="ana")
+    page = await gallery_copy(str(spec), archive=archive)
+    assert "4 items, 4 archived (1 at a later take), 2 need review, 4 approved, 0 failed" in page
+    assert page.count("take 2, archived") == 1 and page.count("take 1, archived") == 3
+    assert "archived earlier" not in page, "the collection as it stands, not what the latest run did"
+    assert page.count("needs review: output_0.png: blank") == 2 and page.count("approved by ana") == 4
+    assert 'src="http' not in page.replace(emulator.url, ""), "no external asset"
+    path = tmp_path / "gallery.html"
+    path.write_text(page)
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (scripts/_system.sh)")
+    async with Browser() as browser:
+        await browser.open(path.as_uri())
+        await browser.evaluate("document.querySelector('input.pick[value=\"blank-shirt__m0\"]').click()")
+        await browser.evaluate("document.querySelector('input.pick[value=\"shirt__m1\"]').click()")
+        picked = await browser.evaluate("document.getElementById('picked').textContent")
+        await browser.evaluate("document.getElementById('review-only').click()")
+        rows = await browser.evaluate("Array.from(document.querySelectorAll('tbody tr')).filter("
+                                      "r => r.offsetParent !== null).map(r => r.querySelector('th').textContent)")
+    assert picked.splitlines() == ["shirt__m1 blank-shirt__m0",
+                                   'tryon review SPEC --reject shirt__m1 blank-shirt__m0 --reason "..."']
+    assert rows == ["blank-shirt"]

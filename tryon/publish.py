@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tryon.archive import Archive, ArchiveError
-from tryon.archive.store import mismatch
+from tryon.archive.store import mismatch, safe_component
 from tryon.verdicts import Approved
 
 
@@ -21,16 +21,14 @@ async def publish(approved: Approved, archive: Archive, url: str,
                   storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Copy every approved output to ``url`` (any fsspec URL or a local path); their locations."""
     target = Archive(url, storage_options)
-    folder = target._join(target.root, approved.collection)
     written = []
     for item in approved.items:
         for index, (path, sha256) in enumerate(zip(item.outputs, item.sha256)):
-            data = await archive._read(archive._join(archive.root, *path.split("/")))
-            if data is None or (got := mismatch(data, len(data), sha256)) is not None:
+            data = await archive.read_relative(path)
+            if data is None or mismatch(data, len(data), sha256) is not None:
                 raise ArchiveError(f"{item.label}: {path} does not match approved.json (sha256 {sha256})")
-            dest = target._join(folder, published_name(item.label, index, path))
-            await target._write(dest, data)
-            if (got := mismatch(await target._read(dest), len(data), sha256)) is not None:
-                raise ArchiveError(f"verification failed for {target.location(dest)}: read back {got}")
+            dest = target.file_path(f"{safe_component(approved.collection, 'collection name')}/"
+                                    f"{published_name(item.label, index, path)}")
+            await target.write_verified(dest, data)
             written.append(target.location(dest))
     return written

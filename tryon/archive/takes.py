@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from tryon.archive.items import OUTPUT_RE
 from tryon.archive.records import ItemResult, utcnow
 from tryon.archive.reuse import ReuseIndex
-from tryon.archive.store import RESULT_FILE, ArchiveError, dumps, mismatch
+from tryon.archive.store import RESULT_FILE, ArchiveError, dumps
 from tryon.spec.items import Item
 
 VERDICTS_FILE = "verdicts.json"
@@ -94,12 +94,10 @@ class TakeFiles(ReuseIndex):
             data = await self._read(self._join(top, output.name))
             if data is None and (await self._read(self._join(folder, output.name))) is None:
                 raise ArchiveError(f"{item.label}: take {result.take}'s {output.name} is missing")
-            if data is not None:
-                target = self._join(folder, output.name)
-                await self._write(target, data)
-                if (got := mismatch(await self._read(target), output.size, output.sha256)) is not None:
-                    raise ArchiveError(f"verification failed for {self.location(target)}: read back {got}")
             target = self._join(folder, output.name)
+            if data is not None and await self.write_verified(target, data) != output.sha256:
+                raise ArchiveError(f"{self.location(target)} is not take {result.take}'s {output.name}: "
+                                   f"its sha256 is not {output.sha256}")
             outputs.append(output.model_copy(update={"path": self.relative(target), "url": self.location(target)}))
         shelved = result.model_copy(update={"outputs": outputs})
         await self._write(self._join(folder, RESULT_FILE), dumps(shelved))

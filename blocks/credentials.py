@@ -39,10 +39,14 @@ class FashnCredentials(Block):
     status_limit: str = Field(str(DEFAULT_STATUS_LIMIT), description="GET /v1/status requests allowed per window, as N/SECONDS.")
     credits_limit: str = Field(str(DEFAULT_CREDITS_LIMIT), description="GET /v1/credits requests allowed per window, as N/SECONDS.")
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, description="Predictions the key may have running at once.")
+    max_credits: int | None = Field(None, ge=1, description="Default spend limit of a run on this key, in credits "
+                                                            "(a run's max_credits overrides it). Empty: "
+                                                            "TRYON_MAX_CREDITS, else no limit.")
 
     def settings(self) -> FashnSettings:
         """These credentials as :class:`tryon.settings.FashnSettings` (timeouts from the environment)."""
         return FashnSettings(
             api_key=self.api_key, base_url=self.base_url, run_limit=self.run_limit,
             status_limit=self.status_limit, credits_limit=self.credits_limit, max_in_flight=self.max_in_flight,
+            **({} if self.max_credits is None else {"max_credits": self.max_credits}),
         )

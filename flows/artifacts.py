@@ -72,7 +72,8 @@ async def publish_results(report: RunReport, location: str, gallery: str | None 
         {"garment": e.garment_id, "model": e.model_id, "take": e.take, "state": e.state,
          "needs_review": e.flags.needs_review or "", "prediction": e.prediction_id or "",
          "outputs": len(e.outputs), "credits": e.credits_used,
-         "error": f"{e.error_name}: {e.error_message}" if e.error_name else ""}
+         "error": f"{e.error_name}: {e.error_message}" if e.error_name else
+         f"left for the budget: would cost {e.credits_needed} credit(s)" if e.state == "unfunded" else ""}
         for e in flagged[:MAX_TABLE_ROWS]
     ]
     await acreate_table_artifact(rows, key=artifact_key(report.collection, "results"),
@@ -87,5 +88,8 @@ async def publish_plan(collection: str, planned: Plan) -> None:
     """A dry run's answer: what a real run would do and cost."""
     covered = planned.balance is None or planned.balance >= planned.credits_needed
     verdict = "" if covered else "\n\n**The balance does not cover this run: a real run would refuse to start.**"
+    if planned.over_limit:
+        verdict += f"\n\n**{planned.credits_needed} credits, {planned.over_limit} over the limit of {planned.limit}: " \
+                   "a real run would refuse to start (or, partial, leave items for the budget).**"
     await acreate_markdown_artifact(f"# {collection}: dry run\n\n{planned.line()}{verdict}",
                                     key=artifact_key(collection, "plan"), description=planned.line())

@@ -4,6 +4,9 @@ Safe to re-run: archived items are skipped by every collection run, items anothe
 archived are copied from it (one payment per distinct pair), and deployment runs are
 started with idempotency keys (same spec content and parameters → the same run, never a
 second one; raise ``rerun`` to start fresh runs on purpose).
+
+A spend limit holds for the backfill as a whole: its plan (every collection's) is checked against
+it before anything is spent, and its subflows share one :class:`~tryon.traffic.budget.Budget`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ from prefect.states import Failed
 from pydantic import Field
 
 from flows.collection import tryon_collection
+from flows.config import resolve_archive, resolve_settings
 from flows.launch import bounded, idempotency_key, launch
-from flows.params import AS_IN_SPEC, ModeChoice, ModelChoice, SamplesChoice, given
+from flows.params import AS_IN_SPEC, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
+from tryon.archive import Archive
+from tryon.batch import load_and_validate, plan
 from tryon.catalog import find_specs, in_range, spec_date, spec_digest
 from tryon.process import joined
+from tryon.settings import ArchiveSettings
+from tryon.spec.problems import SpecError
+from tryon.traffic.budget import Budget
 
 
 WAITING = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED"}  # a collection run started, not waited for (review)
@@ -44,6 +53,8 @@ async def backfill(
     archive: str = "",
     credentials_block: str = "",
     archive_block: str = "",
+    max_credits: MaxCredits = 0,
+    partial: bool = False,
     review: bool = False,
     max_review_rounds: Annotated[int, Field(ge=1)] = 3,
     publish: str = "",
@@ -70,6 +81,11 @@ async def backfill(
         archive: Archive root URL.
         credentials_block: Name of a FashnCredentials block; default: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block.
+        max_credits: The most credits the whole backfill may be charged, its collections together (subflows only;
+            with deployment, set it on the deployment: each run then has its own); 0: the credentials block's,
+            then TRYON_MAX_CREDITS, else no limit. A backfill whose plan is above it spends nothing, unless partial.
+        partial: Above max_credits, each collection runs items in spec order up to what is left of it and leaves
+            the rest for the budget.
         review: Each collection's run waits for its own review (see the collection flow); needs deployment, and the
             backfill does not wait for the reviews: it ends once every collection run has started.
         max_review_rounds: Review rounds per collection.
@@ -85,11 +101,27 @@ async def backfill(
     # Only what differs from the collection flow's defaults (so idempotency keys stay stable).
     parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
                   "force": force, "reuse": reuse, "dry_run": dry_run, "credentials_block": credentials_block,
-                  "archive_block": archive_block, "review": review, "max_review_rounds": max_review_rounds,
-                  "publish": publish}
+                  "archive_block": archive_block, "partial": partial, "review": review,
+                  "max_review_rounds": max_review_rounds, "publish": publish}
     parameters = {k: v for k, v in parameters.items()
                   if v != inspect.signature(tryon_collection.fn).parameters[k].default}
     deployment = given(deployment)
+    if deployment and max_credits:
+        raise ValueError("max_credits holds for a backfill's subflows together; with deployment, set it on the "
+                         "deployment (each run keeps to its own)")
+    if not deployment:  # one ledger for every collection run here
+        settings = await resolve_settings(given(credentials_block))
+        budget = parameters["budget"] = Budget(max_credits or settings.max_credits)
+        if budget.limit is not None and not partial:  # the backfill as a whole, before any collection spends
+            store = await resolve_archive(given(archive), given(archive_block))
+            options = dict(model_name=given(model_name), overrides=input_overrides(mode, num_samples), force=force,
+                           reuse=reuse and ArchiveSettings().reuse, max_resubmits=settings.max_resubmits)
+            needed = sum([await _credits_needed(url, store, **options) for url in chosen])
+            if budget.shortfall(needed):
+                refusal = budget.refusal(needed, f"the backfill's plan ({len(chosen)} collections)")
+                if not dry_run:
+                    raise refusal
+                logger.warning("%s", refusal)
 
     async def run(url: str):
         key = idempotency_key("backfill", {"spec": url, **parameters}, await spec_digest(url), rerun) \
@@ -104,3 +136,14 @@ async def backfill(
         return Failed(message=f"{len(failed)} of {len(runs)} collection run(s) did not complete: "  # type: ignore[return-value]
                               + ", ".join(failed))
     return {"selected": len(chosen), "runs": [r.as_dict() for r in runs]}
+
+
+async def _credits_needed(url: str, store: Archive, *, model_name: str | None, overrides: dict[str, Any],
+                          force: bool, reuse: bool, max_resubmits: int) -> int:
+    """The most the collection's run would submit for, planned as that run plans it (a spec that
+    does not load costs nothing: its run fails before spending)."""
+    try:
+        collection = await load_and_validate(url, model_name, overrides)
+    except SpecError:
+        return 0
+    return (await plan(collection, store, force=force, max_resubmits=max_resubmits, reuse=reuse)).credits_needed

@@ -22,6 +22,11 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _positive(type_, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError("must be 1 or more")
+
+
 @app.command
 def validate(spec: str, /, *, model_name: str | None = None) -> int:
     """Check a collection spec and report every problem at once; spends nothing.
@@ -55,6 +60,8 @@ def run(
     dry_run: bool = False,
     force: bool = False,
     reuse: bool | None = None,
+    max_credits: Annotated[int | None, Parameter(validator=_positive)] = None,
+    partial: bool = False,
 ) -> int:
     """Run a collection: submit, wait, archive every output once; exit 1 if any item failed.
 
@@ -76,6 +83,12 @@ def run(
     reuse
         Copy outputs another collection archived for the same model and inputs instead of paying
         again (default TRYON_REUSE, on).
+    max_credits
+        The most credits the run may be charged (default TRYON_MAX_CREDITS, else no limit); a plan
+        above it spends nothing and exits non-zero.
+    partial
+        With a plan above max_credits: run items in spec order up to the limit and leave the rest for
+        the budget (listed in the report; a run with a larger limit takes them).
     """
     from tryon.errors import FashnError
     from tryon.spec.problems import SpecError
@@ -85,11 +98,11 @@ def run(
             from tryon.dry_run import dry_run as plan
 
             return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, reuse=reuse,
-                                    out=sys.stdout))
+                                    max_credits=max_credits, partial=partial, out=sys.stdout))
         from flows.console import run_with_progress
 
         return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force,
-                                 reuse=reuse)
+                                 reuse=reuse, max_credits=max_credits, partial=partial)
     except (SpecError, FashnError) as exc:
         return _fail(str(exc))
 

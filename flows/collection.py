@@ -2,46 +2,47 @@
 ends failed with the reason in the report.
 
 Read top to bottom: load and validate the spec, check the archive is writable, plan every item
-once and check the balance covers the run (all before anything is spent), run every planned item
-through its life (:mod:`tryon.item`, one Prefect task each) under the key's shared traffic
-control, then write the report, gallery and artifacts.
+once and check the spend limit and the balance cover the run (all before anything is spent), run
+every planned item through its life (:mod:`tryon.item`, one Prefect task each) under the key's
+shared traffic control and the run's budget, then write the report, gallery and artifacts. With
+``review``, the run then waits, suspended, for a reviewer (:mod:`flows.review`): rejected items get
+a new take (:mod:`tryon.takes`) and the reviewer is asked again; approval writes approved.json and
+publishes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from contextvars import ContextVar
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from prefect.events import emit_event
 from prefect.states import Failed, State
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
-from flows.params import AS_IN_SPEC, InlineCollection, ModeChoice, ModelChoice, SamplesChoice, given, input_overrides
+from flows.params import (AS_IN_SPEC, InlineCollection, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given,
+                          input_overrides)
 from flows.review import ReviewDecision, review_gate
 from flows.tasks import tryon_item
+from flows.watch import RunWatcher, watcher_of
 from flows.webhooks import webhook_events
 from tryon.archive import Archive
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
+from tryon.errors import OverBudget
 from tryon.publish import publish as publish_approved
 from tryon.report import RunReport
 from tryon.process import joined
 from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings, FashnSettings
 from tryon.spec.collection import CollectionSpec
+from tryon.traffic.budget import Budget
 from tryon.verdicts import approve, flagged, reject, standings
-
-#: Who else hears of this run's progress: set by the terminal runner (its progress bar) around the
-#: one run it starts; the run reads it once, at its start, so no other run ever hears its reports.
-progress_listener: ContextVar[Callable[[RunReport], Awaitable[None]] | None] = ContextVar(
-    "tryon_progress_listener", default=None)
-
 
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
@@ -57,6 +58,9 @@ async def tryon_collection(
     reuse: bool = True,
     credentials_block: str = "",
     archive_block: str = "",
+    max_credits: MaxCredits = 0,
+    partial: bool = False,
+    budget: SkipJsonSchema[Budget | None] = None,
     review: bool = False,
     max_review_rounds: Annotated[int, Field(ge=1)] = 3,
     publish: str = "",
@@ -76,6 +80,12 @@ async def tryon_collection(
             paying again (TRYON_REUSE=false turns this off for every run).
         credentials_block: Name of a FashnCredentials block; empty: the worker's FASHN_* settings.
         archive_block: Name of a TryonArchive block (URL and storage credentials).
+        max_credits: The most credits this run may be charged (a submission is sent only if it fits, ambiguous
+            answers counted at their worst); 0: the credentials block's, then TRYON_MAX_CREDITS, else no limit.
+            A plan above it spends nothing, unless partial.
+        partial: When the plan is above max_credits, run items in spec order up to the limit and leave the rest
+            for the budget (reported, not failed; a run with a larger limit takes them).
+        budget: The spend limit shared with other runs of this process (a backfill's subflows); not a form field.
         review: After the run, wait (suspended, holding no worker) for a reviewer's verdict in the run's input
             form: rejected items get a new take and the form asks again; approval writes approved.json.
         max_review_rounds: Review rounds before the run gives up unapproved.
@@ -85,14 +95,15 @@ async def tryon_collection(
     if bool(given(spec)) == (inline is not None):
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
-    listener = progress_listener.get()
-    progress_listener.set(None)  # subflows started from here are runs of their own
+    watcher = watcher_of(flow_run.get_id())  # the terminal that started this run, if one did
     collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
     settings = await resolve_settings(given(credentials_block))
     store = await resolve_archive(given(archive), given(archive_block))
     await store.check_writable(collection.name)
-    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, reuse=reuse,
-                              listener=listener)
+    if budget is None:
+        budget = Budget(max_credits or settings.max_credits)
+    once = dict(watcher=watcher, budget=budget, partial=partial, reuse=reuse)
+    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, **once)
     if dry_run or not review or isinstance(outcome, State):
         return outcome
     for round in range(1, max_review_rounds + 1):
@@ -101,8 +112,7 @@ async def tryon_collection(
             return await _approve(collection, store, round, given(publish), outcome)
         # A run resumed later starts again from the top: its items are skipped, each rejection
         # recorded once (by its round), and each take made once.
-        outcome = await _run_once(collection, settings, store, dry_run=False, force=False, reuse=reuse,
-                                  listener=listener)
+        outcome = await _run_once(collection, settings, store, dry_run=False, force=False, **once)
         if isinstance(outcome, State):
             return outcome
     return Failed(message=f"{collection.name}: not approved after {max_review_rounds} review rounds")  # type: ignore[return-value]
@@ -110,8 +120,8 @@ async def tryon_collection(
 
 def _review_id(round: int) -> tuple[str, str]:
     """Who answers a round (the flow run, by name) and the round's identity (run id and round)."""
-    flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
-    return f"flow run {flow_run.name}", f"{flow_run.id}/review-{round}"
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    return f"flow run {run.name}", f"{run.id}/review-{round}"
 
 
 async def _review_round(collection: CollectionSpec, store: Archive, round: int) -> ReviewDecision:
@@ -138,16 +148,24 @@ async def _approve(collection: CollectionSpec, store: Archive, round: int, url: 
 
 
 async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: Archive, *, dry_run: bool,
-                    force: bool, reuse: bool, listener: Callable[[RunReport], Awaitable[None]] | None,
+                    force: bool, reuse: bool, partial: bool, budget: Budget, watcher: RunWatcher | None
                     ) -> dict[str, Any] | State:
-    """Plan, check the balance, run every planned item, write the report, gallery and artifacts."""
+    """Plan, fund and check the balance, run every planned item, write the report, gallery and artifacts."""
     logger = get_run_logger()
-    async with joined() as process, open_runtime(process, settings, store) as runtime, webhook_events(runtime):
+    async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
+            webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
+        if watcher is not None:
+            watcher.waiting("joining the key")
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
+            try:
+                planned.fund(budget, partial=partial)
+            except OverBudget:
+                if not dry_run:
+                    raise
             if planned.credits_needed or dry_run:
                 planned.balance = (await runtime.client.credits()).total
             logger.info("%s: %s", collection.name, planned.line())
@@ -157,26 +175,36 @@ async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: 
             if planned.credits_needed:
                 require_balance(planned.balance or 0, planned.credits_needed)
             report = RunReport.start(collection.name, collection.model_name)
+            report.max_credits = budget.limit
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
+            if watcher is not None:
+                watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
             async with aclosing(run_items(runtime, planned, run_one=tryon_item)) as entries:
                 async for entry in entries:
                     report.add(entry)
                     await tracker.update(report)
-                    if listener is not None:
-                        await listener(report)
+                    if watcher is not None:
+                        await watcher.progress(report)
         await tracker.update(report, force=True)
         report.finish()
         location = await save_report(store, report, (state.item for state in planned.states))
         gallery = location.rsplit("/", 1)[0] + "/index.html" if "/" in location else "index.html"
         await artifacts.publish_results(report, location, gallery)
         logger.info("%s; report at %s", report.summary_line(), location)
+        if watcher is not None:
+            watcher.saved(location)
         failed = report.totals.get("failed", 0)
+        resource = {"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
+                    "prefect.resource.name": collection.name}
+        if unfunded := report.unfunded():
+            emit_event(  # e.g. notify: raise the limit and run again
+                event="tryon.collection.budget-reached", resource=resource,
+                payload={**report.totals_dict(location), "charged": budget.charged, "held": budget.held,
+                         "credits_left_for_budget": sum(e.credits_needed or 0 for e in unfunded)})
         emit_event(  # for automations, e.g. notify on tryon.collection.failed
             event=f"tryon.collection.{'failed' if failed else 'completed'}",
-            resource={"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
-                      "prefect.resource.name": collection.name},
-            payload={**report.totals_dict(location), "gallery": gallery},
+            resource=resource, payload={**report.totals_dict(location), "gallery": gallery},
         )
         if failed:
             return Failed(message=f"{report.summary_line()}; report at {location}")  # type: ignore[return-value]

@@ -1,11 +1,23 @@
-"""Running the collection flow from a terminal: an embedded Prefect server unless
-PREFECT_API_URL is set, a progress bar, and where the report is; and the demo on top of it."""
+"""Running the collection flow from a terminal: a Prefect server of the user's (PREFECT_API_URL or
+the active profile's) or an embedded one, what the run waits for, a progress bar with the time
+left, and where the report is; and the demo on top of it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a run starts: --help and validate never load Prefect
+    from rich.progress import Progress
+
+    from tryon.report import RunReport
+    from tryon.traffic import TrafficController
+    from tryon.traffic.latency import Profile
 
 # The server's task-run recorder writes each task-run state event in a transaction of its own by
 # default; read and written 100 at a time (flushed every 5 s at the latest) it costs a fraction
@@ -17,15 +29,25 @@ EMBEDDED_SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
 }
 
+# What a run from the terminal does not use on its private server: block types (the CLI names no
+# block; registering them all is most of a later start), automations, and the event feed that
+# only the UI and automations read (flow runs, task runs, logs and artifacts are still recorded).
+EMBEDDED_SERVER_CUTS = {
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+}
+
 PREFECT_DEFAULTS = {
     **EMBEDDED_SERVER_TUNING,
+    **EMBEDDED_SERVER_CUTS,
     # A private home for the embedded server, and no telemetry from an offline machine.
     "PREFECT_HOME": str(Path(".prefect").resolve()),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_LOGGING_LEVEL": "WARNING",
-    # The first start creates and migrates the database: 10-30 s on a 2-core machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # The first start creates and migrates the database: ≈ 30 s of CPU, minutes on a busy machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
 }
 
 
@@ -36,53 +58,136 @@ def set_env_defaults(values: dict[str, str]) -> None:
         os.environ.setdefault(name, value)
 
 
+def profile_api_url() -> str | None:
+    """The API URL of the active Prefect profile (``PREFECT_PROFILE`` or the file's ``active``), if it
+    sets one; read without importing Prefect, before its settings are fixed."""
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "")
+    return data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+
+
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
-                      force: bool, reuse: bool | None = None) -> int:
-    """Run the flow; 0 when every item is archived or skipped, 1 when any failed."""
-    if not os.environ.get("PREFECT_API_URL"):
+                      force: bool, reuse: bool | None = None, max_credits: int | None = None,
+                      partial: bool = False) -> int:
+    """Run the flow; 0 when every item is archived, skipped or left for the budget, 1 when any failed."""
+    server = os.environ.get("PREFECT_API_URL") or profile_api_url()
+    if server:
+        print(f"Prefect: {server}", flush=True)
+    else:
         set_env_defaults(PREFECT_DEFAULTS)
-    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse))
+        home = Path(os.environ["PREFECT_HOME"])
+        first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
+        print(f"starting Prefect (a local server for this run{first})", flush=True)
+    return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
+                            max_credits=max_credits, partial=partial))
+
+
+class ConsoleWatcher:
+    """The run as the terminal shows it: a progress bar whose description says what the run waits
+    for, and the time left from the learned latency and the key's ceiling."""
+
+    def __init__(self, bar: Progress, total: int) -> None:
+        self.bar, self.total = bar, total
+        self.task = bar.add_task("starting", total=total, counts="", left="")
+        self.traffic: TrafficController | None = None
+        self.profiles: Sequence[Profile] = ()
+        self.location: str | None = None
+        self.done = 0
+
+    def waiting(self, what: str) -> None:
+        self.bar.update(self.task, description=what)
+
+    def started(self, traffic: TrafficController, profiles: Sequence[Profile]) -> None:
+        self.traffic, self.profiles = traffic, profiles
+        self.tick()
+
+    async def progress(self, report: RunReport) -> None:
+        t = report.totals
+        self.done = report.total
+        self.bar.update(self.task, completed=report.total,
+                        counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
+                               f"{t['skipped']} skipped")
+        self.tick()
+
+    def tick(self) -> None:
+        """Description and time left as the key's share and the learned latency are now."""
+        if self.traffic is None:
+            return
+        if self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
+            self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
+        else:
+            self.bar.update(self.task, description="try-on", left=self.time_left(self.done))
+
+    def saved(self, location: str) -> None:
+        self.location = location
+
+    def time_left(self, done: int) -> str:
+        """About ``max(L, left / rate)``: L the longest learned mean latency of the run's profiles,
+        rate the key's ceiling, ``min(run limit, in flight / L)`` predictions a second."""
+        left = self.total - done
+        if self.traffic is None or not self.profiles or left <= 0:
+            return ""
+        latency = max(self.traffic.latency.mean(profile) for profile in set(self.profiles))
+        run = self.traffic.limits.requests["run"]
+        rate = min(run.count / run.seconds, self.traffic.limits.in_flight / latency)
+        return f"≈ {max(latency, left / rate):.0f} s left"
 
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
-               reuse: bool | None = None) -> int:
+               reuse: bool | None = None, max_credits: int | None = None, partial: bool = False) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow_async
+    from prefect.states import Pending
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.collection import progress_listener, tryon_collection
+    from flows.collection import tryon_collection
+    from flows.watch import watching
     from tryon.spec.loaders import load_spec
 
     total = (await load_spec(spec, model_name_override=model_name)).item_count()
-
+    # Unset: the flow's defaults.
+    options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
+    parameters = {"spec": spec, "force": force, "partial": partial,
+                  **{name: value for name, value in options.items() if value is not None}}
+    began = time.monotonic()
+    async with get_client() as client:  # starts the embedded server, if that is the one
+        flow_run = await client.create_flow_run(
+            tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
+    print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
-        task_id = bar.add_task("try-on", total=total, counts="")
-
-        async def on_item(run_report) -> None:
-            t = run_report.totals
-            bar.update(task_id, completed=run_report.total,
-                       counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
-                              f"{t['skipped']} skipped")
-
-        progress_listener.set(on_item)
-        options = {"archive": archive, "model_name": model_name, "reuse": reuse}  # unset: the flow's defaults
-        state = await tryon_collection(spec, force=force, return_state=True,
-                                       **{name: value for name, value in options.items() if value is not None})
-    return await _finish(state, report)
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:
+        watcher = ConsoleWatcher(bar, total)
+        ticking = asyncio.create_task(_every_second(watcher.tick))
+        try:
+            with watching(str(flow_run.id), watcher):
+                state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
+                                             return_type="state")
+        finally:
+            ticking.cancel()
+    return await _finish(state, watcher.location, report)
 
 
-async def _finish(state, report_path: Path | None) -> int:
+async def _every_second(call: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        call()
+
+
+async def _finish(state, location: str | None, report_path: Path | None) -> int:
     from tryon.report import RunReport
 
-    message = state.message or ""
-    location = None
     if state.is_completed():
         totals = await state.aresult()
-        location = totals.get("report")
-        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed; "
-              f"{totals['credits_used']} credits used")
+        unfunded = f", {totals['unfunded']} left for the budget" if totals.get("unfunded") else ""
+        print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed"
+              f"{unfunded}; {totals['credits_used']} credits used")
     else:
-        print(f"failed: {message}")
-        location = message.rsplit("report at ", 1)[-1] if "report at " in message else None
+        print(f"failed: {state.message or ''}")
     if location:
         print(f"report: {location}")
         print(f"gallery: {location.rsplit('/', 1)[0] if '/' in location else '.'}/index.html")

@@ -1,10 +1,12 @@
 """Several processes on one API key: each a member of the key through Prefect.
 
 A member holds one slot of the global concurrency limit ``tryon-key-<fingerprint>`` under a lease
-it renews, which lapses if the process dies: the slots held are the processes using the key.
+it renews, which lapses if the process dies: the slots held are the processes using the key. With
+no Prefect server of its own (one embedded in the process, which forgets its leases when it
+stops), a member's lease is a line of a file under ``PREFECT_HOME`` instead.
 What a member may admit follows from the count alone (:mod:`tryon.traffic.share`); this module is
-the :class:`~tryon.traffic.share.Membership` over Prefect's client and the per-process reference
-count (flow runs of one process share one controller, and so one membership).
+the :class:`~tryon.traffic.share.Membership` over Prefect's client and the process's membership
+(flow runs of one process share one controller, and so one membership).
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
 
 from tryon.traffic import TrafficController
+from tryon.traffic.members_file import FileMembership
 from tryon.traffic.share import hold_share
 
 MAX_MEMBERS = 64  # the limit is a counter, not a gate: never make a process wait for it
-LEASE_SECONDS = 60.0  # the server's shortest: a dead member stops being counted soonest
+SHORTEST_LEASE = 60.0  # the server's: a lease asked for shorter runs this long
 JOIN_PATIENCE = 60.0  # seconds a join retries a busy server before the run gives up
 BUSY = (429, 502, 503)  # a busy server (503: "database is locked" on SQLite): try again
 log = logging.getLogger("tryon.coordination")
@@ -64,22 +68,24 @@ async def _patiently(call: Callable[[], Awaitable[T]], patience: float) -> T:
 class PrefectMembership:
     """One slot of ``tryon-key-<fingerprint>`` under a lease, through ``client``."""
 
-    lease = LEASE_SECONDS
-
     def __init__(self, client: PrefectClient, name: str) -> None:
         self.client, self.name = client, name
         self._lease_id: str | None = None
 
-    async def join(self) -> None:
+    async def join(self, lease: float) -> float:
+        lease = max(lease, SHORTEST_LEASE)
         with contextlib.suppress(ObjectAlreadyExists):  # another process created it meanwhile
             await _patiently(lambda: self.client.upsert_global_concurrency_limit_by_name(self.name, MAX_MEMBERS),
                              JOIN_PATIENCE)
         response = await _patiently(lambda: self.client.increment_concurrency_slots_with_lease(
-            [self.name], 1, "concurrency", self.lease), JOIN_PATIENCE)
+            [self.name], 1, "concurrency", lease), JOIN_PATIENCE)
         self._lease_id = response.json()["lease_id"]
+        return lease
 
-    async def renew(self) -> None:
-        await self.client.renew_concurrency_lease(self._lease_id, self.lease)
+    async def renew(self, lease: float) -> float:
+        lease = max(lease, SHORTEST_LEASE)
+        await self.client.renew_concurrency_lease(self._lease_id, lease)
+        return lease
 
     async def count(self) -> int:
         return await count_members(self.name, self.client)
@@ -89,19 +95,21 @@ class PrefectMembership:
             await _patiently(lambda: self.client.release_concurrency_slots_with_lease(self._lease_id), JOIN_PATIENCE)
 
 
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
+class _ProcessMembership:
+    """This process's membership of one key: held by a loop from its first run on the key until its
+    last one ends (``users``), by all the runs that share the key's controller."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.users = 0
+        self.joined: asyncio.Future[None] = loop.create_future()
+        self.stop: asyncio.Future[None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
 
 
-@dataclass
-class _Member:
-    users: int = 0
-    joined: asyncio.Future[None] = field(default_factory=_future)
-    stop: asyncio.Future[None] = field(default_factory=_future)
-    task: asyncio.Task[None] | None = None
-
-
-_members: dict[int, _Member] = {}  # by controller
+#: The membership each controller holds while a run uses it; an entry is removed by the last run
+#: leaving, and goes with its controller at the latest.
+_memberships: weakref.WeakKeyDictionary[TrafficController, _ProcessMembership] = weakref.WeakKeyDictionary()
 
 
 async def _hold(controller: TrafficController, name: str, joined: asyncio.Future[None],
@@ -110,6 +118,10 @@ async def _hold(controller: TrafficController, name: str, joined: asyncio.Future
     # that fails is simply read again D/2 later.
     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
         try:
+            if not PREFECT_API_URL.value():  # an embedded server goes with us: a file counts us after
+                membership = FileMembership(Path(PREFECT_HOME.value()) / "tryon-keys" / f"{name}.json")
+                await hold_share(membership, controller, joined, stop, staleness)
+                return
             async with get_client() as client:
                 await hold_share(PrefectMembership(client, name), controller, joined, stop, staleness)
         except Exception as exc:
@@ -124,12 +136,13 @@ async def key_membership(controller: TrafficController, fingerprint: str,
                          staleness: float | None = None) -> AsyncIterator[None]:
     """Count this process among the users of the key while the block runs (``staleness``: D,
     see :mod:`tryon.traffic.share`)."""
-    member = _members.setdefault(id(controller), _Member())
+    member = _memberships.get(controller)
+    if member is None:
+        member = _memberships[controller] = _ProcessMembership()
+        member.task = asyncio.create_task(_hold(controller, limit_name(fingerprint), member.joined, member.stop,
+                                                staleness))
     member.users += 1
     try:
-        if member.task is None:
-            member.task = asyncio.create_task(_hold(controller, limit_name(fingerprint), member.joined, member.stop,
-                                                     staleness))
         try:
             await asyncio.shield(member.joined)
         except Exception as exc:
@@ -140,6 +153,6 @@ async def key_membership(controller: TrafficController, fingerprint: str,
     finally:
         member.users -= 1
         if member.users == 0:
-            _members.pop(id(controller), None)
+            del _memberships[controller]
             member.stop.set_result(None)
-            await asyncio.gather(member.task, return_exceptions=True)  # the slot given back
+            await asyncio.gather(member.task, return_exceptions=True)  # the key left

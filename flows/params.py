@@ -19,6 +19,8 @@ AS_IN_SPEC = "as in the spec"
 ModelChoice = Literal[(AS_IN_SPEC, *MODELS)]  # type: ignore[valid-type]
 ModeChoice = Literal[(AS_IN_SPEC, *ACCEPTED_MODES)]  # type: ignore[valid-type]
 SamplesChoice = Annotated[int, Field(ge=0, le=4)]  # 0: as in the spec
+# 0: the credentials block's max_credits, then TRYON_MAX_CREDITS, else no limit.
+MaxCredits = Annotated[int, Field(ge=0, title="Max credits")]
 
 
 def given(value: str | None) -> str | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.collections import write_collection
 from tests.fixtures.emulator import TEST_KEY
@@ -56,3 +59,33 @@ def test_missing_api_key_is_a_clear_error_before_anything_is_sent(tmp_path):
     result = subprocess.run([sys.executable, "-c", PROBE, "run", str(spec), "--dry-run"], cwd=tmp_path,
                             capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert result.returncode == 2 and "FASHN_API_KEY" in result.stderr
+
+
+def test_the_active_profile_s_server_is_found_without_prefect(tmp_path, monkeypatch):
+    from flows.console import profile_api_url
+
+    (tmp_path / "profiles.toml").write_text('active = "work"\n[profiles.work]\n'
+                                            'PREFECT_API_URL = "http://prefect.example:4200/api"\n[profiles.local]\n')
+    for name in ("PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert profile_api_url() == "http://prefect.example:4200/api"
+    monkeypatch.setenv("PREFECT_PROFILE", "local")
+    assert profile_api_url() is None, "a profile without a server: the embedded one"
+
+
+@pytest.mark.slow
+def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, emulator, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+
+    emulator.reset()
+    spec = write_collection(tmp_path, garments=2, models=1, inputs={"mode": "performance", "seed": 34})
+    result = tryon("run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / "r.json"),
+                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": PREFECT_API_URL.value(),
+                        "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Prefect: {PREFECT_API_URL.value()}" in result.stdout and "Prefect ready" in result.stdout
+    assert "done: 2 archived" in result.stdout and "report: " in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["archived"] == 2, "copied from where the run said"

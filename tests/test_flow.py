@@ -123,6 +123,7 @@ async def test_progress_updates_never_hold_up_the_item_that_finished(monkeypatch
     from types import SimpleNamespace
 
     from flows import artifacts
+    from tryon.traffic.clock import FakeClock
 
     release, calls = asyncio.Event(), []
 
@@ -134,90 +135,23 @@ async def test_progress_updates_never_hold_up_the_item_that_finished(monkeypatch
     tracker = artifacts.ProgressTracker("artifact", total=4, interval=0.0)
     report = SimpleNamespace(total=1, summary_line=lambda: "1 of 4")
     await asyncio.wait_for(tracker.update(report), timeout=1)  # returns while the update is pending
-    await asyncio.sleep(0)
+    await FakeClock.settle()  # every task blocked: the update waits on the server
     report.total = 2
     await tracker.update(report)  # one in flight already: skipped, not queued
     assert calls == [25.0]
     report.total = 4
     final = asyncio.ensure_future(tracker.update(report, force=True))  # the last one is waited for
-    await asyncio.sleep(0.01)
-    assert not final.done()
+    await FakeClock.settle()
+    assert not final.done() and calls == [25.0], "the final update waits for the one in flight"
     release.set()
     await asyncio.wait_for(final, timeout=1)
     assert calls == [25.0, 100.0]
 
 
-# -- reuse across collections, over moto's S3 server --------------------------------------------
+# -- many collections, over moto's S3 server ----------------------------------------------------
 
 def s3_json(fs, url: str) -> dict:
     return json.loads(fs.cat(url))
-
-
-async def archive_a_on_s3(s3, fashn_env, tmp_path) -> tuple[str, set[str]]:
-    """Collection a (g0, g1 × m0, m1) archived on S3; the emulator's input hashes it paid for."""
-    archive = s3.url("archive")
-    a = write_collection(tmp_path / "a", name="a", garments=2, models=2)
-    state = await run_flow(spec=str(a), archive=archive)
-    assert state.is_completed(), state.message
-    paid = {p["hash"] for p in fashn_env.predictions()}
-    assert len(paid) == 4
-    fashn_env.reset()
-    return archive, paid
-
-
-async def test_a_collection_sharing_half_its_pairs_pays_for_the_other_half(prefect_server, fashn_env, s3, tmp_path):
-    archive, paid_for_a = await archive_a_on_s3(s3, fashn_env, tmp_path)
-    b = write_collection(tmp_path / "b", name="b", garments=2, models=4)  # shares g0, g1 × m0, m1 with a
-
-    dry = await run_flow(spec=str(b), archive=archive, dry_run=True)
-    assert {k: v for k, v in (await dry.aresult()).items() if k in ("submit", "reuse", "credits_needed")} == \
-        {"submit": 4, "reuse": 4, "credits_needed": 4}
-
-    state = await run_flow(spec=str(b), archive=archive)
-    assert state.is_completed(), state.message
-    result = await state.aresult()
-    assert (result["archived"], result["reused"], result["credits_used"]) == (4, 4, 4)
-    paid_for_b = [p["hash"] for p in fashn_env.predictions()]
-    assert len(paid_for_b) == 4 and not set(paid_for_b) & paid_for_a, "no prediction for a shared pair"
-
-    fs = s3.fs()
-    report = s3_json(fs, s3.url("archive", "b", "tryon-v1.6", "report.json"))
-    gallery = fs.cat(s3.url("archive", "b", "tryon-v1.6", "index.html")).decode()
-    for entry in report["items"]:
-        for output in entry["outputs"]:
-            assert f'src="{entry["label"]}/{output["name"]}"' in gallery
-            assert fs.exists(output["url"])
-        if entry["state"] == "reused":
-            assert entry["credits_used"] == 0 and entry["reused_from"] == f"a/tryon-v1.6/{entry['label']}"
-            for output in entry["outputs"]:
-                theirs = fs.cat(s3.url("archive", entry["reused_from"], output["name"]))
-                assert fs.cat(output["url"]) == theirs, "a reused object is byte for byte a's"
-    assert sorted(e["label"] for e in report["items"] if e["state"] == "reused") == \
-        ["g0__m0", "g0__m1", "g1__m0", "g1__m1"]
-
-
-async def test_a_tampered_index_entry_on_s3_makes_its_item_paid_for_and_reported(prefect_server, fashn_env, s3,
-                                                                                tmp_path):
-    archive, _ = await archive_a_on_s3(s3, fashn_env, tmp_path)
-    fs = s3.fs()
-    key = s3_json(fs, s3.url("archive", "a", "tryon-v1.6", "g1__m0", "result.json"))["key"]
-    entry_url = s3.url("archive", "_index", key[:2], f"{key}.json")
-    entry = s3_json(fs, entry_url)
-    entry["outputs"][0]["sha256"] = "f" * 64
-    fs.pipe(entry_url, json.dumps(entry).encode())
-
-    b = write_collection(tmp_path / "b", name="b", garments=2, models=2)  # every pair of a
-    state = await run_flow(spec=str(b), archive=archive)
-    assert state.is_completed(), state.message
-    assert [p["hash"] for p in fashn_env.predictions()] and fashn_env.stats()["requests"]["run"] == {"200": 1}
-    report = s3_json(fs, s3.url("archive", "b", "tryon-v1.6", "report.json"))
-    assert report["totals"] == {"archived": 1, "reused": 3, "failed": 0, "skipped": 0}
-    [paid] = [e for e in report["items"] if e["state"] == "archived"]
-    assert paid["label"] == "g1__m0" and "index entry" in paid["reuse_refused"]
-    served = fashn_env.prediction(paid["prediction_id"])["output_sha256"]
-    assert hashlib.sha256(fs.cat(paid["outputs"][0]["url"])).hexdigest() == served[0]
-    assert "g1__m0" in fs.cat(s3.url("archive", "b", "tryon-v1.6", "summary.txt")).decode()
-    assert s3_json(fs, entry_url)["folder"] == "b/tryon-v1.6/g1__m0", "the entry now names the item paid for"
 
 
 @pytest.mark.timeout(300)
@@ -236,54 +170,3 @@ async def test_a_backfill_over_five_overlapping_collections_pays_for_each_pair_o
     totals = [s3_json(fs, s3.url("archive", f"c{k}", "tryon-v1.6", "report.json"))["totals"] for k in range(1, 6)]
     assert [t["archived"] + t["reused"] for t in totals] == [2, 4, 6, 8, 10]
     assert sum(t["archived"] for t in totals) == 10 and not any(t["failed"] for t in totals)
-
-
-def assert_archived(archive, emulator, collection: str, model_name: str, items: int, outputs: int) -> dict:
-    """Every item archived with ``outputs`` files whose sha256 is what the emulator served."""
-    from pathlib import Path
-
-    report = json.loads((Path(archive) / collection / model_name / "report.json").read_text())
-    assert report["totals"] == {"archived": items, "reused": 0, "failed": 0, "skipped": 0}
-    for entry in report["items"]:
-        assert len(entry["outputs"]) == outputs
-        served = emulator.prediction(entry["prediction_id"])["output_sha256"]
-        for output in entry["outputs"]:
-            data = (Path(archive) / collection / model_name / entry["label"] / Path(output["url"]).name).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == output["sha256"] == served[output["index"]]
-    return report
-
-
-@pytest.mark.parametrize("model_name, inputs, per_item, charged", [
-    ("tryon-max", {"resolution": "1k", "generation_mode": "fast", "num_images": 2}, 2, 2 * 2),
-    ("product-to-model", {"resolution": "1k"}, 1, 1),
-])
-async def test_newer_models_archive_every_output(prefect_server, fashn_env, tmp_path, model_name, inputs,
-                                                 per_item, charged):
-    spec = write_collection(tmp_path, garments=2, models=1, inputs=inputs, model_name=model_name)
-    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
-    assert state.is_completed(), state.message
-    report = assert_archived(tmp_path / "archive", fashn_env, "test-coll", model_name, items=2, outputs=per_item)
-    assert report["credits_used"] == fashn_env.stats()["credits_charged"] == 2 * charged
-    assert report["credits_estimated"] == 2 * 5 * per_item and report["credits_estimate_exact"] is False
-
-
-async def test_product_to_model_runs_a_collection_of_garments_alone(prefect_server, fashn_env, tmp_path):
-    spec = write_collection(tmp_path, garments=2, models=0, inputs={"aspect_ratio": "3:4"},
-                            model_name="product-to-model")
-    state = await run_flow(spec=str(spec), archive=str(tmp_path / "archive"))
-    assert state.is_completed(), state.message
-    report = assert_archived(tmp_path / "archive", fashn_env, "test-coll", "product-to-model", items=2, outputs=1)
-    assert sorted(e["label"] for e in report["items"]) == ["g0__generated", "g1__generated"]
-
-
-async def test_a_v16_catalogue_re_rendered_with_tryon_max_archives_beside_the_old(prefect_server, fashn_env, tmp_path):
-    spec = write_collection(tmp_path, garments=1, models=2, inputs={"mode": "performance", "num_samples": 1},
-                            garment_inputs={"g0": {"category": "tops"}})
-    archive = tmp_path / "archive"
-    assert (await run_flow(spec=str(spec), archive=str(archive))).is_completed()
-    state = await run_flow(spec=str(spec), archive=str(archive), model_name="tryon-max", mode="fast")
-    assert state.is_completed(), state.message
-    assert_archived(archive, fashn_env, "test-coll", "tryon-max", items=2, outputs=1)
-    assert_archived(archive, fashn_env, "test-coll", "tryon-v1.6", items=2, outputs=1)  # untouched
-    sent = [p for p in fashn_env.predictions() if p["model_name"] == "tryon-max"]
-    assert len(sent) == 2 and all(p["images"]["product_image"] for p in sent)

@@ -7,33 +7,16 @@ without a Prefect server; the flows' tests cover the same paths through Prefect.
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.collections import write_collection
 from tests.test_flow_faults import refuse_pending_and_first_output, url_collection
-from tests.fixtures.emulator import TEST_KEY
+from tests.life import runtime_over
 from tryon import batch, item
 from tryon.archive import Archive, ArchiveError, Flags, SubmissionRecord, utcnow
-from tryon.client import FashnClient
-from tryon.process import joined
 from tryon.report import ItemReport, RunReport
-from tryon.runtime import Runtime
-from tryon.settings import FashnSettings
-from tryon.traffic import TrafficController
 
 TIME_SCALE = 20.0
-
-
-@asynccontextmanager
-async def runtime_for(emulator, archive: Archive, **options):
-    settings = FashnSettings(api_key=TEST_KEY, base_url=emulator.url)
-    traffic = TrafficController.from_settings(settings, time_scale=TIME_SCALE)
-    try:
-        async with joined() as process, FashnClient.from_settings(settings, gate=traffic) as client:
-            yield Runtime(client, traffic, archive, process=process, **options)
-    finally:
-        await traffic.aclose()
 
 
 async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool = False, reuse: bool = True,
@@ -41,7 +24,7 @@ async def run_collection(emulator, spec: Path, archive: Archive, *, force: bool 
     collection = await batch.load_and_validate(str(spec))
     planned = await batch.plan(collection, archive, force=force, reuse=reuse)
     report = RunReport.start(collection.name, collection.model_name)
-    async with runtime_for(emulator, archive, **options) as runtime:
+    async with runtime_over(emulator, archive, **options) as runtime:
         async for entry in batch.run_items(runtime, planned, run_one=run_one):
             report.add(entry)
     assert sorted(e.label for e in report.items) == sorted(s.label for s in planned.states), "every item once"
@@ -123,7 +106,7 @@ async def started_by_a_killed_run(emulator, tmp_path: Path, name: str) -> tuple[
     spec = write_collection(tmp_path, name=name, garments=1, models=1)
     archive = Archive(str(tmp_path / "archive"))
     [state] = (await batch.plan(await batch.load_and_validate(str(spec)), archive)).states
-    async with runtime_for(emulator, archive) as runtime:
+    async with runtime_over(emulator, archive) as runtime:
         request = await runtime.client.prepare_run(state.item.model_name, state.item.inputs,
                                                    base_dir=state.item.base_dir)
         return spec, archive, state, await runtime.client.start(request)

@@ -19,18 +19,20 @@ from tryon.archive import Archive
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import gallery_headers, render_gallery
 from tryon.item import ItemState
-from tryon.models import credits_for, model_spec
+from tryon.models import model_spec
 from tryon.report import ItemReport, RunReport
 from tryon.runtime import Runtime
 from tryon.spec.collection import CollectionSpec, run_inputs
 from tryon.spec.items import Item, iter_items
 from tryon.spec.loaders import load_spec, spec_from_data
 from tryon.spec.validation import validate_spec
+from tryon.traffic.budget import Budget
 
 #: How each planned stage is counted in a plan's line and data.
 ACTIONS = {"planned": ("submit", "to submit"), "submitted": ("resume", "to resume"),
            "reuse": ("reuse", "to reuse from other collections (0 credits)"),
-           "skipped": ("skip", "already archived"), "failed": ("failed", "failed before")}
+           "skipped": ("skip", "already archived"), "failed": ("failed", "failed before"),
+           "unfunded": ("unfunded", "left for the budget")}
 
 RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
 
@@ -57,22 +59,51 @@ class Plan:
 
     def __init__(self, states: list[ItemState], balance: int | None = None) -> None:
         self.states = states
-        self.actions = Counter(ACTIONS[s.stage][0] for s in states)
-        self.credits_needed = sum(credits_for(s.item.model_name, s.item.inputs) for s in states
-                                  if s.stage == "planned")
         # False when some model's price is only known as the top of a published range.
         self.credits_exact = all(model_spec(s.item.model_name).credits_exact for s in states)
         self.balance = balance  # the key's credits, when asked
+        self.limit: int | None = None  # the run's spend limit, once funded
+        self.over_limit = 0  # credits the plan is above what the limit has left
+        self._count()
+
+    def _count(self) -> None:
+        self.actions = Counter(ACTIONS[s.stage][0] for s in self.states)
+        self.credits_needed = sum(s.item.credits for s in self.states if s.stage == "planned")
+
+    def fund(self, budget: Budget, *, partial: bool = False) -> None:
+        """Check the plan against ``budget`` before anything is spent: above what its limit has left,
+        refuse the run (:class:`~tryon.errors.OverBudget`, naming the estimate and the limit) or,
+        with ``partial``, keep the items in spec order until the next would not fit and leave the
+        rest for the budget."""
+        self.limit, self.over_limit = budget.limit, budget.shortfall(self.credits_needed)
+        if not self.over_limit:
+            return
+        if not partial:
+            raise budget.refusal(self.credits_needed)
+        room, full = budget.available or 0, False
+        for state in [s for s in self.states if s.stage == "planned"]:
+            full = full or state.item.credits > room  # this one and every later one are left
+            if full:
+                state.unfund(f"left for the budget by the plan ({state.item.credits} credit(s))")
+            else:
+                room -= state.item.credits
+        self._count()
+        self.over_limit = 0
 
     def line(self) -> str:
-        parts = [f"{self.actions[action]} {label}" for action, label in ACTIONS.values()]
+        parts = [f"{self.actions[action]} {label}" for action, label in ACTIONS.values()
+                 if action != "unfunded" or self.actions[action]]
+        limit = "" if self.limit is None else f" (limit {self.limit})"
         balance = "" if self.balance is None else f" (balance {self.balance})"
         bound = "" if self.credits_exact else " (an upper bound: the model's price table is not published)"
-        return ", ".join(parts) + f"; at most {self.credits_needed} credits{bound}{balance}"
+        return ", ".join(parts) + f"; at most {self.credits_needed} credits{bound}{limit}{balance}"
 
     def as_dict(self) -> dict[str, int | None]:
-        return {**{action: self.actions[action] for action, _ in ACTIONS.values()},
+        data = {**{action: self.actions[action] for action, _ in ACTIONS.values() if action != "unfunded"},
                 "credits_needed": self.credits_needed, "balance": self.balance}
+        if self.limit is not None:  # the budget's part, when the run has a limit
+            data.update(unfunded=self.actions["unfunded"], max_credits=self.limit, over_limit=self.over_limit)
+        return data
 
 
 async def planned_chunks(collection: CollectionSpec, archive: Archive, *, force: bool = False, max_resubmits: int = 2,

@@ -151,5 +151,9 @@ class OutputExpired(FashnError):
     """An output can no longer be fetched (CDN file deleted after 72 h, base64 after 60 min)."""
 
 
+class OverBudget(FashnError):
+    """The plan's worst case is above the run's spend limit: refused before anything was submitted."""
+
+
 class InsufficientCredits(FashnError):
     """The balance cannot cover the run: refused before anything was submitted."""

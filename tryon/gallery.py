@@ -41,6 +41,7 @@ table{border-collapse:collapse} th,td{border:1px solid #ddd;padding:.4rem;vertic
 th{background:#f0f0f0;font-weight:600;font-size:.85rem} th.garment{text-align:left}
 td .imgs{display:flex;flex-wrap:wrap;gap:.25rem} td img{height:160px;width:auto;display:block;background:#eee}
 td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{background:#f6fff0} td.none{color:#aaa;text-align:center}
+td.unfunded{background:#fffbe6}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
 .error b{display:block} th img{height:96px;width:auto;display:block;margin:0 auto .2rem;background:#eee}
 label.filter{display:inline-block;margin:0 .8rem .8rem 0;font-size:.9rem}
@@ -90,6 +91,9 @@ def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str],
     thumbs = "".join(
         f'<a href="{_href(p)}"><img src="{_href(p)}" alt="{escape(entry.label, quote=True)} output {i}" '
         f'loading="lazy"></a>' for i, p in enumerate(paths))
+    if entry.state == "unfunded":
+        return (f'<td class="unfunded"><div class="state">take {entry.take} left for the budget: would cost '
+                f"{entry.credits_needed} credit(s)</div></td>")
     state = f"take {entry.take}, archived"
     if entry.reused_from:
         state += f" (reused from {escape(entry.reused_from)}, 0 credits)"
@@ -106,13 +110,14 @@ def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str],
 
 def standing_line(report: RunReport, verdicts: Mapping[str, Verdict | None]) -> str:
     """The collection as it stands: its items, archived, needing review, approved, failed."""
-    archived = [e for e in report.items if e.state != "failed"]
+    archived = [e for e in report.items if e.state not in ("failed", "unfunded")]
     flagged = sum(1 for e in archived if e.flags.needs_review)
     later = sum(1 for e in archived if e.take > 1)
     approved = sum(1 for v in verdicts.values() if v is not None and v.verdict == "approved")
     return (f"{report.collection}/{report.model_name}: {report.total} items, {len(archived)} archived"
             f"{f' ({later} at a later take)' if later else ''}, {flagged} need review, {approved} approved, "
-            f"{report.totals['failed']} failed")
+            f"{report.totals['failed']} failed" + (f", {report.totals['unfunded']} left for the budget"
+                                                   if report.totals.get("unfunded") else ""))
 
 
 def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] | None = None, *,

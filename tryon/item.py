@@ -10,6 +10,7 @@ One state type, :class:`ItemState`, and its stages::
        └── resubmit ────────┤ (retryable failure, 404, ambiguous answer)
                             └──────────────────────────────────────▶ failed
     planned → reuse: another item of this process was paying for the same key (waited for)
+    planned → unfunded: its submission would not fit the run's spend limit (nothing archived)
     skipped: archived by an earlier run (planned so, nothing to do)
 
 :func:`plan` decides the stage from the archive alone (no API call): an item not archived under
@@ -32,7 +33,7 @@ from typing import Literal
 from tryon.archive import (Archive, ArchiveError, Flags, IndexEntry, ItemResult, NotReusable, SubmissionRecord,
                            utcnow)
 from tryon.checks import review_reason
-from tryon.errors import AmbiguousSubmission, NotFound, OutputExpired, PredictionFailed
+from tryon.errors import AmbiguousSubmission, FashnError, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
 from tryon.report import ItemReport
 from tryon.runtime import Runtime
@@ -43,7 +44,7 @@ from tryon.traffic import Slot
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["reuse", "planned", "submitted", "archived", "reused", "failed", "skipped"]
+Stage = Literal["reuse", "planned", "submitted", "archived", "reused", "failed", "skipped", "unfunded"]
 ACTIVE: frozenset[Stage] = frozenset({"reuse", "planned", "submitted"})
 
 
@@ -97,6 +98,11 @@ class ItemState:
         """Back to ``planned``, saying why: the next submission is a new prediction."""
         self.notes.append(note)
         self.submission, self.stage = None, "planned"
+
+    def unfund(self, why: str) -> None:
+        """End the item left for the budget: not submitted (again), nothing archived (a later run plans it)."""
+        self.notes.append(why)
+        self.end(ItemReport.unfunded(self.item, self.key, self.flags, attempts=self.attempt))
 
     def end(self, result: ItemResult) -> None:
         if self.earlier and result.state == "archived":
@@ -165,9 +171,10 @@ async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmi
 # -- run ------------------------------------------------------------------------------------------
 
 async def run(runtime: Runtime, state: ItemState) -> ItemReport:
-    """Take an active item to its end, archived (or reused) or failed with its reason, and return
-    its report entry. Failed predictions end the item; errors of our own (the archive, the
-    network) are raised with the state left where it stands, so a repeat goes on from there."""
+    """Take an active item to its end, archived (or reused), failed with its reason or left for the
+    budget, and return its report entry. Failed predictions end the item; errors of our own (the
+    archive, the network) are raised with the state left where it stands, so a repeat goes on from
+    there."""
     paying: asyncio.Future | None = None
     try:
         while state.active:
@@ -175,7 +182,7 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
                 await _reuse(runtime, state)
                 continue
             if state.reusable and paying is None:
-                paying, entry = await _pay_or_wait(runtime, state.key)
+                paying, entry = await runtime.process.pay_or_wait((runtime.archive.url, state.key))
                 if entry is not None:  # another item of this process paid for the key meanwhile
                     state.stage, state.source, state.reason = "reuse", entry, f"outputs of {entry.folder}"
                     continue
@@ -187,35 +194,12 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
                 slot = await runtime.traffic.acquire_slot()
             await _wait_and_archive(runtime, state, slot)
     finally:
-        if paying is not None:
-            _paid(runtime, state, paying)
+        if paying is not None:  # what it archived, to the items waiting for the key (None: the next one pays)
+            entry = runtime.archive.index_entry(state.result) if state.stage == "archived" and state.result else None
+            runtime.process.paid((runtime.archive.url, state.key), paying, entry)
         if runtime.webhooks is not None and not state.active:
             runtime.webhooks.forget(state.label)
     return state.report()
-
-
-# -- one payment per key in this process ----------------------------------------------------------
-
-async def _pay_or_wait(runtime: Runtime, key: str) -> tuple[asyncio.Future | None, IndexEntry | None]:
-    """Take the key to pay for it (the future to end when done), or wait for the item paying for
-    it and return the entry it archived; when that one ends without outputs, take the key
-    (:attr:`tryon.process.Process.paying`)."""
-    paying, where = runtime.process.paying, (runtime.archive.url, key)
-    while (other := paying.get(where)) is not None:
-        entry = await asyncio.shield(other)
-        if entry is not None:
-            return None, entry
-    mine = paying[where] = asyncio.get_running_loop().create_future()
-    return mine, None
-
-
-def _paid(runtime: Runtime, state: ItemState, mine: asyncio.Future) -> None:
-    archive, paying, where = runtime.archive, runtime.process.paying, (runtime.archive.url, state.key)
-    if paying.get(where) is mine:
-        del paying[where]
-    archived = state.stage == "archived" and state.result is not None
-    if not mine.done():
-        mine.set_result(archive.index_entry(state.result) if archived else None)
 
 
 # -- reuse ----------------------------------------------------------------------------------------
@@ -257,8 +241,11 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
     """
     item, hooks = state.item, runtime.webhooks
     request: RunRequest = await runtime.client.prepare_run(item.model_name, item.inputs, base_dir=item.base_dir)
-    state.attempt += 1
     slot = await runtime.traffic.acquire_slot()  # held until the prediction ends
+    if (reservation := runtime.budget.admit(item.credits)) is None:  # held until the prediction's end is known
+        runtime.traffic.release_slot(slot)
+        return state.unfund(f"left for the budget: {runtime.budget.line()}")
+    state.attempt += 1
     submitted_at = utcnow()
     webhook_url = None
     if hooks is not None:
@@ -275,6 +262,7 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
             profile = (item.model_name, item.mode)
             delivery = await hooks.wait(state.label, state.attempt, runtime.traffic.latency.expected_duration(profile))
             if delivery is not None:
+                runtime.budget.bind(reservation, delivery.prediction_id)
                 state.flag(recovered_ambiguous=True)
                 state.notes.append(f"attempt {state.attempt}: prediction {delivery.prediction_id} recovered by its "
                                    "webhook; not submitted again")
@@ -284,9 +272,12 @@ async def _submit(runtime: Runtime, state: ItemState) -> Slot | None:
         if not (runtime.resubmit_ambiguous and state.attempt <= runtime.max_resubmits):
             state.fail(exc, name="AmbiguousSubmission")
         return None
-    except BaseException:
+    except BaseException as exc:
         runtime.traffic.release_slot(slot)
+        if isinstance(exc, FashnError):  # an answer, or a failure before sending: no prediction was created
+            runtime.budget.release(reservation)
         raise
+    runtime.budget.bind(reservation, prediction_id)
     if hooks is not None:
         hooks.bind(state.label, state.attempt, prediction_id)
     return await _submitted(runtime, state, prediction_id, submitted_at, slot)
@@ -316,10 +307,11 @@ async def _record(write, what: str) -> None:
 async def _wait_and_archive(runtime: Runtime, state: ItemState, slot: Slot | None) -> None:
     """Wait for the prediction's end (frees ``slot`` the moment it comes); archive its outputs, or
     end the item failed, or put it back to ``planned`` when submitting again can help."""
-    item, submission = state.item, state.submission
+    submission = state.submission
     assert submission is not None
     try:
         prediction = await _wait(runtime, state, slot)
+        runtime.budget.settle(prediction)
     except NotFound:
         if state.forgotten:
             raise

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
+from tryon.archive import IndexEntry
 from tryon.settings import FashnSettings
 from tryon.traffic import TrafficController
 from tryon.webhooks import WebhookInbox
@@ -52,6 +53,24 @@ class Process:
         if controller is None:
             controller = self.controllers[key] = TrafficController.from_settings(settings)
         return controller
+
+    async def pay_or_wait(self, where: tuple[str, str]) -> tuple[asyncio.Future[Any] | None, IndexEntry | None]:
+        """Take ``where`` (an archive URL and an item key) to pay for it: the future to end with
+        :meth:`paid`; or wait for the item paying for it and return the index entry it archived.
+        When that one ends without outputs, take it."""
+        while (other := self.paying.get(where)) is not None:
+            entry = await asyncio.shield(other)
+            if entry is not None:
+                return None, entry
+        mine = self.paying[where] = asyncio.get_running_loop().create_future()
+        return mine, None
+
+    def paid(self, where: tuple[str, str], mine: asyncio.Future[Any], entry: IndexEntry | None) -> None:
+        """The item that took ``where`` ended: ``entry``, the index entry of what it archived, or None."""
+        if self.paying.get(where) is mine:
+            del self.paying[where]
+        if not mine.done():
+            mine.set_result(entry)
 
     @asynccontextmanager
     async def hold(self, name: Hashable, open_: Callable[[], AbstractAsyncContextManager[T]]) -> AsyncIterator[T]:

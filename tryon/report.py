@@ -1,5 +1,6 @@
-"""What a run did: one entry per item (archived, failed or skipped), totals, credits, and a short
-human summary (``report.json`` and ``summary.txt``, written by :func:`tryon.batch.save_report`)."""
+"""What a run did: one entry per item (archived, reused, failed, skipped or left for the budget),
+totals, credits, and a short human summary (``report.json`` and ``summary.txt``, written by
+:func:`tryon.batch.save_report`)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
 from tryon.archive import Flags, ItemResult, utcnow
+from tryon.spec.items import Item
 
-State = Literal["archived", "reused", "failed", "skipped"]
-STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped")
+State = Literal["archived", "reused", "failed", "skipped", "unfunded"]
+STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped", "unfunded")
+SOMETIMES: frozenset[State] = frozenset({"reused", "unfunded"})  # in the summary line only when some are
 MAX_LISTED = 20
 
 
 class ItemReport(ItemResult):
     """One item of one run: how it ended (its :class:`~tryon.archive.ItemResult`, archived or not),
     ``reused`` when its outputs were copied from another item with the same key (0 credits),
-    ``skipped`` when an earlier run archived it, and what this run spent on it in ``credits_used``."""
+    ``skipped`` when an earlier run archived it, ``unfunded`` when its submission would not fit the
+    run's spend limit (nothing archived: a later run plans it again), and what this run spent on it
+    in ``credits_used``."""
 
     state: State  # type: ignore[assignment]
     note: str = ""
+    credits_needed: int | None = Field(None, description="Unfunded: the most its submission would cost, in credits.")
 
     @classmethod
     def of(cls, result: ItemResult, *, note: str = "", earlier: bool = False) -> "ItemReport":
@@ -30,8 +36,14 @@ class ItemReport(ItemResult):
         so this run spent nothing on it and its flags were reported then."""
         if earlier:
             return cls(**{**dict(result), "state": "skipped" if result.state == "archived" else "failed",
-                          "credits_used": 0, "flags": Flags(needs_review=result.flags.needs_review)}, note=note)
-        return cls(**{**dict(result), "state": "reused" if result.reused_from else result.state}, note=note)
+                          "credits_used": 0, "flags": Flags(needs_review=result.flags.needs_review), "note": note})
+        return cls(**{**dict(result), "state": "reused" if result.reused_from else result.state, "note": note})
+
+    @classmethod
+    def unfunded(cls, item: Item, key: str, flags: Flags, *, attempts: int) -> "ItemReport":
+        """The entry of an item left for the budget after ``attempts`` submissions (phantoms
+        included); not written to the archive."""
+        return cls._of(item, key, None, state="unfunded", credits_needed=item.credits, flags=flags, attempts=attempts)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -49,6 +61,7 @@ class RunReport(BaseModel):
     finished_at: dt.datetime | None = None
     credits_estimated: int | None = Field(None, description="The plan's estimate for the items it submitted.")
     credits_estimate_exact: bool = Field(True, description="False: the estimate is the top of a published range.")
+    max_credits: int | None = Field(None, description="The run's spend limit, when it had one.")
     items: list[ItemReport] = Field(default_factory=list)
     garments: dict[str, str | None] = Field(
         default_factory=dict, description="Garment ids in spec order, each with its thumbnail (a path relative to "
@@ -79,7 +92,9 @@ class RunReport(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def totals(self) -> dict[str, int]:
-        return {s: sum(1 for e in self.items if e.state == s) for s in STATES}
+        """Items by state; ``unfunded`` only when the run had a spend limit (none are, without one)."""
+        return {s: sum(1 for e in self.items if e.state == s) for s in STATES
+                if s != "unfunded" or self.max_credits is not None}
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -122,13 +137,16 @@ class RunReport(BaseModel):
     def failures(self) -> list[ItemReport]:
         return [e for e in self.items if e.state == "failed"]
 
+    def unfunded(self) -> list[ItemReport]:
+        return [e for e in self.items if e.state == "unfunded"]
+
     def summary_line(self) -> str:
-        totals = self.totals
-        counts = ", ".join(f"{totals[s]} {s}" for s in STATES if s != "reused" or totals[s])  # reused: only when some were
+        counts = ", ".join(f"{n} {s}" for s, n in self.totals.items() if n or s not in SOMETIMES)
         return (f"{self.collection}/{self.model_name}: {self.total} item{'s' if self.total != 1 else ''} "
                 f"({counts}); {self.credits_used} credit{'s' if self.credits_used != 1 else ''} used"
                 + ("" if self.credits_estimated is None else
-                   f" (estimated {'' if self.credits_estimate_exact else 'at most '}{self.credits_estimated})"))
+                   f" (estimated {'' if self.credits_estimate_exact else 'at most '}{self.credits_estimated})")
+                + ("" if self.max_credits is None else f"; limit {self.max_credits}"))
 
     def summary_text(self) -> str:
         """A short human summary: totals, then what needs attention."""
@@ -144,6 +162,14 @@ class RunReport(BaseModel):
         if self.needs_review:
             lines.append(f"needs review ({len(self.needs_review)}; flagged by the automatic checks):")
             lines += [f"  {label}: {reason}" for label, reason in list(self.needs_review.items())[:MAX_LISTED]]
+        if unfunded := self.unfunded():
+            cost = sum(e.credits_needed or 0 for e in unfunded)
+            lines.append(f"left for the budget ({len(unfunded)}, at most {cost} credits; a run with a larger limit "
+                         "takes them):")
+            for entry in unfunded[:MAX_LISTED]:
+                lines.append(f"  {entry.label}: {entry.credits_needed} credit(s)")
+            if len(unfunded) > MAX_LISTED:
+                lines.append(f"  ... and {len(unfunded) - MAX_LISTED} more (see report.json)")
         if self.possible_duplicate_charges:
             lines.append(f"possibly charged twice ({len(self.possible_duplicate_charges)}; the API answered "
                          "ambiguously to a submission): " + ", ".join(self.possible_duplicate_charges[:MAX_LISTED]))
@@ -173,6 +199,7 @@ class RunReport(BaseModel):
             "collection": self.collection, "model_name": self.model_name, "run_id": self.run_id,
             "items": self.total, **self.totals,
             "credits_used": self.credits_used, "credits_estimated": self.credits_estimated,
+            "max_credits": self.max_credits,
             "possible_duplicate_charges": len(self.possible_duplicate_charges),
             "resubmitted_after_404": len(self.resubmitted_after_404),
             "recovered_ambiguous": len(self.recovered_ambiguous), "needs_review": len(self.needs_review),

@@ -1,6 +1,6 @@
 """What one run of items works with (:class:`Runtime`): its key's traffic controller, a client
-through it, the archive and, when configured, its webhooks; and the :class:`~tryon.process.Process`
-whose shared state it uses."""
+through it, the archive, its spend limit and, when configured, its webhooks; and the
+:class:`~tryon.process.Process` whose shared state it uses."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tryon.client import FashnClient
 from tryon.process import Process
 from tryon.settings import FashnSettings, WebhookSettings
 from tryon.traffic import TrafficController
+from tryon.traffic.budget import Budget
 from tryon.webhooks import WebhookInbox, Webhooks, create_receiver, serve
 
 
@@ -23,8 +24,9 @@ class Runtime:
 
     def __init__(self, client: FashnClient, traffic: TrafficController, archive: Archive, *, process: Process,
                  max_resubmits: int = 2, resubmit_ambiguous: bool = True, prediction_timeout: float = 600.0,
-                 workers: int | None = None, webhooks: Webhooks | None = None) -> None:
+                 workers: int | None = None, webhooks: Webhooks | None = None, budget: Budget | None = None) -> None:
         self.client = client
+        self.budget = budget if budget is not None else Budget()  # the spend limit its submissions keep to
         self.webhooks = webhooks
         self.traffic = traffic
         self.archive = archive
@@ -41,14 +43,15 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(process: Process, settings: FashnSettings, archive: Archive,
-                       webhooks: WebhookSettings | None = None) -> AsyncIterator[Runtime]:
-    """The runtime of one run; ``webhooks`` default: ``TRYON_WEBHOOK_*`` from the environment."""
+                       webhooks: WebhookSettings | None = None, budget: Budget | None = None) -> AsyncIterator[Runtime]:
+    """The runtime of one run; ``webhooks`` default: ``TRYON_WEBHOOK_*`` from the environment;
+    ``budget``: its spend limit (shared with other runs when they are given the same one)."""
     traffic = process.controller(settings)
     async with open_webhooks(process, webhooks or WebhookSettings()) as hooks, \
             FashnClient.from_settings(settings, gate=traffic) as client:
         yield Runtime(client, traffic, archive, process=process, max_resubmits=settings.max_resubmits,
                       resubmit_ambiguous=settings.resubmit_ambiguous,
-                      prediction_timeout=settings.prediction_timeout, webhooks=hooks)
+                      prediction_timeout=settings.prediction_timeout, webhooks=hooks, budget=budget)
 
 
 @asynccontextmanager

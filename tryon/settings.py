@@ -53,7 +53,7 @@ DEFAULT_MAX_IN_FLIGHT = 6
 class FashnSettings(BaseSettings):
     """How to reach one FASHN API key, and the limits it was granted."""
 
-    model_config = SettingsConfigDict(env_prefix="FASHN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FASHN_", env_file=".env", extra="ignore", populate_by_name=True)
 
     api_key: SecretStr | None = Field(None, description="API key (fa-...). Never logged.")
     base_url: str = Field(DEFAULT_BASE_URL, description="API base URL; point it at `tryon emulator` for tests.")
@@ -74,6 +74,10 @@ class FashnSettings(BaseSettings):
         True, description="After an ambiguous answer to a submission (5xx, dropped connection after sending), submit "
                           "once more and flag a possible duplicate charge (True), or fail the item with that reason "
                           "(False): the API cannot find a prediction whose id never arrived.")
+    max_credits: int | None = Field(
+        None, ge=1, validation_alias="TRYON_MAX_CREDITS",
+        description="Credits a run (a backfill: all its collections) may be charged at most, ambiguous answers "
+                    "counted at their worst; a run whose plan is above it does not start. Unset: no limit.")
 
     @field_validator("run_limit", "status_limit", "credits_limit", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ the reuse index's entries. Plain pydantic models; nothing here reads or writes."
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, computed_field, model_serializer,
                       model_validator)
@@ -161,7 +161,7 @@ class ItemResult(Flagged):
     take: int = Field(1, description="Which take of the item this is (tryon.takes): 1, then one more per rejection.")
 
     @classmethod
-    def _of(cls, item: Item, key: str, prediction_id: str | None, **fields: Any) -> ItemResult:
+    def _of(cls, item: Item, key: str, prediction_id: str | None, **fields: Any) -> Self:
         return cls(key=key, collection=item.collection, model_name=item.model_name, garment_id=item.garment_id,
                    model_id=item.model_id, label=item.label, take=item.take, prediction_id=prediction_id,
                    prediction_ids=[prediction_id] if prediction_id else [], inputs=sanitize_inputs(item.inputs),

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tryon.models import MODELS, input_schema, validate_inputs
+from tryon.models import MODELS, credits_for, input_schema, validate_inputs
 from tryon.spec.collection import CollectionSpec
 from tryon.spec.csv_rows import csv_inputs, csv_rows
 from tryon.spec.ids import LABEL_SEPARATOR
@@ -57,6 +57,11 @@ class Item(BaseModel):
     @property
     def output_format(self) -> str:
         return str(self._input("output_format", "png"))
+
+    @property
+    def credits(self) -> int:
+        """The most its prediction costs (outputs × the model's price per output)."""
+        return credits_for(self.model_name, self.inputs)
 
     def __str__(self) -> str:
         return f"{self.collection}/{self.model_name}/{self.label}"

@@ -92,6 +92,7 @@ class SlidingWindowLimiter:
         self._strike_at = -math.inf
         self._epoch = 0
         self._failure: BaseException | None = None
+        self.admitted = 0  # requests admitted so far (a member that admitted any is counted after it leaves)
 
     # -- state ---------------------------------------------------------------------------
     def strikes(self, now: float | None = None) -> int:
@@ -129,6 +130,7 @@ class SlidingWindowLimiter:
                 now = self.clock.now()
                 at = self.next_admission(now)
                 if at <= now:
+                    self.admitted += 1
                     if not self.answers:
                         self._log.append(now)
                         return Admission(None)

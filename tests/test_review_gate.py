@@ -62,10 +62,12 @@ def _exits(pid: int, timeout: float = 60) -> bool:
 
 
 class Served:
-    """The gate's probe flow (tests/review_served.py) served on a Prefect server with its UI."""
+    """The gate's probe flow and the collection flow (tests/review_served.py) served on a Prefect
+    server with its UI, the collection flow's runs pointed at the session's emulator."""
 
-    def __init__(self, stack, deployment: str) -> None:
+    def __init__(self, stack, deployment: str, collection: str, serve_pid: int) -> None:
         self.stack, self.deployment = stack, deployment
+        self.collection, self.serve_pid = collection, serve_pid  # the collection flow's deployment; serve's pid
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         """One call to the server; a 503 (SQLite busy on a loaded machine) is tried again, as
@@ -125,9 +127,7 @@ def served(tmp_path_factory, emulator) -> Iterator[Served]:
                 (collection := stack.http.get("/deployments/name/tryon-collection/review")).status_code != 200:
             assert time.monotonic() < deadline and proc.poll() is None, f"serve did not start\n{stack.logs()}"
             time.sleep(0.5)
-        served = Served(stack, answer.json()["id"])
-        served.collection, served.serve_pid = collection.json()["id"], proc.pid
-        yield served
+        yield Served(stack, answer.json()["id"], collection.json()["id"], proc.pid)
     finally:
         stack.stop()
 

@@ -28,6 +28,16 @@ def seeds(emulator) -> list[int]:
     return [p["seed"] for p in emulator.predictions()]
 
 
+async def archived(make_emulator, tmp_path, name: str, *, garments: int, models: int):
+    """A collection run once into a local archive: the emulator, spec, archive root, archive and collection."""
+    emulator = make_emulator(time_scale=TIME_SCALE)
+    spec = write_collection(tmp_path, name=name, garments=garments, models=models)
+    root = tmp_path / "archive"
+    archive = Archive(str(root))
+    await run_collection(emulator, spec, archive)
+    return emulator, spec, root, archive, await batch.load_and_validate(str(spec))
+
+
 def test_a_takes_seed_is_the_spec_seed_plus_the_take_less_one():
     assert [take_seed(42, n) for n in (1, 2, 3)] == [42, 43, 44]
     assert take_seed(2 ** 32 - 1, 2) == 0
@@ -53,12 +63,7 @@ async def test_a_blank_and_a_wrong_size_output_are_flagged_in_result_report_and_
 
 
 async def test_rejected_items_get_one_new_take_each_then_approval_and_publish(make_emulator, tmp_path):
-    emulator = make_emulator(time_scale=TIME_SCALE)
-    spec = write_collection(tmp_path, name="looks", garments=2, models=2)
-    root = tmp_path / "archive"
-    archive = Archive(str(root))
-    await run_collection(emulator, spec, archive)
-    collection = await batch.load_and_validate(str(spec))
+    emulator, spec, root, archive, collection = await archived(make_emulator, tmp_path, "looks", garments=2, models=2)
     first = {p["id"] for p in emulator.predictions()}
     take1 = (root / "looks" / MODEL / "g0__m1" / "output_0.png").read_bytes()
 
@@ -113,12 +118,7 @@ async def test_an_earlier_take_is_reused_per_take_by_another_collection(make_emu
 
 
 async def test_a_rejection_killed_half_way_is_finished_by_the_next_plan(make_emulator, tmp_path, monkeypatch):
-    emulator = make_emulator(time_scale=TIME_SCALE)
-    spec = write_collection(tmp_path, name="half", garments=1, models=1)
-    root = tmp_path / "archive"
-    archive = Archive(str(root))
-    await run_collection(emulator, spec, archive)
-    collection = await batch.load_and_validate(str(spec))
+    emulator, spec, root, archive, collection = await archived(make_emulator, tmp_path, "half", garments=1, models=1)
 
     async def killed(self, item, result):
         raise ArchiveError("killed")

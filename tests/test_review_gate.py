@@ -235,17 +235,19 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _suspended_at(served: Served, run_id: str, key: str, timeout: float = 240) -> None:
-    """Wait until the run is suspended on ``key`` and no process runs it."""
-    deadline = time.monotonic() + timeout
+def _suspended_at(served: Served, run_id: str, key: str, timeout: float = 240) -> bool:
+    """Wait until the run is suspended on ``key`` and no process runs it; whether one was seen
+    running it (a child of serve) before."""
+    deadline, seen = time.monotonic() + timeout, False
     while time.monotonic() < deadline:
+        seen = seen or bool(_children(served.serve_pid))
         run = served.api("GET", f"/flow_runs/{run_id}").json()
         if run["state_name"] in ("Failed", "Crashed", "Completed"):
             raise AssertionError(f"{run['state_name']}: {run['state']['message']}\n{served.stack.logs()}")
         if run["state_name"] == "Suspended" and run["state"]["state_details"].get("pause_key") == key \
                 and not _children(served.serve_pid):
-            return
-        time.sleep(0.3)
+            return seen
+        time.sleep(0.1)
     raise AssertionError(f"{run_id} never suspended on {key} with no process: {run['state_name']}\n"
                          f"{served.stack.logs()}")
 
@@ -263,7 +265,7 @@ async def test_a_collection_under_review_makes_new_takes_of_rejected_items_then_
         archive, shop = tmp_path / "archive", tmp_path / "shop"
         run_id = served.api("POST", f"/deployments/{served.collection}/create_flow_run", json={"parameters": {
             "spec": str(spec), "archive": str(archive), "review": True, "publish": str(shop)}}).json()["id"]
-        _suspended_at(served, run_id, "review-1")
+        assert _suspended_at(served, run_id, "review-1"), "a process of serve ran the flow, then ended"
         assert len(emulator.predictions()) == 6
         schema = served.api("GET", f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()
         flagged = ["blank-shirt__m0", "blank-shirt__m1", "small-shirt__m0", "small-shirt__m1"]
@@ -271,7 +273,7 @@ async def test_a_collection_under_review_makes_new_takes_of_rejected_items_then_
 
         rejected = ["blank-shirt__m0", "small-shirt__m1", "shirt__m0"]
         await _resume(served.stack.api, run_id, {"reject": rejected, "reason": "hand wrong"})
-        _suspended_at(served, run_id, "review-2")
+        assert _suspended_at(served, run_id, "review-2"), "resumed in a new process, ended again"
         predictions = emulator.predictions()
         new = predictions[6:]
         assert len(new) == 3 and all(p["seed"] == 43 for p in new), "one new take each, seed 42 + 1"

@@ -63,7 +63,7 @@ def _exits(pid: int, timeout: float = 60) -> bool:
 
 class Served:
     """The gate's probe flow and the collection flow (tests/review_served.py) served on a Prefect
-    server with its UI, the collection flow's runs pointed at the session's emulator."""
+    server with its UI, the collection flow's runs pointed at the shared test emulator."""
 
     def __init__(self, stack, deployment: str, collection: str, serve_pid: int) -> None:
         self.stack, self.deployment = stack, deployment

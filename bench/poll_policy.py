@@ -95,7 +95,7 @@ def simulate(items: int, in_flight: int, run: Limit, status: Limit = Limit(50, 1
         clock = FakeClock()
         controller = TrafficController(run, status, Limit(30, 10), in_flight, clock=clock)  # no latency hint
         if oracle:
-            controller.latency = controller.scheduler.latency = KnownLatency(lambda: mean * factor_now())
+            controller.latency = controller.scheduler.policy.latency = KnownLatency(lambda: mean * factor_now())
         server = FakeServer(clock, controller)
         rng = random.Random(seed)
         queue = list(range(items))

@@ -29,7 +29,7 @@ from tryon.emulator.service import DroppedOnPurpose
 from tryon.process import joined
 from tryon.report import RunReport
 from tryon.runtime import Runtime
-from tryon.settings import FashnSettings
+from tryon.settings import DEFAULT_CREDITS_LIMIT, DEFAULT_RUN_LIMIT, DEFAULT_STATUS_LIMIT, FashnSettings
 from tryon.traffic import TrafficController
 
 #: A performance prediction (5 API s) takes 25 ms: a whole life, resubmissions included, well under a second.
@@ -101,8 +101,11 @@ async def runtime_over(emulator: Any, archive: Archive, *, api_key: str = TEST_K
                        **options: Any) -> AsyncIterator[Runtime]:
     """A runtime on ``emulator`` (in process, or on loopback) with the documented limits scaled to
     its time scale."""
-    settings = FashnSettings(api_key=api_key, base_url=emulator.url, max_in_flight=max_in_flight)
-    traffic = TrafficController.from_settings(settings, time_scale=emulator.config.time_scale)
+    scale = emulator.config.time_scale
+    settings = FashnSettings(api_key=api_key, base_url=emulator.url, max_in_flight=max_in_flight,
+                             run_limit=DEFAULT_RUN_LIMIT.scaled(scale), status_limit=DEFAULT_STATUS_LIMIT.scaled(scale),
+                             credits_limit=DEFAULT_CREDITS_LIMIT.scaled(scale))
+    traffic = TrafficController.from_settings(settings)
     transport = getattr(emulator, "transport", None)
     try:
         async with joined() as process, \

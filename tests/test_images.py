@@ -205,19 +205,3 @@ async def test_s3_images_through_the_environment(s3):
     head, body = decode_data_uri(await images.to_api_value(s3.url("garments", "j.png")))
     with Image.open(io.BytesIO(body)) as img:
         assert (head, img.size) == ("data:image/jpeg;base64", (2000, 400))
-
-
-async def test_s3_images_with_explicit_storage_options(s3, monkeypatch):
-    data = png_bytes()
-    s3.fs().pipe_file(s3.url("j.png"), data)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the environment would fail
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
-    import s3fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    value = await images.to_api_value(s3.url("j.png"), storage_options=s3.storage_options)
-    assert decode_data_uri(value)[1] == data
-    images.register_storage_options(f"s3://{s3.bucket}/", s3.storage_options)
-    try:
-        assert await images.check_image(s3.url("j.png")) is None
-    finally:
-        images.register_storage_options(f"s3://{s3.bucket}/", None)

@@ -40,7 +40,7 @@ RunOne = Callable[[Runtime, ItemState], Awaitable[ItemReport]]
 async def load_and_validate(spec: str | Mapping[str, Any], model_name: str | None = None,
                             overrides: Mapping[str, Any] | None = None) -> CollectionSpec:
     """Load (a path or URL, or already parsed data) and check a spec; raises
-    :class:`tryon.collection.SpecError` listing every problem. ``overrides`` are inputs set
+    :class:`tryon.spec.problems.SpecError` listing every problem. ``overrides`` are inputs set
     on every item (a run's mode or num_samples)."""
     if isinstance(spec, Mapping):
         collection = await spec_from_data(spec, model_name_override=model_name)

@@ -194,7 +194,7 @@ class FashnClient:
 
     async def status(self, prediction_id: str, admitted: Answerable | None = None) -> Prediction:
         """The prediction's status; ``admitted``: the first attempt's admission, already taken from
-        the gate by the caller (a scheduled poll, :data:`tryon.traffic.polling.PollFn`)."""
+        the gate by the caller (a scheduled poll, :data:`tryon.traffic.poll_policy.PollFn`)."""
         response = await self._send("status", "GET", f"/v1/status/{prediction_id}", admitted=admitted)
         prediction = Prediction.model_validate(_json(response))
         credits = response.headers.get("x-fashn-credits-used")

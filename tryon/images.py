@@ -13,8 +13,7 @@ Kinds of reference:
 
 The identity of a file is ``sha256:<hex>`` of its bytes, the same as a data URI of the same
 bytes, so moving a file never makes an item look new. fsspec's synchronous calls run in
-worker threads; storage options come from the ``storage_options`` argument, else from
-:func:`register_storage_options`, else from the environment (s3fs reads the standard
+worker threads; storage options come from the environment (s3fs reads the standard
 ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included).
 """
 
@@ -46,9 +45,6 @@ _DATA_RE = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<body>
 # Formats sent with their own bytes; anything else readable is re-encoded as JPEG.
 _SECRET_PARAM = re.compile(r"(sig|signature|token|key|credential|secret|auth|password|session)", re.IGNORECASE)
 _PASS_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
-
-_registered_options: dict[str, dict[str, Any]] = {}
-
 
 # -- kinds ----------------------------------------------------------------------------------------
 
@@ -100,28 +96,9 @@ def parent_of(location: str) -> str:
     return os.path.dirname(os.path.abspath(os.path.expanduser(location)))
 
 
-def register_storage_options(prefix: str, options: Mapping[str, Any] | None) -> None:
-    """Use ``options`` for every location starting with ``prefix`` (``"s3://"`` or
-    ``"s3://bucket/"``); the longest matching prefix wins. ``None`` removes the entry."""
-    if options is None:
-        _registered_options.pop(prefix, None)
-    else:
-        _registered_options[prefix] = dict(options)
-
-
-def storage_options_for(location: str, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    if explicit is not None:
-        return dict(explicit)
-    best = ""
-    for prefix in _registered_options:
-        if location.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    return dict(_registered_options[best]) if best else {}
-
-
-def open_fs(location: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and path of a local path or fsspec URL."""
-    return fsspec.core.url_to_fs(location, **storage_options_for(location, storage_options))
+def open_fs(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a local path or fsspec URL (options from the environment)."""
+    return fsspec.core.url_to_fs(location)
 
 
 # -- data URIs, and what of a reference may be written down --------------------------------------
@@ -192,17 +169,13 @@ _VERSION_FIELDS = ("mtime", "LastModified", "last_modified", "ETag", "etag", "cr
                    "version_id", "VersionId")
 
 
-def clear_identity_cache() -> None:
-    _identity_cache.clear()
-
-
 def _version_of(info: Mapping[str, Any]) -> tuple[Any, ...] | None:
     version = tuple(str(info[f]) for f in _VERSION_FIELDS if info.get(f) is not None)
     return version or None
 
 
-def _hash_file(location: str, storage_options: Mapping[str, Any] | None) -> str:
-    fs, path = open_fs(location, storage_options)
+def _hash_file(location: str) -> str:
+    fs, path = open_fs(location)
     info = fs.info(path)
     if info.get("type") == "directory":
         raise IsADirectoryError(location)
@@ -223,15 +196,14 @@ def _hash_file(location: str, storage_options: Mapping[str, Any] | None) -> str:
     return identity
 
 
-async def image_identity(ref: str, base: str | None = None, *,
-                         storage_options: Mapping[str, Any] | None = None) -> str:
+async def image_identity(ref: str, base: str | None = None) -> str:
     """What identifies the image for the item key: the URL or ``saved:`` name as written, else
     ``sha256:<hex>`` of the bytes (files are hashed streaming, in chunks)."""
     if is_http(ref) or is_saved(ref):
         return ref
     if is_data_uri(ref):
         return f"sha256:{hashlib.sha256(parse_data_uri(ref)[1]).hexdigest()}"
-    return await asyncio.to_thread(_hash_file, resolve_ref(ref, base), storage_options)
+    return await asyncio.to_thread(_hash_file, resolve_ref(ref, base))
 
 
 # -- checking -------------------------------------------------------------------------------------
@@ -259,9 +231,9 @@ def _image_problem(exc: BaseException) -> str:
     return f"is not a readable image ({type(exc).__name__}: {exc})"
 
 
-def _check_file(location: str, storage_options: Mapping[str, Any] | None) -> str | None:
+def _check_file(location: str) -> str | None:
     try:
-        fs, path = open_fs(location, storage_options)
+        fs, path = open_fs(location)
         info = fs.info(path)
     except FileNotFoundError:
         return f"not found: {location}"
@@ -287,8 +259,7 @@ def _check_file(location: str, storage_options: Mapping[str, Any] | None) -> str
     return None
 
 
-async def check_image(ref: str, base: str | None = None, *,
-                      storage_options: Mapping[str, Any] | None = None) -> str | None:
+async def check_image(ref: str, base: str | None = None) -> str | None:
     """What is wrong with the image, or ``None``: missing, unreadable, empty, not an image.
 
     http(s) URLs and ``saved:`` names are not fetched (the provider does), so they pass.
@@ -308,7 +279,7 @@ async def check_image(ref: str, base: str | None = None, *,
         except Exception as exc:
             return f"{_image_problem(exc)} (data URI)"
         return None
-    return await asyncio.to_thread(_check_file, resolve_ref(ref, base), storage_options)
+    return await asyncio.to_thread(_check_file, resolve_ref(ref, base))
 
 
 # -- what the API receives ------------------------------------------------------------------------
@@ -338,19 +309,18 @@ def prepare_image_bytes(data: bytes) -> tuple[bytes, str]:
         return buffer.getvalue(), "jpeg"
 
 
-def _read_file(location: str, storage_options: Mapping[str, Any] | None) -> bytes:
-    fs, path = open_fs(location, storage_options)
+def _read_file(location: str) -> bytes:
+    fs, path = open_fs(location)
     return fs.cat_file(path)
 
 
-async def to_api_value(ref: str, base: str | None = None, *,
-                       storage_options: Mapping[str, Any] | None = None) -> str:
+async def to_api_value(ref: str, base: str | None = None) -> str:
     """The value to send for an image input: URLs, data URIs and ``saved:`` names as written;
     files as ``data:image/<fmt>;base64,...`` (downscaled to JPEG when over :data:`MAX_EDGE` px)."""
     if is_passthrough(ref):
         return ref
     location = resolve_ref(ref, base)
-    data = await asyncio.to_thread(_read_file, location, storage_options)
+    data = await asyncio.to_thread(_read_file, location)
     body, fmt = await asyncio.to_thread(prepare_image_bytes, data)
     return data_uri(body, fmt)
 

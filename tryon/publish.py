@@ -5,8 +5,6 @@ index), and verified by reading it back (size and sha256, as every copy in the a
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
-from typing import Any
 
 from tryon.archive import Archive, ArchiveError
 from tryon.archive.store import mismatch, safe_component
@@ -17,10 +15,10 @@ def published_name(label: str, index: int, path: str) -> str:
     return f"{label}_{index}{posixpath.splitext(path)[1]}"
 
 
-async def publish(approved: Approved, archive: Archive, url: str,
-                  storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Copy every approved output to ``url`` (any fsspec URL or a local path); their locations."""
-    target = Archive(url, storage_options)
+async def publish(approved: Approved, archive: Archive, url: str) -> list[str]:
+    """Copy every approved output to ``url`` (any fsspec URL or a local path, its credentials from
+    the environment as fsspec reads them); their locations."""
+    target = Archive(url)
     written = []
     for item in approved.items:
         for index, (path, sha256) in enumerate(zip(item.outputs, item.sha256)):

@@ -18,8 +18,8 @@ path, ``memory://`` in tests). Layout::
 
 The modules: :mod:`~tryon.archive.records` (what the files hold), :mod:`~tryon.archive.store`
 (locations and whole-file I/O), :mod:`~tryon.archive.items`, :mod:`~tryon.archive.reuse` and
-:mod:`~tryon.archive.takes`, :mod:`~tryon.archive.reports` (each kind of file above). The archive is handed each item's key
-(:func:`tryon.collection.item_key`); it never computes one. Nothing written here contains a
+:mod:`~tryon.archive.takes`, :mod:`~tryon.archive.reports` (each kind of file above). The archive is
+handed each item's key (:func:`tryon.spec.key.item_key`); it never computes one. Nothing written here contains a
 base64 body or a secret (:func:`tryon.images.sanitize_inputs`).
 """
 

@@ -21,7 +21,7 @@ event loop holds:
   prediction in flight (not one polling loop per prediction, which is how the official
   SDK overruns the status limit). It learns the latency distribution of each
   ``(model_name, mode)`` from the brackets its polls put around each completion
-  (:class:`LatencyModel`), and gives each status call to the prediction most likely to
+  (:class:`LatencyModel`), and its :class:`PollPolicy` gives each status call to the prediction most likely to
   have ended since it was last seen running, so completions are noticed quickly and slots
   reused. Calls are paced at the budget's rate, quicker while the window has room.
 - 429 feedback (``on_429``): ``RateLimitExceeded`` pauses that endpoint (Retry-After
@@ -52,6 +52,7 @@ from tryon.traffic.clock import Clock, FakeClock, MonotonicClock, sleep_or_wake
 from tryon.traffic.controller import KeyLimits, TrafficController
 from tryon.traffic.latency import LatencyDistribution, LatencyModel
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter, default_margin
+from tryon.traffic.poll_policy import PollPolicy
 from tryon.traffic.polling import PollScheduler
 from tryon.traffic.slots import InFlightSlots, Slot
 
@@ -66,6 +67,7 @@ __all__ = [
     "LatencyDistribution",
     "LatencyModel",
     "MonotonicClock",
+    "PollPolicy",
     "PollScheduler",
     "SlidingWindowLimiter",
     "Slot",

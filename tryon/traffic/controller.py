@@ -20,7 +20,8 @@ from tryon.settings import (
 from tryon.traffic.clock import Clock, MonotonicClock
 from tryon.traffic.latency import DEFAULT_MODE, LatencyModel, Profile
 from tryon.traffic.limiter import Admission, SlidingWindowLimiter
-from tryon.traffic.polling import PollFn, PollScheduler
+from tryon.traffic.poll_policy import PollFn, PollPolicy
+from tryon.traffic.polling import PollScheduler
 from tryon.traffic.slots import InFlightSlots, Slot
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class TrafficController:
         self.slots = InFlightSlots(max_in_flight, self.clock)
         self.latency = LatencyModel()
         status = self.limiters["status"]
-        self.scheduler = PollScheduler(status.acquire, self.clock, self.latency,
+        self.scheduler = PollScheduler(status.acquire, self.clock, PollPolicy(self.latency),
                                        budget=lambda: status.effective_count() / status.window,
                                        fill=lambda: len(status.recent()) / max(1, status.effective_count()))
         self._stopped: str | None = None
@@ -85,15 +86,9 @@ class TrafficController:
         self._concurrency_strikes: tuple[float, int] = (-math.inf, 0)  # (last at, how many in a row)
 
     @classmethod
-    def from_settings(cls, settings: FashnSettings, *, clock: Clock | None = None,
-                      time_scale: float | None = None, **kwargs: object) -> TrafficController:
-        """From ``FashnSettings``. ``time_scale`` (a fast emulator whose limits are not scaled in
-        the settings) shortens every limit's window by that factor; latencies are learned, never told.
-        """
-        limits = [settings.run_limit, settings.status_limit, settings.credits_limit]
-        if time_scale is not None:
-            limits = [limit.scaled(time_scale) for limit in limits]
-        return cls(*limits, settings.max_in_flight, clock=clock, **kwargs)  # type: ignore[arg-type]
+    def from_settings(cls, settings: FashnSettings) -> TrafficController:
+        """From ``FashnSettings``: the key's limits as configured; latencies are learned, never told."""
+        return cls(settings.run_limit, settings.status_limit, settings.credits_limit, settings.max_in_flight)
 
     @property
     def concurrency_backoff(self) -> float:

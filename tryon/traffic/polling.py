@@ -1,50 +1,20 @@
-"""One poll scheduler per key: spends the status budget where completions are likely.
+"""One poll scheduler per key: a single loop spends the status budget on every prediction waited on.
 
-Every time the budget allows a status call, the scheduler polls the prediction most likely
-to have ended since it was last seen running: ``P(latency <= age | latency > last seen
-running)``, from the :class:`~tryon.traffic.latency.LatencyModel` of its ``(model_name,
-mode)``. A prediction is not polled before that chance reaches ``likelihood`` (5 %), so
-while the budget is ample every prediction near its end is polled often, and when it is
-scarce (raised in-flight limits) each call goes where it most likely finds a finished
-prediction and frees its slot. Calls are paced at the budget's rate (``window / count``
-apart): the sliding-window limiter alone would let a burst of ``count`` through and then nothing
-for the rest of the window, and during that gap completions go unnoticed. The pace quickens while
-the window has room: a step shrinks with the share of the window's count already spent, down to
-``quickest`` (0.6) of it, so what a quiet spell left unspent goes to the completions that cluster
-after it, and a busy spell settles back to the even pace as the window fills.
+Which prediction each status call goes to, and when each is due, is the
+:class:`~tryon.traffic.poll_policy.PollPolicy`'s (its docstring has the numbers); the scheduler
+runs the loop: it waits until one is due, takes an admission from the status limiter, launches
+the call, and answers the waiter when the prediction ends. Calls are paced at the budget's rate
+(``window / count`` apart): the sliding-window limiter alone would let a burst of ``count``
+through and then nothing for the rest of the window, and during that gap completions go
+unnoticed. The pace quickens while the window has room: a step shrinks with the share of the
+window's count already spent, down to ``quickest`` (0.6) of it, so what a quiet spell left
+unspent goes to the completions that cluster after it, and a busy spell settles back to the even
+pace as the window fills. A webhook's confirmation (:meth:`PollScheduler.hint`) goes at once,
+past the pacing (the limiter still holds the budget).
 
-Why greedy on that probability: a finished prediction nobody has noticed costs one slot for
-as long as it stays unnoticed, whichever prediction it is; the poll that finds the most of
-them per call frees the most slot time.
-
-No interval is in absolute seconds: each is a share of the profile's current mean estimate
-``m`` (which starts as the published time and follows what the polls see), so the same policy
-holds for a 0.5 s emulated prediction and a 2-minute one:
-- a prediction seen running is not polled again for ``min_share * m`` (4 %);
-- **probing**: while a profile has no completion yet (the published time is only a guess) and
-  after its first polls keep finding predictions already done (the latency fell), a new
-  prediction is first polled at ``probe * q`` (1/16; ``q``: the age by which ``likelihood`` of
-  them have ended, by the estimate) and again at 1.25 times the age it was last seen running,
-  until ``q``; only ``probers`` (3) at once: a few find the scale, the others follow the
-  estimate they move. The first completions bracket a latency far below the guess within one
-  round;
-- past what the model has seen (fewer than 2 % of predictions still running at the age it was
-  last seen running: slower than the estimate, or stuck) it is polled again after ``widen`` (20 %)
-  of the time by which that age is past the tail, and only after every likelier one, so a latency
-  far above the guess, or one that doubled, is bracketed within a fifth of how far it is past;
-- a prediction not polled for ``max_share * m`` (1×), or for its interval past the tail if
-  longer, goes before every one that was (the longest unpolled first);
-- at its deadline it is polled once more, then times out.
-
-**Pushed** predictions (their end comes by webhook) are only confirmed: a hint (:meth:`hint`,
-the webhook's arrival) makes one the most urgent of all, and it goes at once, past the pacing
-(the limiter still holds the budget); without a hint it is polled as a fallback only once it is
-past the tail by ``widen`` of the tail's age, then as an overdue one, so a lost webhook costs time
-and a few calls, never the image. The hint's age is taken as the latency (a webhook leaves the
-provider as the prediction ends).
 Bound (the test proves it on random loads): a prediction is polled again at most
 ``widest + ceil(P / N) * W' + W / N`` after its previous poll (``widest``: the longest of
-those intervals so far), with ``P`` predictions
+those intervals so far, :attr:`PollPolicy.widest`), with ``P`` predictions
 waiting and the status limit ``N`` per ``W`` (``W'``: window + margin). The limiter, not
 this policy, is what guarantees the budget is never exceeded.
 """
@@ -53,62 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from tryon.errors import OutOfCredits, ServerError, TooManyRequests, TransportError
 from tryon.models import Prediction
 from tryon.traffic.clock import Clock, MonotonicClock, sleep_or_wake
-from tryon.traffic.latency import LatencyModel, Profile
+from tryon.traffic.latency import Profile
 from tryon.traffic.limiter import Admission
-
-#: One status call: the prediction id and the admission the scheduler took for it (the call's
-#: first attempt goes out on it; a retry inside the call takes its own).
-PollFn = Callable[[str, Admission], Awaitable[Prediction]]
+from tryon.traffic.poll_policy import PollFn, PollPolicy, Waiting
 
 TRANSIENT_POLL_ERRORS: tuple[type[BaseException], ...] = (TooManyRequests, ServerError, TransportError)
-STUCK_TAIL = 0.02  # below this chance of still running at the last poll, a prediction is overdue
-SURPRISED = 0.1  # found done at its first poll although the estimate gave it at most this chance
-
-
-# -- the scheduler --------------------------------------------------------------------------
-@dataclass(eq=False)
-class _Entry:
-    prediction_id: str
-    profile: Profile
-    poll: PollFn
-    future: asyncio.Future[Prediction]
-    t0: float
-    deadline: float
-    first_due: float  # planned at submission: its first probe, or when the chance it has ended reaches the likelihood
-    # (the estimate may move before then: the chance, not this plan, decides the first poll)
-    probe: float | None  # the age of its next probe (None: not probing)
-    on_terminal: Callable[[Prediction], None] | None = None
-    last_sent: float | None = None  # send time of the latest poll
-    last_pending: float | None = None  # send time of the latest "still running" answer
-    not_before: float = 0.0  # no poll before this (backoff after an error, min_interval)
-    busy: bool = False  # a poll of it is on the wire
-    errors: int = 0
-    pushed: bool = False  # its end comes by webhook: polled to confirm a hint, or as a late fallback
-    hinted_at: float | None = None  # when a webhook said it ended (None: no word yet)
-
-    @property
-    def seen_running(self) -> float:
-        """The age at which it was last seen running (0 before any answer)."""
-        return 0.0 if self.last_pending is None else self.last_pending - self.t0
 
 
 class PollScheduler:
     """Polls many predictions through one status budget, the most likely finished first."""
 
     def __init__(self, acquire: Callable[[], Awaitable[Admission]], clock: Clock | None = None,
-                 latency: LatencyModel | None = None, *,
+                 policy: PollPolicy | None = None, *,
                  budget: Callable[[], float] | None = None, fill: Callable[[], float] | None = None,
-                 quickest: float = 0.6, likelihood: float = 0.05, min_share: float = 0.04,
-                 max_share: float = 1.0, widen: float = 0.2, probe: float = 1 / 16, probe_growth: float = 1.25,
-                 probers: int = 3,
-                 transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
+                 quickest: float = 0.6, transient_errors: tuple[type[BaseException], ...] = TRANSIENT_POLL_ERRORS,
                  max_transient_errors: int = 8) -> None:
         self._acquire = acquire
         # Status calls per second this process may make (it changes when processes share a key);
@@ -120,70 +53,28 @@ class PollScheduler:
         if not 0 < quickest <= 1:
             raise ValueError("quickest must be within (0, 1]")
         self.quickest = quickest
-        if not 0 < likelihood < 1:
-            raise ValueError("likelihood must be within (0, 1)")
-        self.likelihood = likelihood
         self.clock: Clock = clock or MonotonicClock()
-        self.latency = latency or LatencyModel()
-        if not 0 < min_share <= max_share or widen <= 0 or not 0 < probe < 1:
-            raise ValueError("need 0 < min_share <= max_share, widen > 0 and 0 < probe < 1")
-        self.min_share, self.max_share, self.widen, self.probe = min_share, max_share, widen, probe
-        self.probe_growth = probe_growth
-        self.probers = probers  # predictions of one profile probing at once: a few find the scale
-        # Per profile: the share of q at which new predictions are first probed (1: no probing),
-        # and whether each of its latest completions was a surprise (see _learn).
-        self._probe: dict[Profile, float] = {}
-        self._surprises: dict[Profile, deque[bool]] = {}
-        self.widest = 0.0  # the longest a prediction was allowed to go unpolled (the bound's first term)
+        self.policy = policy or PollPolicy()
         self.transient_errors = transient_errors
         self.max_transient_errors = max_transient_errors
         self._next_send = -math.inf
         self._wake: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active: dict[_Entry, None] = {}  # in arrival order: ties go to the oldest, every run alike
-        self._by_id: dict[str, _Entry] = {}
+        self._active: dict[Waiting, None] = {}  # in arrival order: ties go to the oldest, every run alike
+        self._by_id: dict[str, Waiting] = {}
 
     # -- public --------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
         return len(self._active)
 
-    def min_interval(self, profile: Profile) -> float:
-        """How soon a prediction seen running may be polled again."""
-        return self.min_share * self.latency.mean(profile)
-
-    def max_interval(self, profile: Profile) -> float:
-        """How long a prediction may go unpolled before it goes first."""
-        return self.max_share * self.latency.mean(profile)
-
     def first_poll_delay(self, profile: Profile) -> float:
-        """When a prediction submitted now would be first polled: as a probe while the profile is
-        probed and fewer than ``probers`` of it probe, else once the chance that it has ended
-        reaches ``likelihood`` (by the estimate at submission; a later one decides)."""
-        return self._probe_age(profile) or self.latency.quantile(profile, self.likelihood)
-
-    def _probe_age(self, profile: Profile) -> float | None:
-        """The first probe's age of a prediction submitted now, or None if it would not probe."""
-        share = self._probe_share(profile)
-        if share >= 1.0 or self._probing(profile) >= self.probers:
-            return None
-        return share * self.latency.quantile(profile, self.likelihood)
-
-    def _probe_share(self, profile: Profile) -> float:
-        if not self.latency.learned(profile):
-            return self.probe
-        return self._probe.get(profile, 1.0)
+        """When a prediction submitted now would be first polled (:meth:`PollPolicy.first_poll_delay`)."""
+        return self.policy.first_poll_delay(profile, self._probing(profile))
 
     def _probing(self, profile: Profile) -> int:
         return sum(1 for entry in self._active if entry.profile == profile and entry.probe is not None)
-
-    def interval(self, profile: Profile, seen_running: float) -> float:
-        """The re-poll interval of a prediction past what the model has seen, last seen running at
-        age ``seen_running``: ``widen`` of the time by which that age is past the model's tail,
-        at least the profile's min interval (a stuck one is polled ever less often)."""
-        overdue = seen_running - self.latency.quantile(profile, 1.0 - STUCK_TAIL)
-        return max(self.min_interval(profile), self.widen * overdue)
 
     async def wait(self, prediction_id: str, *, profile: Profile, poll: PollFn,
                    submitted_at: float | None = None, timeout: float | None = None,
@@ -203,21 +94,18 @@ class PollScheduler:
         t0 = now if submitted_at is None else submitted_at
         deadline = math.inf if timeout is None else t0 + timeout
         profile = (str(profile[0]), str(profile[1]))
-        probe = None if pushed else self._probe_age(profile)
-        if pushed:
-            delay = (1 + self.widen) * self.latency.quantile(profile, 1.0 - STUCK_TAIL)
-        else:
-            delay = self.first_poll_delay(profile)
-        entry = _Entry(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
-                       min(t0 + delay, deadline), probe, on_terminal, pushed=pushed,
-                       hinted_at=now if hinted else None)
+        probe = None if pushed else self.policy.probe_age(profile, self._probing(profile))
+        delay = self.policy.pushed_delay(profile) if pushed else self.first_poll_delay(profile)
+        entry = Waiting(prediction_id, profile, poll, asyncio.get_running_loop().create_future(), t0, deadline,
+                        min(t0 + delay, deadline), probe, on_terminal, pushed=pushed,
+                        hinted_at=now if hinted else None)
         self._active[entry] = None
         self._by_id[prediction_id] = entry
         entry.future.add_done_callback(lambda _: self._forget(entry))
         self._kick()
         return await entry.future
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: Waiting) -> None:
         self._active.pop(entry, None)
         if self._by_id.get(entry.prediction_id) is entry:
             del self._by_id[entry.prediction_id]
@@ -242,55 +130,18 @@ class PollScheduler:
         self._fail_all(RuntimeError("poll scheduler closed"))
 
     # -- choosing ------------------------------------------------------------------------
-    def _urgency(self, entry: _Entry, now: float) -> tuple[float, float]:
-        """(score, when it is ready): ready ones score >= ``likelihood``; the highest goes next."""
-        if now < entry.not_before:
-            return -1.0, entry.not_before
-        if now >= entry.deadline:
-            return 3.0, now  # one last poll, then the timeout
-        if entry.hinted_at is not None:
-            return 4.0, now  # a webhook's confirmation: first of all
-        since = entry.last_sent if entry.last_sent is not None else entry.first_due
-        if entry.pushed:  # the fallback: past the tail, then ever wider
-            due = entry.first_due if entry.last_sent is None else since + self.interval(entry.profile, entry.seen_running)
-            return (self.likelihood, now) if now >= due else (-1.0, min(due, entry.deadline))
-        ended_before = self.latency.cdf(entry.profile, entry.seen_running)  # share ended by then
-        overdue = ended_before > 1.0 - STUCK_TAIL  # past what the model has seen
-        longest = self.max_interval(entry.profile)
-        if overdue:
-            longest = max(longest, self.interval(entry.profile, entry.seen_running))
-        self.widest = max(self.widest, longest)
-        if now - since >= longest:
-            return 2.0 + (now - since), now  # starved: the longest unpolled first
-        ready_by = min(entry.deadline, since + longest)
-        if entry.probe is not None and self._probe_share(entry.profile) >= 1.0:
-            entry.probe = None  # the profile's scale is known again: no more probing
-        if entry.probe is not None:
-            probe_at = entry.t0 + entry.probe
-            if now >= probe_at:
-                return self.likelihood, now
-            ready_by = min(ready_by, probe_at)
-        if overdue:  # widen, after likelier ones
-            due = since + self.interval(entry.profile, entry.seen_running)
-            return (self.likelihood, now) if now >= due else (-1.0, min(due, ready_by))
-        chance = (self.latency.cdf(entry.profile, now - entry.t0) - ended_before) / (1.0 - ended_before)
-        if chance >= self.likelihood:
-            return chance, now
-        ready_at = entry.t0 + self.latency.quantile(entry.profile, ended_before + self.likelihood * (1 - ended_before))
-        return chance, min(ready_by, ready_at)
-
-    def _choose(self, now: float) -> tuple[_Entry | None, _Entry | None, float]:
+    def _choose(self, now: float) -> tuple[Waiting | None, Waiting | None, float]:
         """(the most urgent ready entry, the most urgent idle one at all, when the next is ready)."""
-        ready: tuple[float, _Entry] | None = None
-        idle: tuple[float, _Entry] | None = None
+        ready: tuple[float, Waiting] | None = None
+        idle: tuple[float, Waiting] | None = None
         wake_at = math.inf
         for entry in self._active:
             if entry.busy or entry.future.done():
                 continue
-            score, at = self._urgency(entry, now)
+            score, at = self.policy.urgency(entry, now)
             if idle is None or score > idle[0]:
                 idle = (score, entry)
-            if score >= self.likelihood or at <= now:  # (at <= now: the grid's rounding)
+            if score >= self.policy.likelihood or at <= now:  # (at <= now: the grid's rounding)
                 if ready is None or score > ready[0]:
                     ready = (score, entry)
             else:
@@ -347,7 +198,7 @@ class PollScheduler:
         except Exception as exc:  # the status limiter failed: every waiter learns why
             self._fail_all(exc)
 
-    def _launch(self, entry: _Entry, admission: Admission) -> None:
+    def _launch(self, entry: Waiting, admission: Admission) -> None:
         sent = self.clock.now()
         entry.busy = True
         entry.last_sent = sent
@@ -359,7 +210,7 @@ class PollScheduler:
         # its process: one never answered would hold a place in its windows for good).
         task.add_done_callback(lambda _: admission.answered())
 
-    async def _poll_once(self, entry: _Entry, sent: float, admission: Admission) -> None:
+    async def _poll_once(self, entry: Waiting, sent: float, admission: Admission) -> None:
         try:
             answer = await entry.poll(entry.prediction_id, admission)
         except Exception as exc:
@@ -372,11 +223,8 @@ class PollScheduler:
         entry.errors = 0
         now = self.clock.now()
         if answer.terminal:
-            if answer.status == "completed" and entry.pushed:
-                lo = entry.seen_running if entry.hinted_at is None else entry.hinted_at - entry.t0
-                self.latency.observe(entry.profile, lo, sent - entry.t0 if entry.hinted_at is None else lo)
-            elif answer.status == "completed":
-                self._learn(entry, sent - entry.t0)
+            if answer.status == "completed":
+                self.policy.completed(entry, sent)
             if entry.on_terminal is not None:
                 try:
                     entry.on_terminal(answer)
@@ -385,42 +233,14 @@ class PollScheduler:
                     return
             entry.future.set_result(answer)
             return
-        entry.last_pending = sent
-        entry.hinted_at = None  # a webhook's word that the poll did not bear out
+        self.policy.seen_running(entry, sent)
         if now >= entry.deadline:
             entry.future.set_exception(TimeoutError(
                 f"prediction {entry.prediction_id} still {answer.status!r} after {now - entry.t0:.1f}s"))
             return
-        if entry.probe is not None:  # probing: next at a wider age, until the estimate's own first poll
-            entry.probe = self.probe_growth * entry.seen_running
-            if entry.probe >= self.latency.quantile(entry.profile, self.likelihood):
-                entry.probe = None
-        # A probe's next age is its own (the mean it would be a share of is only the guess it tests).
-        gap = 0.0 if entry.probe is not None else self.min_interval(entry.profile)
-        entry.not_before = min(sent + gap, entry.deadline)
         self._kick()
 
-    def _learn(self, entry: _Entry, done_at: float) -> None:
-        """A completion's bracket goes to the estimate. Found done at its first poll although the
-        estimate gave that at most ``SURPRISED``: the latency may have fallen below it. Three such
-        surprises among the profile's last six completions: the estimate restarts from the latest
-        brackets and new predictions are probed early (one surprise alone is the estimate's own
-        5 % that end before its first poll). A completion seen running first moves the probe back
-        towards the estimate's own first poll."""
-        profile, lo = entry.profile, entry.seen_running
-        surprised = entry.last_pending is None and self.latency.cdf(profile, done_at) <= SURPRISED
-        learned = self.latency.learned(profile)
-        self.latency.observe(profile, lo, done_at)
-        recent = self._surprises.setdefault(profile, deque(maxlen=6))
-        recent.append(surprised and learned)
-        if sum(recent) >= 3:
-            self.latency.distribution(profile).restart(len(recent))
-            self._probe[profile] = self.probe
-            recent.clear()
-        elif entry.last_pending is not None:
-            self._probe[profile] = min(1.0, 2 * self._probe.get(profile, 1.0))
-
-    def _on_error(self, entry: _Entry, exc: Exception) -> None:
+    def _on_error(self, entry: Waiting, exc: Exception) -> None:
         if entry.future.done():
             return
         now = self.clock.now()
@@ -435,6 +255,5 @@ class PollScheduler:
             return
         entry.errors += 1
         retry_after = getattr(exc, "retry_after", None) or 0.0
-        delay = min(self.max_interval(entry.profile), self.min_interval(entry.profile) * 2 ** (entry.errors - 1))
-        entry.not_before = min(now + max(delay, retry_after), entry.deadline)
+        entry.not_before = min(now + max(self.policy.backoff(entry), retry_after), entry.deadline)
         self._kick()

@@ -60,7 +60,7 @@ print(f"wall {time.monotonic() - began:5.1f} s, server CPU {cpu:4.1f} s")
 server.stop()
 """
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
-IMPORTS = "import flows.cli, flows.console, flows.collection"  # what `tryon run` imports before its server
+IMPORTS = "import flows.cli, flows.console"  # what `tryon run` imports before it starts its server
 NAIVE = """
 import asyncio, sys
 from fashn import AsyncFashn

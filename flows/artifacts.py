@@ -67,12 +67,14 @@ def _log_failure(task: asyncio.Task) -> None:
 
 
 async def publish_results(report: RunReport, location: str, gallery: str | None = None) -> None:
+    flagged = sorted(report.items, key=lambda e: not e.flags.needs_review)  # what needs review first
     rows = [
-        {"garment": e.garment_id, "model": e.model_id, "state": e.state, "prediction": e.prediction_id or "",
+        {"garment": e.garment_id, "model": e.model_id, "take": e.take, "state": e.state,
+         "needs_review": e.flags.needs_review or "", "prediction": e.prediction_id or "",
          "outputs": len(e.outputs), "credits": e.credits_used,
          "error": f"{e.error_name}: {e.error_message}" if e.error_name else
          f"left for the budget: would cost {e.credits_needed} credit(s)" if e.state == "unfunded" else ""}
-        for e in report.items[:MAX_TABLE_ROWS]
+        for e in flagged[:MAX_TABLE_ROWS]
     ]
     await acreate_table_artifact(rows, key=artifact_key(report.collection, "results"),
                                  description=f"{report.summary_line()} (first {MAX_TABLE_ROWS} rows)")

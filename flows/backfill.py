@@ -32,6 +32,9 @@ from tryon.spec.problems import SpecError
 from tryon.traffic.budget import Budget
 
 
+WAITING = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED"}  # a collection run started, not waited for (review)
+
+
 @flow(name="tryon-backfill", description="Run many collections: by list, prefix or glob, and date range.")
 async def backfill(
     collections: list[str] = [],  # noqa: B006 (never mutated: the empty form)
@@ -52,6 +55,9 @@ async def backfill(
     archive_block: str = "",
     max_credits: MaxCredits = 0,
     partial: bool = False,
+    review: bool = False,
+    max_review_rounds: Annotated[int, Field(ge=1)] = 3,
+    publish: str = "",
 ) -> dict[str, Any]:
     """Backfill collections.
 
@@ -80,7 +86,14 @@ async def backfill(
             then TRYON_MAX_CREDITS, else no limit. A backfill whose plan is above it spends nothing, unless partial.
         partial: Above max_credits, each collection runs items in spec order up to what is left of it and leaves
             the rest for the budget.
+        review: Each collection's run waits for its own review (see the collection flow); needs deployment, and the
+            backfill does not wait for the reviews: it ends once every collection run has started.
+        max_review_rounds: Review rounds per collection.
+        publish: On each collection's approval, copy its approved outputs under this fsspec URL.
     """
+    if review and not given(deployment):
+        raise ValueError("review needs deployment: a collection run waiting for review is a deployment run, "
+                         "suspended with no process")
     logger = get_run_logger()
     specs = await find_specs([*collections, *([pattern] if pattern else [])])
     chosen = [url for url in specs if in_range(await spec_date(url), date_from, date_to)]
@@ -88,7 +101,8 @@ async def backfill(
     # Only what differs from the collection flow's defaults (so idempotency keys stay stable).
     parameters = {"archive": archive, "model_name": model_name, "mode": mode, "num_samples": num_samples,
                   "force": force, "reuse": reuse, "dry_run": dry_run, "credentials_block": credentials_block,
-                  "archive_block": archive_block, "partial": partial}
+                  "archive_block": archive_block, "partial": partial, "review": review,
+                  "max_review_rounds": max_review_rounds, "publish": publish}
     parameters = {k: v for k, v in parameters.items()
                   if v != inspect.signature(tryon_collection.fn).parameters[k].default}
     deployment = given(deployment)
@@ -112,12 +126,12 @@ async def backfill(
     async def run(url: str):
         key = idempotency_key("backfill", {"spec": url, **parameters}, await spec_digest(url), rerun) \
             if deployment else None
-        return await launch(url, parameters, deployment=deployment, idempotency=key)
+        return await launch(url, parameters, deployment=deployment, idempotency=key, wait=not review)
 
     # The subflows run here share one controller per key, one after another too.
     async with joined():
         runs = await bounded([lambda u=url: run(u) for url in chosen], max_concurrent)
-    failed = [r.spec for r in runs if r.outcome != "COMPLETED"]
+    failed = [r.spec for r in runs if r.outcome != "COMPLETED" and not (review and r.outcome in WAITING)]
     if failed:
         return Failed(message=f"{len(failed)} of {len(runs)} collection run(s) did not complete: "  # type: ignore[return-value]
                               + ", ".join(failed))

@@ -7,6 +7,7 @@ never import Prefect, so they answer in well under a second.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,6 +124,85 @@ def index(archive: str, /) -> int:
     try:
         print(asyncio.run(index_archive(Archive(archive))).line())
     except FashnError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+@app.command
+def review(spec: str, /, *, reject: Annotated[list[str] | None, Parameter(consume_multiple=True)] = None,
+           reason: str = "", by: str | None = None, archive: str | None = None) -> int:
+    """List each item as it stands (take, checks, verdict), flagged first; with --reject, reject
+    those items' current takes: `tryon run SPEC` then makes a new take of each (a new seed).
+
+    Parameters
+    ----------
+    spec
+        Path or fsspec URL of the spec.
+    reject
+        Labels (garment__model) to make again.
+    reason
+        Why they are rejected (kept with the verdict).
+    by
+        Who rejects them; default the user's login name.
+    archive
+        Archive root (fsspec URL or path); default TRYON_ARCHIVE_URL or ./archive.
+    """
+    from tryon.verdicts import reject as reject_items, standing_lines, standings
+
+    async def main() -> list[str]:
+        collection, store = await _collection(spec, archive)
+        if reject:
+            await reject_items(collection, store, reject, reason=reason, by=by or getpass.getuser())
+        return standing_lines(await standings(collection, store))
+
+    return _report_lines(main)
+
+
+@app.command
+def approve(spec: str, /, *, publish: str | None = None, by: str | None = None, archive: str | None = None) -> int:
+    """Approve every item's current take: write approved.json beside the collection and, with
+    --publish, copy each approved output to URL/<collection>/<garment>__<model>_<n>.png (verified).
+
+    Parameters
+    ----------
+    spec
+        Path or fsspec URL of the spec.
+    publish
+        fsspec URL (or path) to publish the approved outputs to.
+    by
+        Who approves; default the user's login name.
+    archive
+        Archive root (fsspec URL or path); default TRYON_ARCHIVE_URL or ./archive.
+    """
+    from tryon.publish import publish as publish_approved
+    from tryon.verdicts import approve as approve_items
+
+    async def main() -> list[str]:
+        collection, store = await _collection(spec, archive)
+        approved = await approve_items(collection, store, by=by or getpass.getuser())
+        lines = [f"{collection.name}: {len(approved.items)} items approved (approved.json)"]
+        if publish:
+            lines.append(f"published {len(await publish_approved(approved, store, publish))} outputs to {publish}")
+        return lines
+
+    return _report_lines(main)
+
+
+async def _collection(spec: str, archive: str | None):
+    from tryon.archive import Archive
+    from tryon.batch import load_and_validate
+    from tryon.settings import ArchiveSettings
+
+    return await load_and_validate(spec), Archive(archive or ArchiveSettings().archive_url)
+
+
+def _report_lines(main) -> int:
+    from tryon.errors import FashnError
+    from tryon.spec.problems import SpecError
+
+    try:
+        print("\n".join(asyncio.run(main())))
+    except (SpecError, FashnError, ValueError) as exc:
         return _fail(str(exc))
     return 0
 

@@ -4,18 +4,23 @@ ends failed with the reason in the report.
 Read top to bottom: load and validate the spec, check the archive is writable, plan every item
 once and check the spend limit and the balance cover the run (all before anything is spent), run
 every planned item through its life (:mod:`tryon.item`, one Prefect task each) under the key's
-shared traffic control and the run's budget, then write the report, gallery and artifacts.
+shared traffic control and the run's budget, then write the report, gallery and artifacts. With
+``review``, the run then waits, suspended, for a reviewer (:mod:`flows.review`): rejected items get
+a new take (:mod:`tryon.takes`) and the reviewer is asked again; approval writes approved.json and
+publishes.
 """
 
 from __future__ import annotations
 
 from contextlib import aclosing
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.events import emit_event
-from prefect.states import Failed
+from prefect.states import Failed, State
+from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from flows import artifacts
@@ -23,16 +28,21 @@ from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
 from flows.params import (AS_IN_SPEC, InlineCollection, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given,
                           input_overrides)
+from flows.review import ReviewDecision, review_gate
 from flows.tasks import tryon_item
-from flows.watch import watcher_of
+from flows.watch import RunWatcher, watcher_of
 from flows.webhooks import webhook_events
+from tryon.archive import Archive
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.errors import OverBudget
+from tryon.publish import publish as publish_approved
 from tryon.report import RunReport
 from tryon.process import joined
 from tryon.runtime import open_runtime
-from tryon.settings import ArchiveSettings
+from tryon.settings import ArchiveSettings, FashnSettings
+from tryon.spec.collection import CollectionSpec
 from tryon.traffic.budget import Budget
+from tryon.verdicts import approve, flagged, reject, standings
 
 @flow(name="tryon-collection",
       description="Try on every garment × model pair of a collection and archive each output once.")
@@ -51,6 +61,9 @@ async def tryon_collection(
     max_credits: MaxCredits = 0,
     partial: bool = False,
     budget: SkipJsonSchema[Budget | None] = None,
+    review: bool = False,
+    max_review_rounds: Annotated[int, Field(ge=1)] = 3,
+    publish: str = "",
 ) -> dict[str, Any]:
     """Run one collection.
 
@@ -73,12 +86,15 @@ async def tryon_collection(
         partial: When the plan is above max_credits, run items in spec order up to the limit and leave the rest
             for the budget (reported, not failed; a run with a larger limit takes them).
         budget: The spend limit shared with other runs of this process (a backfill's subflows); not a form field.
+        review: After the run, wait (suspended, holding no worker) for a reviewer's verdict in the run's input
+            form: rejected items get a new take and the form asks again; approval writes approved.json.
+        max_review_rounds: Review rounds before the run gives up unapproved.
+        publish: On approval, copy each approved output to this fsspec URL as <collection>/<label>_<n>.png.
     """
     inline = inline_spec if inline_spec is not None and not inline_spec.empty else None
     if bool(given(spec)) == (inline is not None):
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
-    logger = get_run_logger()
     watcher = watcher_of(flow_run.get_id())  # the terminal that started this run, if one did
     collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
     settings = await resolve_settings(given(credentials_block))
@@ -86,7 +102,56 @@ async def tryon_collection(
     await store.check_writable(collection.name)
     if budget is None:
         budget = Budget(max_credits or settings.max_credits)
+    once = dict(watcher=watcher, budget=budget, partial=partial, reuse=reuse)
+    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, **once)
+    if dry_run or not review or isinstance(outcome, State):
+        return outcome
+    for round in range(1, max_review_rounds + 1):
+        decision = await _review_round(collection, store, round)
+        if decision.approved:
+            return await _approve(collection, store, round, given(publish), outcome)
+        # A run resumed later starts again from the top: its items are skipped, each rejection
+        # recorded once (by its round), and each take made once.
+        outcome = await _run_once(collection, settings, store, dry_run=False, force=False, **once)
+        if isinstance(outcome, State):
+            return outcome
+    return Failed(message=f"{collection.name}: not approved after {max_review_rounds} review rounds")  # type: ignore[return-value]
 
+
+def _review_id(round: int) -> tuple[str, str]:
+    """Who answers a round (the flow run, by name) and the round's identity (run id and round)."""
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    return f"flow run {run.name}", f"{run.id}/review-{round}"
+
+
+async def _review_round(collection: CollectionSpec, store: Archive, round: int) -> ReviewDecision:
+    """Ask the reviewer (suspended: no process while waiting); record what was rejected."""
+    items = await standings(collection, store)
+    decision = await review_gate([s.label for s in items], flagged(items), collection=collection.name,
+                                 model_name=collection.model_name, round=round)
+    if decision.rejected:
+        by, review_id = _review_id(round)
+        await reject(collection, store, decision.rejected, reason=decision.reason, by=by, review=review_id)
+        get_run_logger().info("round %d: %d items rejected (%s); making new takes", round, len(decision.rejected),
+                              decision.reason or "no reason given")
+    return decision
+
+
+async def _approve(collection: CollectionSpec, store: Archive, round: int, url: str | None,
+                   outcome: dict[str, Any]) -> dict[str, Any]:
+    by, review_id = _review_id(round)
+    approved = await approve(collection, store, by=by, review=review_id)
+    published = await publish_approved(approved, store, url) if url else []
+    get_run_logger().info("%s approved: %d items%s", collection.name, len(approved.items),
+                          f", published to {url}" if url else "")
+    return {**outcome, "approved": len(approved.items), "published": len(published)}
+
+
+async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: Archive, *, dry_run: bool,
+                    force: bool, reuse: bool, partial: bool, budget: Budget, watcher: RunWatcher | None
+                    ) -> dict[str, Any] | State:
+    """Plan, fund and check the balance, run every planned item, write the report, gallery and artifacts."""
+    logger = get_run_logger()
     async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
             webhook_events(runtime):
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no

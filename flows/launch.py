@@ -54,14 +54,15 @@ def idempotency_key(kind: str, parameters: dict[str, Any], digest: str, rerun: i
 
 
 async def launch(spec: str, parameters: dict[str, Any], *, deployment: str | None = None,
-                 idempotency: str | None = None) -> Launched:
-    """Run the collection flow on ``spec``: as a subflow, or as a run of ``deployment`` (waited for)."""
+                 idempotency: str | None = None, wait: bool = True) -> Launched:
+    """Run the collection flow on ``spec``: as a subflow, or as a run of ``deployment`` (waited for,
+    unless not ``wait``: a run waiting for review must not hold this one)."""
     name = posixpath.basename(spec.rstrip("/"))
     if deployment is None:
         state = await tryon_collection.with_options(flow_run_name=f"{name}")(
             spec=spec, **parameters, return_state=True)
         return Launched(spec, state, str(state.state_details.flow_run_id))
     flow_run = await arun_deployment(deployment, parameters={"spec": spec, **parameters},
-                                     idempotency_key=idempotency, flow_run_name=name, timeout=None,
+                                     idempotency_key=idempotency, flow_run_name=name, timeout=None if wait else 0,
                                      poll_interval=2)
     return Launched(spec, flow_run.state, str(flow_run.id))

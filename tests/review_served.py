@@ -1,5 +1,5 @@
-"""A flow behind the review gate, served with ``flow.serve`` (tests/test_review_gate.py runs this file
-in a subprocess). Each process that runs the flow appends its pid to ``<out>/processes.log``; the
+"""A flow behind the review gate and the collection flow, served with ``prefect.serve``
+(tests/test_review_gate.py runs this file in a subprocess). Each process that runs the flow appends its pid to ``<out>/processes.log``; the
 decisions it got are written to ``<out>/decisions.json``."""
 
 from __future__ import annotations
@@ -29,4 +29,8 @@ async def gated(labels: list[str], flagged: dict[str, list[str]], out: str, roun
 
 
 if __name__ == "__main__":
-    gated.serve(name="review")
+    from prefect import serve
+
+    from flows.collection import tryon_collection
+
+    serve(gated.to_deployment(name="review"), tryon_collection.to_deployment(name="review"))

@@ -6,6 +6,7 @@ headless Chromium as a multi-select (screenshot in test-artifacts/)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -61,10 +62,12 @@ def _exits(pid: int, timeout: float = 60) -> bool:
 
 
 class Served:
-    """The gate's probe flow (tests/review_served.py) served on a Prefect server with its UI."""
+    """The gate's probe flow and the collection flow (tests/review_served.py) served on a Prefect
+    server with its UI, the collection flow's runs pointed at the shared test emulator."""
 
-    def __init__(self, stack, deployment: str) -> None:
+    def __init__(self, stack, deployment: str, collection: str, serve_pid: int) -> None:
         self.stack, self.deployment = stack, deployment
+        self.collection, self.serve_pid = collection, serve_pid  # the collection flow's deployment; serve's pid
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         """One call to the server; a 503 (SQLite busy on a loaded machine) is tried again, as
@@ -104,11 +107,13 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
+def served(tmp_path_factory, emulator) -> Iterator[Served]:
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
     from tests.test_deployments_e2e import PrefectStack
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FASHN_", "TRYON_"))}
-    stack = PrefectStack(tmp_path_factory.mktemp("prefect-review-home"), {**env, "PYTHONPATH": str(ROOT)})
+    env.update(flow_env(emulator, TIME_SCALE), PYTHONPATH=str(ROOT))
+    stack = PrefectStack(tmp_path_factory.mktemp("prefect-review-home"), env)
     stack.env.update(PREFECT_UI_ENABLED="true", PREFECT_RUNNER_POLL_FREQUENCY="1")
     try:
         stack.start("server", "start", "--host", "127.0.0.1", "--port", str(stack.port), name="server")
@@ -118,10 +123,11 @@ def served(tmp_path_factory) -> Iterator[Served]:
                                 stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         stack.processes.append((proc, log))
         deadline = time.monotonic() + 180
-        while (answer := stack.http.get("/deployments/name/review-gate-probe/review")).status_code != 200:
+        while (answer := stack.http.get("/deployments/name/review-gate-probe/review")).status_code != 200 or \
+                (collection := stack.http.get("/deployments/name/tryon-collection/review")).status_code != 200:
             assert time.monotonic() < deadline and proc.poll() is None, f"serve did not start\n{stack.logs()}"
             time.sleep(0.5)
-        yield Served(stack, answer.json()["id"])
+        yield Served(stack, answer.json()["id"], collection.json()["id"], proc.pid)
     finally:
         stack.stop()
 
@@ -213,3 +219,86 @@ async def test_the_review_form_renders_as_a_multi_select_in_a_real_browser(serve
     assert form["options"] == review_labels(LABELS, FLAGGED), "a multi-select, flagged labels first"
     assert "Flagged by the automatic checks" in form["text"] and "coat__bo: blank" in form["text"]
     assert "Reason" in form["text"] and "Approve All" in form["text"] and form["fields"] >= 3
+
+
+# -- the collection flow under review, over the emulator -------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _suspended_at(served: Served, run_id: str, key: str, timeout: float = 240) -> bool:
+    """Wait until the run is suspended on ``key`` and no process runs it; whether one was seen
+    running it (a child of serve) before."""
+    deadline, seen = time.monotonic() + timeout, False
+    while time.monotonic() < deadline:
+        seen = seen or bool(_children(served.serve_pid))
+        run = served.api("GET", f"/flow_runs/{run_id}").json()
+        if run["state_name"] in ("Failed", "Crashed", "Completed"):
+            raise AssertionError(f"{run['state_name']}: {run['state']['message']}\n{served.stack.logs()}")
+        if run["state_name"] == "Suspended" and run["state"]["state_details"].get("pause_key") == key \
+                and not _children(served.serve_pid):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} never suspended on {key} with no process: {run['state_name']}\n"
+                         f"{served.stack.logs()}")
+
+
+@pytest.mark.slow
+async def test_a_collection_under_review_makes_new_takes_of_rejected_items_then_approves_and_publishes(
+        served, emulator, tmp_path):
+    from tests.test_flow_faults import url_collection
+
+    emulator.reset()
+    emulator.configure(faults={"output_faults": {"blank-shirt": "blank", "small-shirt": "wrong_size"}})
+    try:
+        spec = url_collection(tmp_path, emulator, garments=["shirt", "blank-shirt", "small-shirt"], models=2,
+                              name="autumn")
+        archive, shop = tmp_path / "archive", tmp_path / "shop"
+        run_id = served.api("POST", f"/deployments/{served.collection}/create_flow_run", json={"parameters": {
+            "spec": str(spec), "archive": str(archive), "review": True, "publish": str(shop)}}).json()["id"]
+        assert _suspended_at(served, run_id, "review-1"), "a process of serve ran the flow, then ended"
+        assert len(emulator.predictions()) == 6
+        schema = served.api("GET", f"/flow_runs/{run_id}/input/suspended-review-1-schema").json()
+        flagged = ["blank-shirt__m0", "blank-shirt__m1", "small-shirt__m0", "small-shirt__m1"]
+        assert schema["properties"]["reject"]["items"]["enum"][:4] == flagged, "flagged first"
+
+        rejected = ["blank-shirt__m0", "small-shirt__m1", "shirt__m0"]
+        await _resume(served.stack.api, run_id, {"reject": rejected, "reason": "hand wrong"})
+        assert _suspended_at(served, run_id, "review-2"), "resumed in a new process, ended again"
+        predictions = emulator.predictions()
+        new = predictions[6:]
+        assert len(new) == 3 and all(p["seed"] == 43 for p in new), "one new take each, seed 42 + 1"
+        assert sorted(p["images"]["garment_image"].rsplit("/", 1)[1] for p in new) == \
+            ["blank-shirt.png", "shirt.png", "small-shirt.png"]
+        folder = archive / "autumn" / "tryon-v1.6"
+        for label in rejected:
+            assert (folder / label / "takes/1/output_0.png").exists(), "the earlier take stays archived"
+            verdicts = json.loads((folder / label / "verdicts.json").read_text())["verdicts"]
+            assert [(v["take"], v["verdict"], v["reason"]) for v in verdicts] == [(1, "rejected", "hand wrong")]
+
+        await _resume(served.stack.api, run_id, {"approve_all": True})
+        deadline = time.monotonic() + 240
+        while (state := served.state_name(run_id)) != "Completed":
+            assert state not in ("Failed", "Crashed") and time.monotonic() < deadline, served.stack.logs()
+            time.sleep(0.3)
+        assert len(emulator.predictions()) == 9, "runs started again on resume paid for nothing"
+        approved = json.loads((folder / "approved.json").read_text())
+        takes = {i["label"]: i["take"] for i in approved["items"]}
+        assert takes == {label: 2 if label in rejected else 1 for label in takes} and len(takes) == 6
+        served_sha = {p["id"]: p["output_sha256"] for p in emulator.predictions()}
+        for entry in approved["items"]:
+            result = json.loads((folder / entry["label"] / "result.json").read_text())
+            assert entry["sha256"] == served_sha[result["prediction_id"]] == [o["sha256"] for o in result["outputs"]]
+            copy = (shop / "autumn" / f"{entry['label']}_0.png").read_bytes()
+            assert hashlib.sha256(copy).hexdigest() == entry["sha256"][0]
+    finally:
+        emulator.configure(faults={"output_faults": {}})

@@ -459,7 +459,7 @@ async def _until_members(fingerprint: str, n: int, *processes: subprocess.Popen)
                 return
         except Exception:  # the key's limit does not exist yet
             pass
-        assert all(p.poll() is None for p in processes), [(p.returncode, p.communicate()[1][-3000:]) for p in processes]
+        assert all(p.poll() in (None, 0) for p in processes), [p.returncode for p in processes]
         await asyncio.sleep(0.1)
 
 
@@ -479,7 +479,7 @@ async def test_runs_joining_a_key_and_one_killed_draw_no_rate_limit_429(prefect_
     env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key, "PYTHONPATH": str(ROOT),
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING"}
     # garments, times 6 models; quality: 2 s each here
-    sizes = {"first": 6, "second": 6, "third": 3, "fourth": 2, "fifth": 2}
+    sizes = {"first": 12, "second": 6, "third": 3, "fourth": 2, "fifth": 2}  # the first runs alone at first
 
     def start(name: str) -> subprocess.Popen:
         spec = write_collection(tmp_path / name, name=name, garments=sizes[name], models=6,

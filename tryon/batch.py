@@ -174,12 +174,15 @@ async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.r
 
 
 async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:
-    """Write the run's report, summary and gallery (headed by the ``items``' input thumbnails) into
-    the archive; the report's location."""
+    """Write the run's report, summary and gallery (headed by the ``items``' input thumbnails, each
+    item's last verdict on its take in its cell) into the archive; the report's location."""
+    items = list(items)
     await gallery_headers(archive, report, items)
+    verdicts = await asyncio.gather(*(archive.read_verdicts(item) for item in items))
     return await archive.write_report(
         report.collection, report.model_name, report.run_id, report=report.to_json().encode("utf-8"),
         summary=(report.summary_text().rstrip("\n") + "\n").encode("utf-8"),
-        gallery=render_gallery(report).encode("utf-8"))
+        gallery=render_gallery(report, verdicts={item.label: v.latest(item.take) for item, v in zip(items, verdicts)})
+        .encode("utf-8"))
 
 

@@ -101,3 +101,10 @@ def check_output(data: bytes, model_name: str, inputs: Mapping[str, Any] | None 
     if spread < BLANK_STDDEV:
         problems.append(Problem("not_blank", f"blank (near-uniform: colour spread {spread:.1f} < {BLANK_STDDEV:g})"))
     return Verdict(tuple(problems), size)
+
+
+def review_reason(outputs: list[tuple[str, bytes]], model_name: str, inputs: Mapping[str, Any] | None = None) -> str | None:
+    """Why an item's outputs (name, bytes) need review, every failed check named by output; None
+    when all pass."""
+    reasons = [f"{name}: {reason}" for name, data in outputs for reason in check_output(data, model_name, inputs).reasons]
+    return "; ".join(reasons) or None

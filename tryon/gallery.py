@@ -1,11 +1,15 @@
-"""``index.html``: a garments × models grid of every output of a run, self-contained.
+"""``index.html``: the review surface, a garments × models grid of the collection as it stands,
+self-contained.
 
 Written beside ``report.json`` in ``<root>/<collection>/<model_name>/``: garment thumbnails head
-the rows and model photo thumbnails the columns, in spec order; a checkbox shows only the rows with
-a failed item, each with its reason. Image links are relative (``<garment>__<model>/output_0.png``,
+the rows and model photo thumbnails the columns, in spec order. Each cell is an item's current
+take: its label, take number, the automatic checks' outcome and the last verdict (a failed item its
+reason). Filters show only the rows with an item needing review, or a failed one; ticking cells
+writes their labels and the ``tryon review`` command to paste (the page's one inline script, which
+reads nothing but the page). Image links are relative (``<garment>__<model>/output_0.png``,
 ``_inputs/garment-<id>.jpg``), so the page works opened from the archive folder or served over HTTP;
 ``link`` maps them elsewhere (presigned URLs for an archive on S3). An input given as an http(s) URL
-is shown from that URL. No scripts; every text is HTML-escaped.
+is shown from that URL. No external asset; every text is HTML-escaped.
 
 Its headers (:func:`gallery_headers`) are thumbnails of the inputs, archived once per image;
 :func:`gallery_copy` is the page of a collection's latest run with every link made for a browser
@@ -23,11 +27,12 @@ from urllib.parse import quote
 from PIL import Image
 
 from tryon import images
-from tryon.archive import Archive, ArchiveError
+from tryon.archive import Archive, ArchiveError, Verdict
 from tryon.spec.items import Item
 from tryon.spec.loaders import load_spec
 from tryon.models import model_spec
 from tryon.report import ItemReport, RunReport
+from tryon.verdicts import standings
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
@@ -39,8 +44,22 @@ td.failed{background:#fff1f0} td.skipped{background:#f5f8ff} td.reused{backgroun
 td.unfunded{background:#fffbe6}
 .state{font-size:.75rem;color:#666;margin-top:.2rem} .error{font-size:.8rem;color:#a8071a;max-width:18rem}
 .error b{display:block} th img{height:96px;width:auto;display:block;margin:0 auto .2rem;background:#eee}
-label.filter{display:inline-block;margin:0 0 .8rem;font-size:.9rem}
+label.filter{display:inline-block;margin:0 .8rem .8rem 0;font-size:.9rem}
 #failed-only:checked ~ table tbody tr:not(:has(td.failed)){display:none}
+#review-only:checked ~ table tbody tr:not(:has(td.review)){display:none}
+td.review{background:#fffbe6} .checks{font-size:.75rem;color:#876800;max-width:18rem} .verdict{font-size:.75rem}
+.verdict.approved{color:#237804} .verdict.rejected{color:#a8071a} label.pick{font-size:.8rem;font-weight:600}
+#picked{display:block;margin-top:1rem;font-family:ui-monospace,monospace;white-space:pre-wrap}
+"""
+
+_PICK_SCRIPT = """
+const picks = Array.from(document.querySelectorAll('input.pick'));
+const show = () => {
+  const labels = picks.filter(p => p.checked).map(p => p.value);
+  document.getElementById('picked').textContent = labels.length ?
+    labels.join(' ') + '\\ntryon review SPEC --reject ' + labels.join(' ') + ' --reason "..."' : '';
+};
+picks.forEach(p => p.addEventListener('change', show));
 """
 
 
@@ -59,34 +78,57 @@ def _head(kind: str, name: str, thumbnail: str | None, href: Callable[[str], str
     return f"{image}{escape(name)}"
 
 
-def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str], str]) -> str:
+def _cell(entry: ItemReport | None, paths: Sequence[str], _href: Callable[[str], str],
+          verdict: Verdict | None = None) -> str:
     if entry is None:
         return '<td class="none">—</td>'
+    pick = (f'<label class="pick"><input type="checkbox" class="pick" value="{escape(entry.label, quote=True)}"> '
+            f"{escape(entry.label)}</label>")
     if entry.state == "failed":
         note = f'<div class="state">{escape(entry.note)}</div>' if entry.note else ""
-        return (f'<td class="failed"><div class="error"><b>{escape(entry.error_name or "failed")}</b>'
+        return (f'<td class="failed">{pick}<div class="error"><b>{escape(entry.error_name or "failed")}</b>'
                 f"{escape(entry.error_message or '')}</div>{note}</td>")
     thumbs = "".join(
         f'<a href="{_href(p)}"><img src="{_href(p)}" alt="{escape(entry.label, quote=True)} output {i}" '
         f'loading="lazy"></a>' for i, p in enumerate(paths))
-    if entry.state == "skipped":
-        links = " ".join(f'<a href="{_href(p)}">{escape(p.rsplit("/", 1)[-1])}</a>' for p in paths)
-        state = f"skipped (archived earlier){': ' + links if links else ''}"
-    elif entry.state == "reused":
-        state = f"reused from {escape(entry.reused_from or '')}, 0 credits"
-    elif entry.state == "unfunded":
-        state = f"left for the budget: would cost {entry.credits_needed} credit(s)"
-    else:
-        state = f"archived, {entry.credits_used} credit{'s' if entry.credits_used != 1 else ''}"
-    return f'<td class="{entry.state}"><div class="imgs">{thumbs}</div><div class="state">{state}</div></td>'
+    if entry.state == "unfunded":
+        return (f'<td class="unfunded"><div class="state">take {entry.take} left for the budget: would cost '
+                f"{entry.credits_needed} credit(s)</div></td>")
+    state = f"take {entry.take}, archived"
+    if entry.reused_from:
+        state += f" (reused from {escape(entry.reused_from)}, 0 credits)"
+    elif entry.state == "archived":
+        state += f" by this run, {entry.credits_used} credit{'s' if entry.credits_used != 1 else ''}"
+    reason = entry.flags.needs_review
+    checks = f"needs review: {escape(reason)}" if reason else "checks passed"
+    said = "" if verdict is None else (
+        f'<div class="verdict {verdict.verdict}">{verdict.verdict} by {escape(verdict.by)}'
+        f"{': ' + escape(verdict.reason) if verdict.reason else ''}</div>")
+    return (f'<td class="{entry.state}{" review" if reason else ""}">{pick}<div class="imgs">{thumbs}</div>'
+            f'<div class="state">{state}</div><div class="checks">{checks}</div>{said}</td>')
+
+
+def standing_line(report: RunReport, verdicts: Mapping[str, Verdict | None]) -> str:
+    """The collection as it stands: its items, archived, needing review, approved, failed."""
+    archived = [e for e in report.items if e.state not in ("failed", "unfunded")]
+    flagged = sum(1 for e in archived if e.flags.needs_review)
+    later = sum(1 for e in archived if e.take > 1)
+    approved = sum(1 for v in verdicts.values() if v is not None and v.verdict == "approved")
+    return (f"{report.collection}/{report.model_name}: {report.total} items, {len(archived)} archived"
+            f"{f' ({later} at a later take)' if later else ''}, {flagged} need review, {approved} approved, "
+            f"{report.totals['failed']} failed" + (f", {report.totals['unfunded']} left for the budget"
+                                                   if report.totals.get("unfunded") else ""))
 
 
 def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] | None = None, *,
-                   title: str | None = None, link: Callable[[str], str] | None = None) -> str:
+                   title: str | None = None, link: Callable[[str], str] | None = None,
+                   verdicts: Mapping[str, Verdict | None] | None = None) -> str:
     """The HTML page: one row per garment, one column per model photo (in the report's spec order,
     then any others), thumbnails of every output (``output_paths`` maps an item label to its
     outputs' relative paths; by default ``<label>/<output name>``), failed cells with the error name
-    and message. ``link`` turns a path relative to the report into the page's link (default: as is)."""
+    and message. ``link`` turns a path relative to the report into the page's link (default: as is).
+    ``verdicts``: each item's last verdict on its current take."""
+    verdicts = verdicts or {}
     paths = default_output_paths(report) if output_paths is None else output_paths
 
     def href(path: str) -> str:
@@ -105,18 +147,24 @@ def render_gallery(report: RunReport, output_paths: Mapping[str, Sequence[str]] 
     header = "".join(f"<th>{_head('model', m, thumb, href)}</th>" for m, thumb in models.items())
     rows = []
     for garment, thumb in garments.items():
-        row = "".join(_cell(entry, paths.get(entry.label, ()) if entry else (), href)
+        row = "".join(_cell(entry, paths.get(entry.label, ()) if entry else (), href,
+                            verdicts.get(entry.label) if entry else None)
                       for entry in (cells.get((garment, model)) for model in models))
         rows.append(f'<tr><th class="garment">{_head("garment", garment, thumb, href)}</th>{row}</tr>')
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{heading}</title>"
         f"<style>{_STYLE}</style></head><body>\n<h1>{heading}</h1>\n"
-        f"<p class=\"summary\">{escape(report.summary_line())}\nrun {escape(report.run_id)}</p>\n"
+        f"<p class=\"summary\">{escape(standing_line(report, verdicts))}\n"
+        f"latest run {escape(report.run_id)}: {escape(report.summary_line())}</p>\n"
+        "<input type=\"checkbox\" id=\"review-only\"><label class=\"filter\" for=\"review-only\"> only rows with an "
+        "item needing review</label>\n"
         "<input type=\"checkbox\" id=\"failed-only\"><label class=\"filter\" for=\"failed-only\"> only rows with a "
         "failed item</label>\n"
         f"<table><thead><tr><th>garment \\ model</th>{header}</tr></thead>\n<tbody>\n"
-        + "\n".join(rows) + "\n</tbody></table>\n</body></html>\n"
+        + "\n".join(rows) + "\n</tbody></table>\n"
+        "<output id=\"picked\"></output>\n"
+        f"<script>{_PICK_SCRIPT}</script>\n</body></html>\n"
     )
 
 
@@ -170,11 +218,17 @@ async def gallery_headers(archive: Archive, report: RunReport, items: Iterable[I
 
 
 async def gallery_copy(spec: str, *, archive: Archive, model_name: str | None = None, expires: int = 3600) -> str:
-    """The gallery of a collection's latest run, every image linked for this machine's browser
-    (presigned links on S3: no credentials in the page, each link one object for ``expires`` s)."""
+    """The gallery of a collection as it stands now (every item's current take and last verdict,
+    headed as its latest run's), every image linked for this machine's browser (presigned links on
+    S3: no credentials in the page, each link one object for ``expires`` s)."""
     collection = await load_spec(spec, model_name_override=model_name)
     data = await archive.read_report(collection.name, collection.model_name)
     if data is None:
         raise ArchiveError(f"no report of {collection.name} ({collection.model_name}) in {archive.url}: run it first")
-    return render_gallery(RunReport.model_validate(data), link=lambda relative: archive.link(
-        collection.name, collection.model_name, relative, expires))
+    report = RunReport.model_validate(data)
+    items = await standings(collection, archive)
+    report.items = [ItemReport.of(s.result, earlier=True) for s in items if s.made and s.result is not None]
+    report.model_post_init(None)
+    paths = {s.label: [f"{s.label}/{o.name}" for o in s.result.outputs] for s in items if s.made and s.result}
+    return render_gallery(report, paths, verdicts={s.label: s.verdict for s in items}, link=lambda relative:
+                          archive.link(collection.name, collection.model_name, relative, expires))

@@ -32,12 +32,14 @@ from typing import Literal
 
 from tryon.archive import (Archive, ArchiveError, Flags, IndexEntry, ItemResult, NotReusable, SubmissionRecord,
                            utcnow)
+from tryon.checks import review_reason
 from tryon.errors import AmbiguousSubmission, FashnError, NotFound, OutputExpired, PredictionFailed
 from tryon.models import Prediction, RunRequest
 from tryon.report import ItemReport
 from tryon.runtime import Runtime
 from tryon.spec.items import Item
 from tryon.spec.key import item_key
+from tryon.takes import current_take
 from tryon.traffic import Slot
 
 logger = logging.getLogger(__name__)
@@ -132,11 +134,10 @@ class ItemState:
 async def plan(archive: Archive, item: Item, *, force: bool = False, max_resubmits: int = 2,
                reuse: bool = True) -> ItemState:
     """Skip what is archived, resume what was submitted, reuse what another collection archived
-    for the same key (``reuse``), submit the rest: from the archive alone.
-
-    A failure that retrying cannot fix stays failed (resubmitting would pay for the same
-    answer); ``force`` re-does any item on purpose, never reusing.
-    """
+    for the same key (``reuse``), submit the rest: from the archive alone, for the item's current
+    take (:mod:`tryon.takes`). A failure that retrying cannot fix stays failed (resubmitting would
+    pay for the same answer); ``force`` re-does any item on purpose, never reusing."""
+    item = await current_take(archive, item)
     key = await item_key(item)
     if force:
         return ItemState(item, key, "planned", reason="forced")
@@ -355,8 +356,12 @@ async def _archive(runtime: Runtime, state: ItemState, prediction: Prediction) -
     if not prediction.output:
         raise OutputExpired(f"prediction {prediction.id} completed with no output")
     ext = "jpg" if item.output_format == "jpeg" else "png"
-    outputs = [await runtime.archive.write_output(item, index, await runtime.client.download(url), ext)
-               for index, url in enumerate(prediction.output)]  # one at a time: each verified before the next
+    outputs, data = [], []
+    for index, url in enumerate(prediction.output):  # one at a time: each verified before the next
+        data.append((f"output_{index}.{ext}", await runtime.client.download(url)))
+        outputs.append(await runtime.archive.write_output(item, index, data[-1][1], ext))
+    if (reason := await asyncio.to_thread(review_reason, data, item.model_name, item.inputs)) is not None:
+        state.flag(needs_review=reason)  # kept in result.json, the report, the gallery and the artifact
     result = ItemResult.archived(item, state.key, state.submission, prediction, outputs, state.flags)
     result = await runtime.archive.write_result(item, result)
     # After result.json, so an entry never names an item being written; another collection's

@@ -36,7 +36,7 @@ class ItemReport(ItemResult):
         so this run spent nothing on it and its flags were reported then."""
         if earlier:
             return cls(**{**dict(result), "state": "skipped" if result.state == "archived" else "failed",
-                          "credits_used": 0, "flags": Flags(), "note": note})
+                          "credits_used": 0, "flags": Flags(needs_review=result.flags.needs_review), "note": note})
         return cls(**{**dict(result), "state": "reused" if result.reused_from else result.state, "note": note})
 
     @classmethod
@@ -117,6 +117,12 @@ class RunReport(BaseModel):
     def recovered_ambiguous(self) -> list[str]:
         return [e.label for e in self.items if e.flags.recovered_ambiguous]
 
+    @computed_field(description="Labels of items whose outputs the automatic checks flagged, "
+                                "with the reason.")  # type: ignore[prop-decorator]
+    @property
+    def needs_review(self) -> dict[str, str]:
+        return {e.label: e.flags.needs_review for e in self.items if e.flags.needs_review}
+
     def finish(self) -> None:
         self.finished_at = utcnow()
 
@@ -153,6 +159,9 @@ class RunReport(BaseModel):
                 lines.append(f"  {entry.label}: {entry.error_name}: {entry.error_message}")
             if len(failures) > MAX_LISTED:
                 lines.append(f"  ... and {len(failures) - MAX_LISTED} more (see report.json)")
+        if self.needs_review:
+            lines.append(f"needs review ({len(self.needs_review)}; flagged by the automatic checks):")
+            lines += [f"  {label}: {reason}" for label, reason in list(self.needs_review.items())[:MAX_LISTED]]
         if unfunded := self.unfunded():
             cost = sum(e.credits_needed or 0 for e in unfunded)
             lines.append(f"left for the budget ({len(unfunded)}, at most {cost} credits; a run with a larger limit "
@@ -193,5 +202,6 @@ class RunReport(BaseModel):
             "max_credits": self.max_credits,
             "possible_duplicate_charges": len(self.possible_duplicate_charges),
             "resubmitted_after_404": len(self.resubmitted_after_404),
-            "recovered_ambiguous": len(self.recovered_ambiguous), "report": location,
+            "recovered_ambiguous": len(self.recovered_ambiguous), "needs_review": len(self.needs_review),
+            "report": location,
         }

@@ -11,13 +11,15 @@ path, ``memory://`` in tests). Layout::
             prediction.json                           # pending: written right after /v1/run answers
             output_0.png  output_1.png ...            # verified by reading back (size, sha256)
             result.json                               # written last: a reader never sees half an item
+            verdicts.json  takes/<n>/...              # reviewers' verdicts, rejected takes (takes)
+        approved.json                                 # the approved items (takes)
     <root>/_index/<key[:2]>/<key>.json                # where a key's outputs are (reuse): after result.json
     <root>/_tryon/...                                 # bookkeeping outside collections (store)
 
 The modules: :mod:`~tryon.archive.records` (what the files hold), :mod:`~tryon.archive.store`
 (locations and whole-file I/O), :mod:`~tryon.archive.items`, :mod:`~tryon.archive.reuse` and
-:mod:`~tryon.archive.reports` (each kind of file above). The archive is handed each item's key
-(:func:`tryon.spec.key.item_key`); it never computes one. Nothing written here contains a
+:mod:`~tryon.archive.takes`, :mod:`~tryon.archive.reports` (each kind of file above). The archive is
+handed each item's key (:func:`tryon.spec.key.item_key`); it never computes one. Nothing written here contains a
 base64 body or a secret (:func:`tryon.images.sanitize_inputs`).
 """
 
@@ -25,13 +27,14 @@ from tryon.archive.items import ItemFiles
 from tryon.archive.records import (Flags, IndexedOutput, IndexEntry, ItemResult, OutputRecord, PendingRecord,
                                    SubmissionRecord, utcnow)
 from tryon.archive.reports import RunFiles
-from tryon.archive.reuse import NotReusable, ReuseIndex
+from tryon.archive.reuse import NotReusable
 from tryon.archive.store import INDEX_DIR, RESULT_FILE, ArchiveError
+from tryon.archive.takes import TakeFiles, Verdict, Verdicts
 
 
-class Archive(ItemFiles, ReuseIndex, RunFiles):
+class Archive(ItemFiles, TakeFiles, RunFiles):
     """An archive root (see :class:`~tryon.archive.store.Store`) with every kind of file it holds."""
 
 
 __all__ = ["INDEX_DIR", "RESULT_FILE", "Archive", "ArchiveError", "Flags", "IndexEntry",
-           "IndexedOutput", "ItemResult", "NotReusable", "OutputRecord", "PendingRecord", "SubmissionRecord", "utcnow"]
+           "IndexedOutput", "ItemResult", "NotReusable", "OutputRecord", "PendingRecord", "SubmissionRecord", "Verdict", "Verdicts", "utcnow"]

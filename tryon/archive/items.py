@@ -8,11 +8,10 @@ changed inputs or images make a new prediction rather than reusing outputs of ot
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from tryon.archive.records import Flags, ItemResult, OutputRecord, PendingRecord, SubmissionRecord, utcnow
-from tryon.archive.store import PENDING_FILE, RESULT_FILE, ArchiveError, Store, dumps, mismatch
+from tryon.archive.store import PENDING_FILE, RESULT_FILE, ArchiveError, Store, dumps
 from tryon.spec.items import Item
 
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
@@ -79,11 +78,7 @@ class ItemFiles(Store):
             raise ArchiveError(f"output index {index} is negative")
         name = f"output_{index}.{ext}"
         path = self._join(self.item_dir(item), name)
-        digest = hashlib.sha256(data).hexdigest()
-        await self._write(path, data)
-        if (got := mismatch(await self._read(path), len(data), digest)) is not None:
-            raise ArchiveError(f"verification failed for {self.location(path)}: wrote {len(data)} bytes, "
-                               f"sha256 {digest}; read back {got}")
+        digest = await self.write_verified(path, data)
         return OutputRecord(index=index, name=name, path=self.relative(path), url=self.location(path),
                             size=len(data), sha256=digest)
 

@@ -32,6 +32,8 @@ class Flags(BaseModel):
     recovered_ambiguous: bool = Field(False, description="A submission got an ambiguous answer and its webhook named "
                                       "the prediction, which was adopted rather than paid for again.")
     reuse_refused: str | None = Field(None, description="Why an index entry for the item's key was not used.")
+    needs_review: str | None = Field(None, description="Why the automatic checks (tryon.checks) flagged an output: "
+                                     "it does not decode, has the wrong size or is blank.")
 
     def __or__(self, other: Flags) -> Flags:
         """Every flag set in either (the first reason a reuse was refused)."""
@@ -156,11 +158,12 @@ class ItemResult(Flagged):
     attempts: int = 1
     reused_from: str | None = Field(None, description="The item folder (relative to the archive root) whose "
                                     "outputs were copied here and verified, for 0 credits.")
+    take: int = Field(1, description="Which take of the item this is (tryon.takes): 1, then one more per rejection.")
 
     @classmethod
     def _of(cls, item: Item, key: str, prediction_id: str | None, **fields: Any) -> Self:
         return cls(key=key, collection=item.collection, model_name=item.model_name, garment_id=item.garment_id,
-                   model_id=item.model_id, label=item.label, prediction_id=prediction_id,
+                   model_id=item.model_id, label=item.label, take=item.take, prediction_id=prediction_id,
                    prediction_ids=[prediction_id] if prediction_id else [], inputs=sanitize_inputs(item.inputs),
                    **fields)
 

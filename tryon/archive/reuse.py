@@ -65,7 +65,9 @@ class ReuseIndex(Store):
 
     def _source_dir(self, entry: IndexEntry) -> str:
         parts = entry.folder.split("/")
-        if len(parts) != 3 or id_problem(parts[0]) or id_problem(parts[1]) or not _is_label(parts[2]):
+        earlier_take = len(parts) == 5 and parts[3] == "takes" and parts[4].isdigit()  # a rejected take's folder
+        if (len(parts) != 3 and not earlier_take) or id_problem(parts[0]) or id_problem(parts[1]) \
+                or not _is_label(parts[2]):
             raise NotReusable(f"index entry names an unsafe folder {entry.folder!r}")
         return self._join(self.root, *parts)
 

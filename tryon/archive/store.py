@@ -208,6 +208,23 @@ class Store:
             raise ArchiveError(f"cannot delete {self.location(path)} in archive {self.url}: "
                                f"{type(exc).__name__}: {exc}") from exc
 
+    async def write_verified(self, path: str, data: bytes) -> str:
+        """Write ``data`` at ``path`` (a full path), read it back and compare size and sha256
+        (:class:`ArchiveError` if not equal); the sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        await self._write(path, data)
+        if (got := mismatch(await self._read(path), len(data), digest)) is not None:
+            raise ArchiveError(f"verification failed for {self.location(path)}: wrote {len(data)} bytes, "
+                               f"sha256 {digest}; read back {got}")
+        return digest
+
+    def file_path(self, relative: str) -> str:
+        """The full path of a file given relative to the root (as records name them)."""
+        return self._join(self.root, *relative.split("/"))
+
+    async def read_relative(self, relative: str) -> bytes | None:
+        return await self._read(self.file_path(relative))
+
     async def _list(self, folder: str) -> list[str]:
         """The names in ``folder`` (none when it does not exist)."""
         return await asyncio.to_thread(self._list_sync, folder)

@@ -269,7 +269,7 @@ class State:
             "ends": prediction.ends, "failure": prediction.failure, "num_samples": prediction.num_samples,
             "credits": prediction.credits, "size": list(prediction.size),
             "status_calls": prediction.status_calls, "noticed": prediction.noticed, "answer": prediction.answer, "expired": prediction.expired,
-            "output_fault": prediction.output_fault,
+            "output_fault": prediction.output_fault, "seed": prediction.inputs.get("seed"),
             "images": images,
             "webhook": prediction.webhook, "webhook_attempts": prediction.webhook_attempts,
             "webhook_answers": list(prediction.webhook_answers), "webhook_faults": list(prediction.webhook_faults),

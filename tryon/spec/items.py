@@ -34,6 +34,7 @@ class Item(BaseModel):
     model_id: str
     inputs: dict[str, Any] = Field(description="Merged inputs, images as written in the spec.")
     base_dir: str | None = None
+    take: int = Field(1, ge=1, description="Which take (tryon.takes); its seed is derived from it.")
 
     @property
     def label(self) -> str:

@@ -161,7 +161,7 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
     parameters = {"spec": spec, "force": force, "partial": partial,
                   **{name: value for name, value in options.items() if value is not None}}
-    async with get_client() as client:  # starts the embedded server, if that is the one
+    async with get_client() as client:  # the user's server, or the embedded one started above
         flow_run = await client.create_flow_run(
             tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
     print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)

@@ -118,7 +118,9 @@ class ConsoleWatcher:
         """Description and time left as the key's share and the learned latency are now."""
         if self.traffic is None:
             return
-        if self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
+        if self.done >= self.total:  # every item ended (the run has left the key: its share reads 0)
+            self.bar.update(self.task, description="try-on", left="")
+        elif self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
             self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
         else:
             self.bar.update(self.task, description="try-on", left=self.time_left(self.done))

@@ -18,7 +18,8 @@ flow run created: the CLI prints it), and the flow up to its first submission (t
 - ``server``: a Prefect server already runs (``prefect server start``, as on a worker);
 - ``fresh``: no server, a fresh ``PREFECT_HOME`` (a first run ever: the embedded server creates
   its database);
-- ``used``: no server, the ``PREFECT_HOME`` of ``fresh``;
+- ``used``: no server, the ``PREFECT_HOME`` of ``fresh``, as long after that run (the key's
+  membership file, which would count the ``fresh`` run W + D after its last admission, removed);
 - ``after-leave``: on the server, a run starts half a window after another left the key;
 - ``after-kill``: on the server, a run starts as soon as another, killed with SIGKILL during its
   first predictions, stops;
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +62,7 @@ print(f"wall {time.monotonic() - began:5.1f} s, server CPU {cpu:4.1f} s")
 server.stop()
 """
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
-IMPORTS = "import flows.cli, flows.console, flows.collection"  # what `tryon run` imports before its server
+IMPORTS = "import flows.cli, flows.console"  # what `tryon run` imports before it starts its server
 NAIVE = """
 import asyncio, sys
 from fashn import AsyncFashn
@@ -182,6 +184,8 @@ def main() -> None:
             home = {**base, "PREFECT_HOME": str(folder / "home")}  # the embedded server's home
             for case in cases:
                 emulator.reset()
+                if case == "used":  # a home used long ago: its key's membership (W + D) has expired
+                    shutil.rmtree(folder / "home" / "tryon-keys", ignore_errors=True)
                 if case in ("server", "fresh", "used"):
                     env = on_server if case == "server" else home
                     imports = imports_seconds(env, folder)

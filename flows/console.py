@@ -84,7 +84,7 @@ def run_with_progress(spec: str, *, archive: str | None, report: Path | None, mo
         first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
         print(f"starting Prefect (a local server for this run{first})", flush=True)
     return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
-                            max_credits=max_credits, partial=partial))
+                            max_credits=max_credits, partial=partial, embedded=not server))
 
 
 class ConsoleWatcher:
@@ -118,7 +118,9 @@ class ConsoleWatcher:
         """Description and time left as the key's share and the learned latency are now."""
         if self.traffic is None:
             return
-        if self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
+        if self.done >= self.total:  # every item ended (the run has left the key: its share reads 0)
+            self.bar.update(self.task, description="try-on", left="")
+        elif self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
             self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
         else:
             self.bar.update(self.task, description="try-on", left=self.time_left(self.done))
@@ -139,7 +141,12 @@ class ConsoleWatcher:
 
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
-               reuse: bool | None = None, max_credits: int | None = None, partial: bool = False) -> int:
+               reuse: bool | None = None, max_credits: int | None = None, partial: bool = False,
+               embedded: bool = False) -> int:
+    began = time.monotonic()
+    # The embedded server starts in a process of its own while this one imports the flow and reads
+    # the spec (get_client below finds it running).
+    starting = asyncio.create_task(asyncio.to_thread(_start_embedded_server)) if embedded else None
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow_async
     from prefect.states import Pending
@@ -150,12 +157,13 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     from tryon.spec.loaders import load_spec
 
     total = (await load_spec(spec, model_name_override=model_name)).item_count()
+    if starting is not None:
+        await starting
     # Unset: the flow's defaults.
     options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
     parameters = {"spec": spec, "force": force, "partial": partial,
                   **{name: value for name, value in options.items() if value is not None}}
-    began = time.monotonic()
-    async with get_client() as client:  # starts the embedded server, if that is the one
+    async with get_client() as client:  # the user's server, or the embedded one started above
         flow_run = await client.create_flow_run(
             tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
     print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
@@ -170,6 +178,13 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
         finally:
             ticking.cancel()
     return await _finish(state, watcher.location, report)
+
+
+def _start_embedded_server() -> None:
+    """Prefect's embedded server, started (once a process: the one get_client uses)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().start()
 
 
 async def _every_second(call: Callable[[], None]) -> None:

@@ -129,6 +129,22 @@ def index(archive: str, /) -> int:
 
 
 @app.command
+def reconcile(archive: str, /) -> int:
+    """Archive what killed or cancelled runs left pending (prediction.json without result.json,
+    whose run holds no live lease): poll each prediction, archive its outputs, record the lost with
+    their reason. Never submits (0 credits); safe while runs work and when run twice at once.
+
+    Parameters
+    ----------
+    archive
+        Archive root (fsspec URL or path).
+    """
+    from flows.console import run_reconcile
+
+    return run_reconcile(archive)
+
+
+@app.command
 def review(spec: str, /, *, reject: Annotated[list[str] | None, Parameter(consume_multiple=True)] = None,
            reason: str = "", by: str | None = None, archive: str | None = None) -> int:
     """List each item as it stands (take, checks, verdict), flagged first; with --reject, reject

@@ -26,6 +26,7 @@ from pydantic.json_schema import SkipJsonSchema
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
 from flows.coordination import key_membership
+from flows.drain import cancelled_state, draining
 from flows.params import (AS_IN_SPEC, InlineCollection, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given,
                           input_overrides)
 from flows.review import ReviewDecision, review_gate
@@ -35,9 +36,10 @@ from flows.webhooks import webhook_events
 from tryon.archive import Archive
 from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
 from tryon.errors import OverBudget
-from tryon.publish import publish as publish_approved
-from tryon.report import RunReport
+from tryon.lease import RunLease, adopt
 from tryon.process import joined
+from tryon.publish import publish as publish_approved
+from tryon.report import RunReport, new_run_id
 from tryon.runtime import open_runtime
 from tryon.settings import ArchiveSettings, FashnSettings
 from tryon.spec.collection import CollectionSpec
@@ -152,8 +154,11 @@ async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: 
                     ) -> dict[str, Any] | State:
     """Plan, fund and check the balance, run every planned item, write the report, gallery and artifacts."""
     logger = get_run_logger()
+    run_id = new_run_id()
     async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
-            webhook_events(runtime):
+            webhook_events(runtime), RunLease(store, run_id, ArchiveSettings().run_lease), \
+            draining(process, runtime.traffic) as drain:
+        runtime.owner = run_id  # named in its pending records: a reconciler leaves them to this run
         # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
         # longer needed.
         if watcher is not None:
@@ -161,6 +166,7 @@ async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: 
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
+            await adopt(store, planned.states, run_id)
             try:
                 planned.fund(budget, partial=partial)
             except OverBudget:
@@ -174,13 +180,13 @@ async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: 
                 return {"dry_run": True, **planned.as_dict()}
             if planned.credits_needed:
                 require_balance(planned.balance or 0, planned.credits_needed)
-            report = RunReport.start(collection.name, collection.model_name)
+            report = RunReport.start(collection.name, collection.model_name, run_id)
             report.max_credits = budget.limit
             report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
             tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
             if watcher is not None:
                 watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
-            async with aclosing(run_items(runtime, planned, run_one=tryon_item)) as entries:
+            async with aclosing(run_items(runtime, planned, run_one=tryon_item, drain=drain)) as entries:
                 async for entry in entries:
                     report.add(entry)
                     await tracker.update(report)
@@ -194,6 +200,8 @@ async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: 
         logger.info("%s; report at %s", report.summary_line(), location)
         if watcher is not None:
             watcher.saved(location)
+        if drain.requested:
+            return cancelled_state(drain, f"{report.summary_line()}; report at {location}")
         failed = report.totals.get("failed", 0)
         resource = {"prefect.resource.id": f"tryon.collection.{collection.name}.{collection.model_name}",
                     "prefect.resource.name": collection.name}

@@ -202,7 +202,7 @@ async def _finish(state, location: str | None, report_path: Path | None) -> int:
         print(f"done: {totals['archived']} archived, {totals['reused']} reused, {totals['skipped']} skipped, 0 failed"
               f"{unfunded}; {totals['credits_used']} credits used")
     else:
-        print(f"failed: {state.message or ''}")
+        print(f"{'cancelled' if state.is_cancelled() else 'failed'}: {state.message or ''}")
     if location:
         print(f"report: {location}")
         print(f"gallery: {location.rsplit('/', 1)[0] if '/' in location else '.'}/index.html")
@@ -214,6 +214,25 @@ async def _finish(state, location: str | None, report_path: Path | None) -> int:
             RunReport.from_json(report_path.read_bytes())  # what we copied is a report
             print(f"report copied to {report_path}")
     return 0 if state.is_completed() else 1
+
+
+def run_reconcile(archive: str) -> int:
+    """Run the reconciler flow on ``archive`` (on an embedded server unless one is configured); 0
+    when nothing is left pending that could be finished now."""
+    if not (os.environ.get("PREFECT_API_URL") or profile_api_url()):
+        set_env_defaults(PREFECT_DEFAULTS)
+    return asyncio.run(_reconcile(archive))
+
+
+async def _reconcile(archive: str) -> int:
+    from flows.reconcile import reconcile_archive
+
+    state = await reconcile_archive(archive, return_state=True)
+    if state.is_completed():
+        print((await state.aresult())["text"], end="")
+        return 0
+    print(f"failed: {state.message}")
+    return 1
 
 
 def run_demo(*, archive: str, garments: int, models: int, time_scale: float, model_name: str | None = None) -> int:

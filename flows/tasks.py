@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tryon import item
+from tryon.drain import RunCancelled
 from tryon.errors import NotFound, OutOfCredits, UnauthorizedAccess
 from tryon.item import ItemState
 from tryon.report import ItemReport
@@ -42,7 +43,7 @@ def retry_unless(*final: type[BaseException]):
 
 
 @task(task_run_name="try on {state.label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15],
-      retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess, OutOfCredits))
+      retry_condition_fn=retry_unless(NotFound, UnauthorizedAccess, OutOfCredits, RunCancelled))
 async def tryon_item(runtime: Runtime, state: ItemState) -> ItemReport:
     """Take one planned item to its end (:func:`tryon.item.run`): submit (waiting for an in-flight
     slot inside the task, so the task run's start-up is paid while waiting), poll through the

@@ -16,6 +16,7 @@ from typing import Any
 
 from tryon import item as life
 from tryon.archive import Archive
+from tryon.drain import Drain
 from tryon.errors import InsufficientCredits, UnauthorizedAccess
 from tryon.gallery import gallery_headers, render_gallery
 from tryon.item import ItemState
@@ -131,32 +132,38 @@ def require_balance(balance: int, needed: int) -> None:
             f"the run needs up to {needed} credits but the balance is {balance}; nothing was submitted")
 
 
-async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.run) -> AsyncIterator[ItemReport]:
+async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.run,
+                    drain: Drain | None = None) -> AsyncIterator[ItemReport]:
     """Every planned item's report entry as it ends, ``runtime.workers`` items at a time through
     ``run_one`` (:func:`tryon.item.run`, or a Prefect task around it). Close it when leaving early
     (``contextlib.aclosing``): the items in progress are cancelled.
 
-    None is dropped: each ends with its entry, archived, skipped or failed with its reason. A wrong
-    key stops every further call.
+    None is dropped: each ends with its entry, archived, skipped or failed with its reason, or
+    cancelled when ``drain`` was requested before it was submitted. A wrong key stops every
+    further call.
     """
     states = iter(planned.states)
     stopped: list[UnauthorizedAccess] = []
     ended: asyncio.Queue[ItemReport] = asyncio.Queue()
 
+    def held_back(state: ItemState) -> bool:
+        return drain is not None and drain.holds_back(state)
+
     async def worker() -> None:
         for state in states:
             if state.active and stopped:
                 state.fail(UnauthorizedAccess(f"not attempted: {stopped[0]}"))
-            elif state.active:
+            elif state.active and not held_back(state):
                 try:
                     await run_one(runtime, state)
                 except UnauthorizedAccess as exc:
                     stopped.append(exc)
                     runtime.traffic.stop_submissions(str(exc), UnauthorizedAccess)
                     state.fail(exc)
-                except Exception as exc:  # this item fails with its reason; the others go on
-                    state.fail(exc)
-            ended.put_nowait(state.report())
+                except Exception as exc:  # this item fails with its reason (unless never submitted: cancelled)
+                    if not held_back(state):
+                        state.fail(exc)
+            ended.put_nowait(drain.cancelled(state) if drain is not None and held_back(state) else state.report())
 
     workers = asyncio.gather(*(worker() for _ in range(runtime.workers)))
     try:

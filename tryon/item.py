@@ -191,7 +191,7 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
                 if slot is None:
                     continue
             else:  # resumed, or repeated: the prediction may still run on the server, in one of its slots
-                slot = await runtime.traffic.acquire_slot()
+                slot = await runtime.traffic.occupied_slot()  # None while draining: polled all the same
             await _wait_and_archive(runtime, state, slot)
     finally:
         if paying is not None:  # what it archived, to the items waiting for the key (None: the next one pays)
@@ -290,7 +290,7 @@ async def _submitted(runtime: Runtime, state: ItemState, prediction_id: str, sub
     # After a recovered ambiguous answer the state's flags are the record's: no unknown prediction.
     submission = SubmissionRecord(prediction_id=prediction_id, submitted_at=submitted_at, attempt=state.attempt)
     await _record(runtime.archive.record_pending(state.item, state.key, submission,
-                                                 flags=state.flags if recovered else None),
+                                                 flags=state.flags if recovered else None, owner=runtime.owner),
                   f"{state.label}: prediction {prediction_id} is running but its id could not be recorded; "
                   "archiving it anyway")
     state.submission, state.pushed, state.stage = submission, runtime.webhooks is not None, "submitted"

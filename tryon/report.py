@@ -1,6 +1,6 @@
-"""What a run did: one entry per item (archived, reused, failed, skipped or left for the budget),
-totals, credits, and a short human summary (``report.json`` and ``summary.txt``, written by
-:func:`tryon.batch.save_report`)."""
+"""What a run did: one entry per item (archived, reused, failed, skipped, left for the budget or
+cancelled), totals, credits, and a short human summary (``report.json`` and ``summary.txt``,
+written by :func:`tryon.batch.save_report`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field, PrivateAttr, computed_field
 from tryon.archive import Flags, ItemResult, utcnow
 from tryon.spec.items import Item
 
-State = Literal["archived", "reused", "failed", "skipped", "unfunded"]
-STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped", "unfunded")
-SOMETIMES: frozenset[State] = frozenset({"reused", "unfunded"})  # in the summary line only when some are
+State = Literal["archived", "reused", "failed", "skipped", "unfunded", "cancelled"]
+STATES: tuple[State, ...] = ("archived", "reused", "failed", "skipped", "unfunded", "cancelled")
+SOMETIMES: frozenset[State] = frozenset({"reused", "unfunded", "cancelled"})  # in the summary only when some are
 MAX_LISTED = 20
 
 
@@ -23,8 +23,8 @@ class ItemReport(ItemResult):
     """One item of one run: how it ended (its :class:`~tryon.archive.ItemResult`, archived or not),
     ``reused`` when its outputs were copied from another item with the same key (0 credits),
     ``skipped`` when an earlier run archived it, ``unfunded`` when its submission would not fit the
-    run's spend limit (nothing archived: a later run plans it again), and what this run spent on it
-    in ``credits_used``."""
+    run's spend limit, ``cancelled`` when the run drained before submitting it (for both, nothing
+    archived: a later run plans it again), and what this run spent on it in ``credits_used``."""
 
     state: State  # type: ignore[assignment]
     note: str = ""
@@ -44,6 +44,12 @@ class ItemReport(ItemResult):
         """The entry of an item left for the budget after ``attempts`` submissions (phantoms
         included); not written to the archive."""
         return cls._of(item, key, None, state="unfunded", credits_needed=item.credits, flags=flags, attempts=attempts)
+
+    @classmethod
+    def cancelled(cls, item: Item, key: str, flags: Flags, *, attempts: int, why: str) -> "ItemReport":
+        """The entry of an item a drained run did not submit (again); not written to the archive."""
+        return cls._of(item, key, None, state="cancelled", flags=flags, attempts=attempts,
+                       note=f"not submitted: {why}")
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -92,9 +98,11 @@ class RunReport(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def totals(self) -> dict[str, int]:
-        """Items by state; ``unfunded`` only when the run had a spend limit (none are, without one)."""
-        return {s: sum(1 for e in self.items if e.state == s) for s in STATES
-                if s != "unfunded" or self.max_credits is not None}
+        """Items by state; ``unfunded`` only when the run had a spend limit (none are, without one),
+        ``cancelled`` only when the run drained."""
+        counts = {s: sum(1 for e in self.items if e.state == s) for s in STATES}
+        return {s: n for s, n in counts.items() if (s != "unfunded" or self.max_credits is not None)
+                and (s != "cancelled" or n)}
 
     @computed_field  # type: ignore[prop-decorator]
     @property

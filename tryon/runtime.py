@@ -36,6 +36,7 @@ class Runtime:
         self.prediction_timeout = prediction_timeout
         # Enough items in progress to keep every slot busy while others download or archive.
         self.workers = workers or 2 * traffic.limits.in_flight + 2
+        self.owner: str | None = None  # the run lease its pending records name (tryon.lease)
 
     def __repr__(self) -> str:
         return f"Runtime(archive={self.archive.url!r})"

@@ -108,6 +108,9 @@ class ArchiveSettings(BaseSettings):
                                           "inputs) is copied from there and verified, for 0 credits, instead of "
                                           "paid for again.")
 
+    run_lease: float = Field(60.0, gt=0, description="Seconds a run's lease in the archive lasts unless renewed "
+                                                     "(every third of it): how long after a run is killed the "
+                                                     "reconciler may finish what it left pending.")
 
 class WebhookSettings(BaseSettings):
     """Where the provider reaches our webhook receiver (``TRYON_WEBHOOK_*``); nothing set: polling only."""

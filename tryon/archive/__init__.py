@@ -28,7 +28,7 @@ from tryon.archive.records import (Flags, IndexedOutput, IndexEntry, ItemResult,
                                    SubmissionRecord, utcnow)
 from tryon.archive.reports import RunFiles
 from tryon.archive.reuse import NotReusable
-from tryon.archive.store import INDEX_DIR, RESULT_FILE, ArchiveError
+from tryon.archive.store import INDEX_DIR, PENDING_FILE, RESULT_FILE, ArchiveError
 from tryon.archive.takes import TakeFiles, Verdict, Verdicts
 
 
@@ -36,5 +36,6 @@ class Archive(ItemFiles, TakeFiles, RunFiles):
     """An archive root (see :class:`~tryon.archive.store.Store`) with every kind of file it holds."""
 
 
-__all__ = ["INDEX_DIR", "RESULT_FILE", "Archive", "ArchiveError", "Flags", "IndexEntry",
-           "IndexedOutput", "ItemResult", "NotReusable", "OutputRecord", "PendingRecord", "SubmissionRecord", "Verdict", "Verdicts", "utcnow"]
+__all__ = ["INDEX_DIR", "PENDING_FILE", "RESULT_FILE", "Archive", "ArchiveError", "Flags", "IndexEntry",
+           "IndexedOutput", "ItemResult", "NotReusable", "OutputRecord", "PendingRecord", "SubmissionRecord", "Verdict",
+           "Verdicts", "utcnow"]

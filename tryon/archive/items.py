@@ -12,6 +12,7 @@ import re
 
 from tryon.archive.records import Flags, ItemResult, OutputRecord, PendingRecord, SubmissionRecord, utcnow
 from tryon.archive.store import PENDING_FILE, RESULT_FILE, ArchiveError, Store, dumps
+from tryon.images import sanitize_inputs
 from tryon.spec.items import Item
 
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
@@ -43,20 +44,30 @@ class ItemFiles(Store):
         await self._delete(self._join(folder, RESULT_FILE))
         return record
 
+    async def read_pending_in(self, folder: str) -> PendingRecord | None:
+        """The ``prediction.json`` of an item folder given relative to the root, or None."""
+        return await self._read_model(self._join(self.root, *folder.split("/"), PENDING_FILE), PendingRecord)
+
     async def record_pending(self, item: Item, key: str, submission: SubmissionRecord, *,
-                             flags: Flags | None = None) -> PendingRecord:
+                             flags: Flags | None = None, owner: str | None = None) -> PendingRecord:
         """Write the submission durably (call right after ``/v1/run`` answers, before polling),
         after the same key's earlier ones.
 
         ``flags`` replace the record's (None: kept): an ambiguous answer whose prediction a webhook
-        then named no longer leaves one without an id, and the item's flags say so.
+        then named no longer leaves one without an id, and the item's flags say so. ``owner``: the
+        lease of the run that waits on it (:mod:`tryon.lease`).
         """
         previous = await self.read_pending(item, key)
         record = PendingRecord(
             key=key, collection=item.collection, model_name=item.model_name, label=item.label,
             submissions=[*(previous.submissions if previous else []), submission], attempts=submission.attempt,
-            flags=flags if flags is not None else previous.flags if previous else Flags())
+            flags=flags if flags is not None else previous.flags if previous else Flags(), owner=owner,
+            inputs=sanitize_inputs(item.inputs))
         return await self._write_pending(item, record)
+
+    async def write_pending(self, item: Item, record: PendingRecord) -> None:
+        """Replace the item's ``prediction.json`` with ``record`` (naming a new owner)."""
+        await self._write(self._join(self.item_dir(item), PENDING_FILE), dumps(record))
 
     async def record_ambiguous(self, item: Item, key: str, *, attempt: int) -> PendingRecord:
         """Write durably that submission ``attempt`` got an ambiguous answer: a prediction whose id

@@ -89,6 +89,10 @@ class PendingRecord(Flagged):
     submissions: list[SubmissionRecord] = Field(default_factory=list, description="Oldest first; the last is current.")
     attempts: int = Field(0, description="Submissions so far; one answered ambiguously counts, without a record.")
     updated_at: dt.datetime = Field(default_factory=utcnow)
+    owner: str | None = Field(None, description="The run waiting on it: while that run's lease is fresh "
+                              "(tryon.lease), no one else finishes it.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Without image bodies or URL secrets: what a "
+                                   "reconciler needs to name the item.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -281,3 +281,6 @@ class Store:
 
     async def read_meta(self, *parts: str) -> bytes | None:
         return await self._read(self._meta_path(*parts))
+
+    async def delete_meta(self, *parts: str) -> None:
+        await self._delete(self._meta_path(*parts))

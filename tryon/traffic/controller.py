@@ -182,6 +182,17 @@ class TrafficController:
         self._check_submissions()
         return await self.slots.acquire()
 
+    async def occupied_slot(self) -> Slot | None:
+        """The slot a resumed prediction occupies, or None once submissions are stopped (a drain,
+        out of credits): polling it costs nothing and goes on."""
+        if self._stopped is None:
+            try:
+                return await self.slots.acquire()
+            except ApiError:
+                if self._stopped is None:
+                    raise
+        return None
+
     def release_slot(self, slot: Slot) -> bool:
         return self.slots.release(slot)
 
@@ -236,7 +247,12 @@ class TrafficController:
         """A webhook said the prediction ended: its confirmation goes before every other poll."""
         return self.scheduler.hint(prediction_id)
 
-    # -- out of credits ------------------------------------------------------------------
+    # -- out of credits, draining --------------------------------------------------------
+    @property
+    def submissions_stopped(self) -> str | None:
+        """Why submissions are stopped (None while they are allowed)."""
+        return self._stopped
+
     def stop_submissions(self, reason: str, error: type[ApiError] = OutOfCredits) -> None:
         """Refuse every submission from now on, raising ``error``; polling and releases continue.
 
@@ -248,6 +264,11 @@ class TrafficController:
         exc = self._stopped_by(self._stopped)
         self.limiters["run"].fail_waiters(exc)
         self.slots.stop(exc)
+
+    def resume_submissions(self) -> None:
+        """Allow submissions again (a drained run is over; the process may run others)."""
+        self._stopped = None
+        self.slots.resume()
 
     def _check_submissions(self) -> None:
         if self._stopped is not None:

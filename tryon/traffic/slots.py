@@ -164,6 +164,10 @@ class InFlightSlots:
         if self._release_wake is not None and not self._release_wake.done():
             self._release_wake.set_result(None)  # let release waiters re-check
 
+    def resume(self) -> None:
+        """Acquisitions succeed again (after :meth:`stop`)."""
+        self._stopped = None
+
     async def aclose(self) -> None:
         """Cancel phantom timers (their slots stay held: the object is being discarded)."""
         tasks = list(self._expiry_tasks)

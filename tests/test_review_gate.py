@@ -161,7 +161,7 @@ async def test_a_suspended_review_holds_no_process_and_gets_the_rejected_labels_
 
     rejected = ["coat__bo", "dress__ava", "shirt__ava"]
     await _resume(stack.api, run_id, {"reject": rejected, "reason": "hands wrong"})
-    served.wait(run_id, "Suspended", runs=2, out=out)  # round 1 answered; round 2 waits
+    served.wait(run_id, "Suspended", runs=2, out=out)  # the first round answered; the second waits
     assert all(_exits(pid) for pid in served.pids(out))
     assert served.state_name(run_id) == "Suspended", "still waiting, no process"
     with pytest.raises(RuntimeError, match="Reason"):  # the server checks the input against the form
@@ -173,7 +173,7 @@ async def test_a_suspended_review_holds_no_process_and_gets_the_rejected_labels_
     assert decisions == [
         {"round": 1, "approved": False, "rejected": rejected, "reason": "hands wrong"},
         {"round": 2, "approved": True, "rejected": [], "reason": ""}]
-    for _ in range(60):  # one "waiting" per round, none again when a resumed run replays round 1
+    for _ in range(60):  # one "waiting" per round, none again when a resumed run replays the first round
         events = _events(served, run_id)
         if len(events) >= 3:
             break

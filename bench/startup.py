@@ -61,6 +61,10 @@ cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 print(f"wall {time.monotonic() - began:5.1f} s, server CPU {cpu:4.1f} s")
 server.stop()
 """
+# What a server running for a while has answered before (its first answer on each path is slow).
+WARM_UP = [("GET", "/csrf-token?client=warm-up"), ("GET", "/admin/version"), ("POST", "/flows/filter"),
+           ("POST", "/flow_runs/filter"), ("POST", "/v2/concurrency_limits/filter"),
+           ("GET", "/v2/concurrency_limits/warm-up")]
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
 IMPORTS = "import flows.cli, flows.console"  # what `tryon run` imports before it starts its server
 NAIVE = """
@@ -168,6 +172,8 @@ def main() -> None:
                 pass
             assert server.poll() is None, "the Prefect server did not start"
             time.sleep(0.5)
+        for method, path in WARM_UP:  # as on a worker: a server that has answered requests before
+            httpx.request(method, f"{url}{path}", json={} if method == "POST" else None, timeout=30)
     if "embedded" in cases:
         from flows.console import PREFECT_DEFAULTS
 

@@ -5,12 +5,14 @@ left, and where the report is; and the demo on top of it."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import os
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when a run starts: --help and validate never load Prefect
     from rich.progress import Progress
@@ -143,48 +145,81 @@ class ConsoleWatcher:
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
                reuse: bool | None = None, max_credits: int | None = None, partial: bool = False,
                embedded: bool = False) -> int:
+    """Open and plan the run and begin its first items at once, without Prefect; meanwhile import
+    Prefect (and start its embedded server) in threads, then start the flow run, which goes on from
+    the run opened here (:mod:`flows.opening`)."""
     began = time.monotonic()
-    # The embedded server starts in a process of its own while this one imports the flow and reads
-    # the spec (get_client below finds it running).
-    starting = asyncio.create_task(asyncio.to_thread(_start_embedded_server)) if embedded else None
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow_async
-    from prefect.states import Pending
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.collection import tryon_collection
+    from flows.opening import open_run
     from flows.watch import watching
-    from tryon.spec.loaders import load_spec
+    from tryon.archive import Archive
+    from tryon.batch import begin, load_and_validate
+    from tryon.settings import ArchiveSettings, FashnSettings
+    from tryon.traffic.budget import Budget
 
-    total = (await load_spec(spec, model_name_override=model_name)).item_count()
-    if starting is not None:
-        await starting
-    # Unset: the flow's defaults.
-    options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
-    parameters = {"spec": spec, "force": force, "partial": partial,
-                  **{name: value for name, value in options.items() if value is not None}}
-    async with get_client() as client:  # the user's server, or the embedded one started above
-        flow_run = await client.create_flow_run(
-            tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
-    print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
+    collection = await load_and_validate(spec, model_name)
+    settings = FashnSettings()
+    settings.require_api_key()
+    store = Archive(archive or ArchiveSettings().archive_url)
+    await store.check_writable(collection.name)
+    budget = Budget(max_credits or settings.max_credits)
+    # The embedded server starts in a process of its own while this one opens the run.
+    prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=True)) if embedded else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:
-        watcher = ConsoleWatcher(bar, total)
+        watcher = ConsoleWatcher(bar, collection.item_count())
         ticking = asyncio.create_task(_every_second(watcher.tick))
         try:
-            with watching(str(flow_run.id), watcher):
-                state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
-                                             return_type="state")
+            async with open_run(collection, settings, store, force=force, reuse=reuse is not False, partial=partial,
+                                budget=budget, watcher=watcher,
+                                embedded_home=Path(os.environ["PREFECT_HOME"]) if embedded else None) as run:
+                begin(run.runtime, run.planned)  # submitted now, while Prefect starts
+                if prefect is None:  # the user's server: Prefect's client is imported (the key's membership)
+                    prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=False))
+                watcher.started(run.runtime.traffic, [(s.item.model_name, s.item.mode) for s in run.planned.states])
+                # Unset: the flow's defaults.
+                options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
+                parameters = {"spec": spec, "force": force, "partial": partial,
+                              **{name: value for name, value in options.items() if value is not None}}
+                flow_run = await _create_flow_run(parameters, prefect)
+                print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
+                from prefect.flow_engine import run_flow_async
+
+                from flows.collection import tryon_collection
+
+                with watching(str(flow_run.id), watcher, begun=run):
+                    state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
+                                                 return_type="state")
         finally:
             ticking.cancel()
     return await _finish(state, watcher.location, report)
 
 
-def _start_embedded_server() -> None:
-    """Prefect's embedded server, started (once a process: the one get_client uses)."""
-    from prefect.server.api.server import SubprocessASGIServer
+async def _create_flow_run(parameters: dict[str, Any], prefect: asyncio.Task):
+    """The flow run, created once Prefect is imported (and its embedded server started)."""
+    await prefect
+    # What Prefect allocated is exempt from the collector, as what was there when the run opened
+    # (tryon.process.freeze_startup_objects).
+    gc.freeze()
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
 
-    SubprocessASGIServer().start()
+    from flows.collection import tryon_collection
+
+    async with get_client() as client:  # the user's server, or the embedded one started above
+        return await client.create_flow_run(tryon_collection, parameters=parameters, state=Pending())
+
+
+def _prefect(*, embedded: bool) -> None:
+    """Prefect's embedded server started (once a process: the one get_client uses) when asked, and
+    the flow imported: in one thread, since Prefect's modules cannot be imported from two at once."""
+    if embedded:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+    for module in ("flows.collection", "prefect.flow_engine"):
+        importlib.import_module(module)
 
 
 async def _every_second(call: Callable[[], None]) -> None:

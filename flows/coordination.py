@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 import weakref
 from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
-
-from prefect.client.orchestration import PrefectClient, get_client
-from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
+from typing import TYPE_CHECKING, TypeVar
 
 from tryon.traffic import TrafficController
 from tryon.traffic.members_file import FileMembership
@@ -34,6 +31,9 @@ JOIN_PATIENCE = 60.0  # seconds a join retries a busy server before the run give
 BUSY = (429, 502, 503)  # a busy server (503: "database is locked" on SQLite): try again
 log = logging.getLogger("tryon.coordination")
 T = TypeVar("T")
+
+if TYPE_CHECKING:  # imported where used: a run keeping its membership in a file never loads Prefect
+    from prefect.client.orchestration import PrefectClient
 
 
 class KeyCoordinationError(RuntimeError):
@@ -47,6 +47,8 @@ def limit_name(fingerprint: str) -> str:
 
 async def count_members(name: str, client: PrefectClient | None = None) -> int:
     if client is None:
+        from prefect.client.orchestration import get_client
+
         async with get_client() as client:
             return await count_members(name, client)
     return (await client.read_global_concurrency_limit_by_name(name)).active_slots
@@ -54,6 +56,8 @@ async def count_members(name: str, client: PrefectClient | None = None) -> int:
 
 async def _patiently(call: Callable[[], Awaitable[T]], patience: float) -> T:
     """``call()``, retried while the server answers busy, for up to ``patience`` seconds."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
     deadline, delay = time.monotonic() + patience, 0.05
     while True:
         try:
@@ -73,6 +77,8 @@ class PrefectMembership:
         self._lease_id: str | None = None
 
     async def join(self, lease: float) -> float:
+        from prefect.exceptions import ObjectAlreadyExists
+
         lease = max(lease, SHORTEST_LEASE)
         with contextlib.suppress(ObjectAlreadyExists):  # another process created it meanwhile
             await _patiently(lambda: self.client.upsert_global_concurrency_limit_by_name(self.name, MAX_MEMBERS),
@@ -113,34 +119,45 @@ _memberships: weakref.WeakKeyDictionary[TrafficController, _ProcessMembership] =
 
 
 async def _hold(controller: TrafficController, name: str, joined: asyncio.Future[None],
-                stop: asyncio.Future[None], staleness: float | None) -> None:
-    # The client's own retries back off 2, 4, 8 s on a busy server; ours are quicker, and a count
-    # that fails is simply read again D/2 later.
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-        try:
+                stop: asyncio.Future[None], staleness: float | None, embedded_home: Path | None) -> None:
+    try:
+        if embedded_home is None:
+            # Imported in a thread: the loop goes on with what it has (a terminal's first items).
+            await asyncio.to_thread(importlib.import_module, "prefect.client.orchestration")
+            from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
             if not PREFECT_API_URL.value():  # an embedded server goes with us: a file counts us after
-                membership = FileMembership(Path(PREFECT_HOME.value()) / "tryon-keys" / f"{name}.json")
-                await hold_share(membership, controller, joined, stop, staleness)
-                return
+                embedded_home = Path(PREFECT_HOME.value())
+        if embedded_home is not None:
+            members = FileMembership(embedded_home / "tryon-keys" / f"{name}.json")
+            await hold_share(members, controller, joined, stop, staleness)
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        # The client's own retries back off 2, 4, 8 s on a busy server; ours are quicker, and a
+        # count that fails is simply read again D/2 later.
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
             async with get_client() as client:
                 await hold_share(PrefectMembership(client, name), controller, joined, stop, staleness)
-        except Exception as exc:
-            if not joined.done():
-                joined.set_exception(exc)
-            else:
-                log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
+    except Exception as exc:
+        if not joined.done():
+            joined.set_exception(exc)
+        else:
+            log.warning("left the key's membership early (%s: %s)", type(exc).__name__, exc)
 
 
 @contextlib.asynccontextmanager
-async def key_membership(controller: TrafficController, fingerprint: str,
-                         staleness: float | None = None) -> AsyncIterator[None]:
+async def key_membership(controller: TrafficController, fingerprint: str, staleness: float | None = None, *,
+                         embedded_home: Path | None = None) -> AsyncIterator[None]:
     """Count this process among the users of the key while the block runs (``staleness``: D,
-    see :mod:`tryon.traffic.share`)."""
+    see :mod:`tryon.traffic.share`); through Prefect as configured, or, given the home of the
+    Prefect server embedded in the process (``embedded_home``), in a file there."""
     member = _memberships.get(controller)
     if member is None:
         member = _memberships[controller] = _ProcessMembership()
         member.task = asyncio.create_task(_hold(controller, limit_name(fingerprint), member.joined, member.stop,
-                                                staleness))
+                                                staleness, embedded_home))
     member.users += 1
     try:
         try:

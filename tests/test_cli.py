@@ -61,19 +61,6 @@ def test_missing_api_key_is_a_clear_error_before_anything_is_sent(tmp_path):
     assert result.returncode == 2 and "FASHN_API_KEY" in result.stderr
 
 
-def test_the_active_profile_s_server_is_found_without_prefect(tmp_path, monkeypatch):
-    from flows.console import profile_api_url
-
-    (tmp_path / "profiles.toml").write_text('active = "work"\n[profiles.work]\n'
-                                            'PREFECT_API_URL = "http://prefect.example:4200/api"\n[profiles.local]\n')
-    for name in ("PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    assert profile_api_url() == "http://prefect.example:4200/api"
-    monkeypatch.setenv("PREFECT_PROFILE", "local")
-    assert profile_api_url() is None, "a profile without a server: the embedded one"
-
-
 @pytest.mark.slow
 def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, emulator, tmp_path):
     from prefect.settings import PREFECT_API_URL

@@ -11,9 +11,10 @@ the key and the emulator's URL, nothing else. Measured: wall time from launching
 exit, the first submission after the launch, and the API span (the first prediction created to
 the last one ended, as the emulator saw them), and the CPU time of the process and its children
 (the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where
-the time before the first submission went: process start and imports (Prefect's included; timed
-alone, in a process of their own, just before), the Prefect server (started or reached, and the
-flow run created: the CLI prints it), and the flow up to its first submission (the rest).
+the time before the first submission went: process start and the imports it opens its run with
+(timed alone, in a process of their own, just before) and opening the run (validation, the key's
+membership, with Prefect's client imported for it when a server runs, and the plan: the rest);
+and when Prefect was ready, the flow run created to take the items over (the CLI prints it).
 
 - ``server``: a Prefect server already runs (``prefect server start``, as on a worker);
 - ``fresh``: no server, a fresh ``PREFECT_HOME`` (a first run ever: the embedded server creates
@@ -66,7 +67,7 @@ WARM_UP = [("GET", "/csrf-token?client=warm-up"), ("GET", "/admin/version"), ("P
            ("POST", "/flow_runs/filter"), ("POST", "/v2/concurrency_limits/filter"),
            ("GET", "/v2/concurrency_limits/warm-up")]
 TRYON = "import sys; from flows.cli import main; sys.argv[0] = 'tryon'; main()"  # `tryon` as a person types it
-IMPORTS = "import flows.cli, flows.console"  # what `tryon run` imports before it starts its server
+IMPORTS = "import flows.cli, flows.console, flows.opening, rich.progress"  # what `tryon run` opens its run with
 NAIVE = """
 import asyncio, sys
 from fashn import AsyncFashn
@@ -137,9 +138,8 @@ def show(case: str, row: dict, script: dict | None) -> None:
         parts += (f"  | naive: wall {script['wall']:5.1f} s, CPU {script['cpu']:4.1f} s,"
                   f" first {script['first']:4.1f} s, span {script['span']:4.1f} s  => {row['wall'] / script['wall']:.2f}x")
     if "imports" in row:
-        flow = row["first"] - row["imports"] - row["server"]
-        parts += (f"  | before the first: process and imports {row['imports']:.1f}, server {row['server']:.1f},"
-                  f" flow {flow:.1f} s")
+        parts += (f"  | before the first: process and imports {row['imports']:.1f}, opening the run"
+                  f" {row['first'] - row['imports']:.1f} s | Prefect ready after {row['server']:.1f} s")
     print(f"{case:12} {parts}", flush=True)
 
 

@@ -13,8 +13,10 @@ terminal deliver a cancel:
   (asyncio's: the run stops at once, its pending records kept for the reconciler).
 
 One drain per key's controller of the process, shared by its runs (a backfill's subflows): a cancel
-ends the whole process, so every run in it drains. Signal handlers can only be set from the main
-thread: elsewhere the watcher alone drains.
+ends the whole process, so every run in it drains. Signals are taken from the moment a run opens
+(:func:`drain_on_signals`; for ``tryon run``, before Prefect is imported), the state is watched
+from the flow run's start (:func:`watching_own_state`). Signal handlers can only be set from the
+main thread: elsewhere the watcher alone drains.
 """
 
 from __future__ import annotations

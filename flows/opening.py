@@ -58,8 +58,7 @@ async def open_run(collection: CollectionSpec, settings: FashnSettings, store: A
             webhook_events(runtime), RunLease(store, run_id, ArchiveSettings().run_lease), \
             drain_on_signals(process, runtime.traffic) as drain:
         runtime.owner = run_id  # named in its pending records: a reconciler leaves them to this run
-        # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
-        # longer needed.
+        # Joined before planning (a newcomer's wait overlaps it), left when the run closes.
         if watcher is not None:
             watcher.waiting("joining the key")
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness,

@@ -76,3 +76,33 @@ def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, em
     assert f"Prefect: {PREFECT_API_URL.value()}" in result.stdout and "Prefect ready" in result.stdout
     assert "done: 2 archived" in result.stdout and "report: " in result.stdout
     assert json.loads((tmp_path / "r.json").read_text())["totals"]["archived"] == 2, "copied from where the run said"
+
+
+@pytest.mark.slow
+async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, emulator, tmp_path):
+    """``tryon run`` begins its items while it imports Prefect; the flow run it then starts takes
+    them over: one prediction per item, the report whole."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+
+    emulator.reset()
+    spec = write_collection(tmp_path, name="at-once", garments=3, models=2, inputs={"mode": "performance", "seed": 35})
+    result = tryon("run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / "r.json"),
+                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": PREFECT_API_URL.value(),
+                        "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = emulator.predictions()
+    first = min(p["created"] for p in predictions) + time.time() - time.monotonic()  # the emulator's clock is monotonic
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["tryon-collection"])))
+        flow_run = next(run for run in runs if run.parameters.get("spec") == str(spec))
+    assert first < flow_run.created.timestamp(), "the first prediction was created before the flow run"
+    assert flow_run.state.is_completed()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(predictions) == 6 and report["totals"]["archived"] == 6, "each item paid once, reported once"
+    assert sorted(item["label"] for item in report["items"]) == sorted(f"g{g}__m{m}" for g in range(3) for m in range(2))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, em
 
 
 @pytest.mark.slow
-async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, emulator, tmp_path):
+async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, make_emulator, tmp_path):
     """``tryon run`` begins its items while it imports Prefect; the flow run it then starts takes
     them over: one prediction per item, the report whole."""
     import time
@@ -90,11 +91,12 @@ async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_
 
     from tests.fixtures.emulator import TIME_SCALE, flow_env
 
-    emulator.reset()
+    key = f"fa-at-once-{uuid.uuid4().hex}"  # alone on its key: no other run's share to wait out
+    emulator = make_emulator(keys={key: 1000})
     spec = write_collection(tmp_path, name="at-once", garments=3, models=2, inputs={"mode": "performance", "seed": 35})
     result = tryon("run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / "r.json"),
-                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": PREFECT_API_URL.value(),
-                        "PYTHONPATH": str(ROOT)})
+                   env={**flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key,
+                        "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = emulator.predictions()
     first = min(p["created"] for p in predictions) + time.time() - time.monotonic()  # the emulator's clock is monotonic

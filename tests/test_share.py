@@ -472,8 +472,9 @@ async def test_a_run_opened_on_a_user_s_server_joins_its_key_and_submits_without
     spec = write_collection(tmp_path, garments=1, models=1, inputs={"mode": "performance"})
     env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key,
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", OPENED, str(spec), str(tmp_path / "archive")],
-                                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-c", OPENED, str(spec), str(tmp_path / "archive")]
+    result = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                                     timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "NO_PREFECT" in result.stdout
     assert sum(emulator.stats()["requests"]["run"].values()) == 1, "submitted"

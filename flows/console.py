@@ -9,7 +9,8 @@ import gc
 import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # imported when a run starts: --help and validate never load 
     from rich.progress import Progress
 
     from flows.prefect_api import PrefectApi
-    from tryon.report import RunReport
+    from tryon.report import ItemReport, RunReport
     from tryon.traffic import TrafficController
     from tryon.traffic.latency import Profile
 
@@ -97,10 +98,27 @@ class ConsoleWatcher:
         self.traffic, self.profiles = traffic, profiles
         self.tick()
 
+    def begun(self, lives: Iterable[asyncio.Future[ItemReport]]) -> None:
+        """Count the items whose life began before the flow run took them as they end, until the
+        flow run's report has as many."""
+        ended: list[ItemReport] = []
+
+        def count(life: asyncio.Future[ItemReport]) -> None:
+            if not life.cancelled() and life.exception() is None:
+                ended.append(life.result())
+                if len(ended) > self.done:
+                    self._show(len(ended), Counter(entry.state for entry in ended))
+
+        for life in lives:
+            life.add_done_callback(count)
+
     async def progress(self, report: RunReport) -> None:
-        t = report.totals
-        self.done = report.total
-        self.bar.update(self.task, completed=report.total,
+        if report.total >= self.done:
+            self._show(report.total, report.totals)
+
+    def _show(self, done: int, t: Mapping[str, int]) -> None:
+        self.done = done
+        self.bar.update(self.task, completed=done,
                         counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
                                f"{t['skipped']} skipped")
         self.tick()
@@ -166,6 +184,7 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
                                 embedded_home=Path(os.environ["PREFECT_HOME"]) if embedded else None,
                                 api=server) as run:
                 begin(run.runtime, run.planned)  # submitted now, while Prefect starts
+                watcher.begun(run.runtime.begun.values())
                 if prefect is None:  # the user's server: Prefect is imported once the first items are begun
                     prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=False))
                 watcher.started(run.runtime.traffic, [(s.item.model_name, s.item.mode) for s in run.planned.states])

@@ -108,3 +108,36 @@ async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(predictions) == 6 and report["totals"]["archived"] == 6, "each item paid once, reported once"
     assert sorted(item["label"] for item in report["items"]) == sorted(f"g{g}__m{m}" for g in range(3) for m in range(2))
+
+
+async def test_the_bar_counts_items_that_ended_before_the_flow_run_took_them():
+    """Items begun while Prefect starts may all end before the flow run reports any: the bar counts
+    them then, and the flow run's report takes over once it has as many."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from flows.console import ConsoleWatcher
+    from tryon.report import ItemReport, RunReport
+
+    def entry(label: str) -> ItemReport:
+        return ItemReport(label=label, garment_id="g", model_id="m", state="archived", key="k" * 64, collection="c",
+                          model_name="tryon-v1.6")
+
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        watcher = ConsoleWatcher(bar, total=3)
+        lives = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        watcher.begun(lives)
+        lives[0].set_result(entry("a"))
+        lives[1].set_exception(OSError("the archive"))  # retried by its task: not counted as ended
+        await asyncio.sleep(0)
+        assert bar.tasks[0].completed == 1
+        report = RunReport.start("c", "tryon-v1.6")
+        await watcher.progress(report)  # the flow run has reported nothing yet: the bar stays
+        assert bar.tasks[0].completed == 1
+        for label in "abc":
+            report.add(entry(label))
+        await watcher.progress(report)
+        assert bar.tasks[0].completed == 3 and "3 archived" in bar.tasks[0].fields["counts"]

@@ -8,21 +8,17 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from tryon.archive import Archive
 from tryon.client import FashnClient
 from tryon.process import Process
+from tryon.report import ItemReport
 from tryon.settings import FashnSettings, WebhookSettings
 from tryon.traffic import TrafficController
 from tryon.traffic.budget import Budget
 from tryon.webhooks import WebhookInbox, Webhooks, create_receiver, serve
-
-if TYPE_CHECKING:
-    from tryon.item import ItemState
-    from tryon.report import ItemReport
 
 
 class Runtime:
@@ -43,8 +39,9 @@ class Runtime:
         # Enough items in progress to keep every slot busy while others download or archive.
         self.workers = workers or 2 * traffic.limits.in_flight + 2
         self.owner: str | None = None  # the run lease its pending records name (tryon.lease)
-        #: Items whose life began before the run took them (tryon.batch.begin), until it does.
-        self.begun: dict[ItemState, asyncio.Future[ItemReport]] = {}
+        #: By item state (tryon.item.ItemState), the lives begun before the run took them
+        #: (tryon.batch.begin), until it does.
+        self.begun: dict[object, asyncio.Future[ItemReport]] = {}
 
     def __repr__(self) -> str:
         return f"Runtime(archive={self.archive.url!r})"

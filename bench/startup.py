@@ -13,7 +13,7 @@ the last one ended, as the emulator saw them), and the CPU time of the process a
 (the embedded server's included: what an idle machine cannot shorten); for ``tryon run``, where
 the time before the first submission went: process start and the imports it opens its run with
 (timed alone, in a process of their own, just before) and opening the run (validation, the key's
-membership, with Prefect's client imported for it when a server runs, and the plan: the rest);
+membership, through Prefect's REST API when a server runs, and the plan: the rest);
 and when Prefect was ready, the flow run created to take the items over (the CLI prints it).
 
 - ``server``: a Prefect server already runs (``prefect server start``, as on a worker);

@@ -9,7 +9,6 @@ import gc
 import importlib
 import os
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported when a run starts: --help and validate never load Prefect
     from rich.progress import Progress
 
+    from flows.prefect_api import PrefectApi
     from tryon.report import ItemReport, RunReport
     from tryon.traffic import TrafficController
     from tryon.traffic.latency import Profile
@@ -61,33 +61,22 @@ def set_env_defaults(values: dict[str, str]) -> None:
         os.environ.setdefault(name, value)
 
 
-def profile_api_url() -> str | None:
-    """The API URL of the active Prefect profile (``PREFECT_PROFILE`` or the file's ``active``), if it
-    sets one; read without importing Prefect, before its settings are fixed."""
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "")
-    return data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
-
-
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
                       force: bool, reuse: bool | None = None, max_credits: int | None = None,
                       partial: bool = False) -> int:
     """Run the flow; 0 when every item is archived, skipped or left for the budget, 1 when any failed."""
-    server = os.environ.get("PREFECT_API_URL") or profile_api_url()
+    from flows.prefect_api import PrefectApi
+
+    server = PrefectApi.from_environment()
     if server:
-        print(f"Prefect: {server}", flush=True)
+        print(f"Prefect: {server.url}", flush=True)
     else:
         set_env_defaults(PREFECT_DEFAULTS)
         home = Path(os.environ["PREFECT_HOME"])
         first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
         print(f"starting Prefect (a local server for this run{first})", flush=True)
     return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
-                            max_credits=max_credits, partial=partial, embedded=not server))
+                            max_credits=max_credits, partial=partial, server=server))
 
 
 class ConsoleWatcher:
@@ -162,11 +151,12 @@ class ConsoleWatcher:
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
                reuse: bool | None = None, max_credits: int | None = None, partial: bool = False,
-               embedded: bool = False) -> int:
+               server: PrefectApi | None = None) -> int:
     """Open and plan the run and begin its first items at once, without Prefect; meanwhile import
-    Prefect (and start its embedded server) in threads, then start the flow run, which goes on from
-    the run opened here (:mod:`flows.opening`)."""
+    Prefect (and start its embedded server unless the user's ``server`` is given) in threads, then
+    start the flow run, which goes on from the run opened here (:mod:`flows.opening`)."""
     began = time.monotonic()
+    embedded = server is None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.opening import open_run
@@ -191,10 +181,11 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
         try:
             async with open_run(collection, settings, store, force=force, reuse=reuse is not False, partial=partial,
                                 budget=budget, watcher=watcher,
-                                embedded_home=Path(os.environ["PREFECT_HOME"]) if embedded else None) as run:
+                                embedded_home=Path(os.environ["PREFECT_HOME"]) if embedded else None,
+                                api=server) as run:
                 begin(run.runtime, run.planned)  # submitted now, while Prefect starts
                 watcher.begun(run.runtime.begun.values())
-                if prefect is None:  # the user's server: Prefect's client is imported (the key's membership)
+                if prefect is None:  # the user's server: Prefect is imported once the first items are begun
                     prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=False))
                 watcher.started(run.runtime.traffic, [(s.item.model_name, s.item.mode) for s in run.planned.states])
                 # Unset: the flow's defaults.
@@ -273,7 +264,9 @@ async def _finish(state, location: str | None, report_path: Path | None) -> int:
 def run_reconcile(archive: str) -> int:
     """Run the reconciler flow on ``archive`` (on an embedded server unless one is configured); 0
     when nothing is left pending that could be finished now."""
-    if not (os.environ.get("PREFECT_API_URL") or profile_api_url()):
+    from flows.prefect_api import PrefectApi
+
+    if PrefectApi.from_environment() is None:
         set_env_defaults(PREFECT_DEFAULTS)
     return asyncio.run(_reconcile(archive))
 

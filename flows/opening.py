@@ -4,7 +4,7 @@ drain, its membership of the key, and its plan, funded and checked against the b
 The flow opens it for itself. ``tryon run`` opens it before Prefect is imported, starts the first
 items' lives (:func:`tryon.batch.begin`) and hands it to the flow run it then starts, which goes on
 from it (:mod:`flows.watch`): the first predictions run while Prefect starts. Nothing here imports
-Prefect unless the key's membership is kept by a Prefect server.
+Prefect when told where the key's membership is kept (``embedded_home`` or ``api``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flows.coordination import key_membership
 from flows.drain import drain_on_signals
+from flows.prefect_api import PrefectApi
 from flows.watch import RunWatcher
 from flows.webhooks import webhook_events
 from tryon.archive import Archive
@@ -47,10 +48,11 @@ class OpenRun:
 @asynccontextmanager
 async def open_run(collection: CollectionSpec, settings: FashnSettings, store: Archive, *, force: bool, reuse: bool,
                    partial: bool, budget: Budget, dry_run: bool = False, watcher: RunWatcher | None = None,
-                   embedded_home: Path | None = None) -> AsyncIterator[OpenRun]:
+                   embedded_home: Path | None = None, api: PrefectApi | None = None) -> AsyncIterator[OpenRun]:
     """Open a run of ``collection`` and plan it; before anything is spent, refuse a plan above the
     ``budget`` (unless ``partial``) or the balance. ``embedded_home``: the home of the Prefect
-    server embedded in the process, when the run is to use one (:func:`flows.coordination.key_membership`)."""
+    server embedded in the process, when the run is to use one; ``api``: the Prefect server's, when
+    it uses another (neither: as Prefect's settings say; :func:`flows.coordination.key_membership`)."""
     run_id = new_run_id()
     async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
             webhook_events(runtime), RunLease(store, run_id, ArchiveSettings().run_lease), \
@@ -60,7 +62,7 @@ async def open_run(collection: CollectionSpec, settings: FashnSettings, store: A
         if watcher is not None:
             watcher.waiting("joining the key")
         async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness,
-                                  embedded_home=embedded_home):
+                                  embedded_home=embedded_home, api=api):
             planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
                                  reuse=reuse and ArchiveSettings().reuse)
             await adopt(store, planned.states, run_id)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,19 +62,6 @@ def test_missing_api_key_is_a_clear_error_before_anything_is_sent(tmp_path):
     assert result.returncode == 2 and "FASHN_API_KEY" in result.stderr
 
 
-def test_the_active_profile_s_server_is_found_without_prefect(tmp_path, monkeypatch):
-    from flows.console import profile_api_url
-
-    (tmp_path / "profiles.toml").write_text('active = "work"\n[profiles.work]\n'
-                                            'PREFECT_API_URL = "http://prefect.example:4200/api"\n[profiles.local]\n')
-    for name in ("PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    assert profile_api_url() == "http://prefect.example:4200/api"
-    monkeypatch.setenv("PREFECT_PROFILE", "local")
-    assert profile_api_url() is None, "a profile without a server: the embedded one"
-
-
 @pytest.mark.slow
 def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, emulator, tmp_path):
     from prefect.settings import PREFECT_API_URL
@@ -92,7 +80,7 @@ def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, em
 
 
 @pytest.mark.slow
-async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, emulator, tmp_path):
+async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, make_emulator, tmp_path):
     """``tryon run`` begins its items while it imports Prefect; the flow run it then starts takes
     them over: one prediction per item, the report whole."""
     import time
@@ -103,11 +91,12 @@ async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_
 
     from tests.fixtures.emulator import TIME_SCALE, flow_env
 
-    emulator.reset()
+    key = f"fa-at-once-{uuid.uuid4().hex}"  # alone on its key: no other run's share to wait out
+    emulator = make_emulator(keys={key: 1000})
     spec = write_collection(tmp_path, name="at-once", garments=3, models=2, inputs={"mode": "performance", "seed": 35})
     result = tryon("run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / "r.json"),
-                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": PREFECT_API_URL.value(),
-                        "PYTHONPATH": str(ROOT)})
+                   env={**flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key,
+                        "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = emulator.predictions()
     first = min(p["created"] for p in predictions) + time.time() - time.monotonic()  # the emulator's clock is monotonic

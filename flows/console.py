@@ -72,9 +72,6 @@ def run_with_progress(spec: str, *, archive: str | None, report: Path | None, mo
         print(f"Prefect: {server.url}", flush=True)
     else:
         set_env_defaults(PREFECT_DEFAULTS)
-        home = Path(os.environ["PREFECT_HOME"])
-        first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
-        print(f"starting Prefect (a local server for this run{first})", flush=True)
     return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
                             max_credits=max_credits, partial=partial, server=server))
 
@@ -90,6 +87,7 @@ class ConsoleWatcher:
         self.profiles: Sequence[Profile] = ()
         self.location: str | None = None
         self.done = 0
+        self.recorded = False  # the flow run exists (Prefect is ready)
 
     def waiting(self, what: str) -> None:
         self.bar.update(self.task, description=what)
@@ -128,7 +126,7 @@ class ConsoleWatcher:
         if self.traffic is None:
             return
         if self.done >= self.total:  # every item ended (the run has left the key: its share reads 0)
-            self.bar.update(self.task, description="try-on", left="")
+            self.bar.update(self.task, left="", description="try-on" if self.recorded else "waiting for Prefect")
         elif self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
             self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
         else:
@@ -172,8 +170,6 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     store = Archive(archive or ArchiveSettings().archive_url)
     await store.check_writable(collection.name)
     budget = Budget(max_credits or settings.max_credits)
-    # The embedded server starts in a process of its own while this one opens the run.
-    prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=True)) if embedded else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:
         watcher = ConsoleWatcher(bar, collection.item_count())
@@ -185,8 +181,11 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
                                 api=server) as run:
                 begin(run.runtime, run.planned)  # submitted now, while Prefect starts
                 watcher.begun(run.runtime.begun.values())
-                if prefect is None:  # the user's server: Prefect is imported once the first items are begun
-                    prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=False))
+                # Once the run is open (a refusal comes at once), Prefect is imported and its embedded
+                # server started in its own process, while the first items run.
+                if embedded:
+                    _say_starting(Path(os.environ["PREFECT_HOME"]))
+                prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=embedded))
                 watcher.started(run.runtime.traffic, [(s.item.model_name, s.item.mode) for s in run.planned.states])
                 # Unset: the flow's defaults.
                 options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
@@ -194,6 +193,7 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
                               **{name: value for name, value in options.items() if value is not None}}
                 flow_run = await _create_flow_run(parameters, prefect)
                 print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
+                watcher.recorded = True
                 from prefect.flow_engine import run_flow_async
 
                 from flows.collection import tryon_collection
@@ -219,6 +219,11 @@ async def _create_flow_run(parameters: dict[str, Any], prefect: asyncio.Task):
 
     async with get_client() as client:  # the user's server, or the embedded one started above
         return await client.create_flow_run(tryon_collection, parameters=parameters, state=Pending())
+
+
+def _say_starting(home: Path) -> None:
+    first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
+    print(f"starting Prefect (a local server for this run{first})", flush=True)
 
 
 def _prefect(*, embedded: bool) -> None:

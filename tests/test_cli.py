@@ -141,3 +141,16 @@ async def test_the_bar_counts_items_that_ended_before_the_flow_run_took_them():
             report.add(entry(label))
         await watcher.progress(report)
         assert bar.tasks[0].completed == 3 and "3 archived" in bar.tasks[0].fields["counts"]
+
+
+def test_a_plan_refused_before_spending_starts_no_prefect(emulator, tmp_path):
+    """Without a server of the user's, a run refused by its spend limit says so at once: its
+    embedded Prefect server is started only once the run is open."""
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+
+    spec = write_collection(tmp_path, name="refused", garments=2, models=2)
+    result = tryon("run", str(spec), "--max-credits", "1", "--archive", str(tmp_path / "archive"),
+                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "home"),
+                        "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and "over the limit of 1 credits" in result.stderr, result.stderr[-2000:]
+    assert "NO_PREFECT" in result.stdout and not (tmp_path / "home" / "prefect.db").exists()

@@ -100,9 +100,13 @@ def run(
             return asyncio.run(plan(spec, archive=archive, model_name=model_name, force=force, reuse=reuse,
                                     max_credits=max_credits, partial=partial, out=sys.stdout))
         from flows.console import run_with_progress
+        from flows.coordination import KeyCoordinationError
 
-        return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force,
-                                 reuse=reuse, max_credits=max_credits, partial=partial)
+        try:
+            return run_with_progress(spec, archive=archive, report=report, model_name=model_name, force=force,
+                                     reuse=reuse, max_credits=max_credits, partial=partial)
+        except KeyCoordinationError as exc:
+            return _fail(str(exc))
     except (SpecError, FashnError) as exc:
         return _fail(str(exc))
 

@@ -12,7 +12,7 @@ publishes.
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -25,23 +25,18 @@ from pydantic.json_schema import SkipJsonSchema
 
 from flows import artifacts
 from flows.config import resolve_archive, resolve_settings
-from flows.coordination import key_membership
-from flows.drain import cancelled_state, draining
+from flows.drain import cancelled_state, watching_own_state
+from flows.opening import OpenRun, open_run
 from flows.params import (AS_IN_SPEC, InlineCollection, MaxCredits, ModeChoice, ModelChoice, SamplesChoice, given,
                           input_overrides)
 from flows.review import ReviewDecision, review_gate
 from flows.tasks import tryon_item
-from flows.watch import RunWatcher, watcher_of
-from flows.webhooks import webhook_events
+from flows.watch import RunWatcher, begun_of, watcher_of
 from tryon.archive import Archive
-from tryon.batch import load_and_validate, plan, require_balance, run_items, save_report
-from tryon.errors import OverBudget
-from tryon.lease import RunLease, adopt
-from tryon.process import joined
+from tryon.batch import load_and_validate, run_items, save_report
 from tryon.publish import publish as publish_approved
-from tryon.report import RunReport, new_run_id
-from tryon.runtime import open_runtime
-from tryon.settings import ArchiveSettings, FashnSettings
+from tryon.report import RunReport
+from tryon.settings import FashnSettings
 from tryon.spec.collection import CollectionSpec
 from tryon.traffic.budget import Budget
 from tryon.verdicts import approve, flagged, reject, standings
@@ -98,14 +93,18 @@ async def tryon_collection(
         raise ValueError("give exactly one of spec (a path or URL) and inline_spec")
     source = inline.as_spec_data() if inline is not None else spec
     watcher = watcher_of(flow_run.get_id())  # the terminal that started this run, if one did
-    collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
+    begun = begun_of(flow_run.get_id())  # what that terminal opened for it, its first items running
+    if begun is not None:
+        collection, store, budget = begun.collection, begun.archive, begun.runtime.budget
+    else:
+        collection = await load_and_validate(source, given(model_name), input_overrides(mode, num_samples))
+        store = await resolve_archive(given(archive), given(archive_block))
+        await store.check_writable(collection.name)
     settings = await resolve_settings(given(credentials_block))
-    store = await resolve_archive(given(archive), given(archive_block))
-    await store.check_writable(collection.name)
     if budget is None:
         budget = Budget(max_credits or settings.max_credits)
     once = dict(watcher=watcher, budget=budget, partial=partial, reuse=reuse)
-    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, **once)
+    outcome = await _run_once(collection, settings, store, dry_run=dry_run, force=force, begun=begun, **once)
     if dry_run or not review or isinstance(outcome, State):
         return outcome
     for round in range(1, max_review_rounds + 1):
@@ -150,48 +149,32 @@ async def _approve(collection: CollectionSpec, store: Archive, round: int, url: 
 
 
 async def _run_once(collection: CollectionSpec, settings: FashnSettings, store: Archive, *, dry_run: bool,
-                    force: bool, reuse: bool, partial: bool, budget: Budget, watcher: RunWatcher | None
-                    ) -> dict[str, Any] | State:
-    """Plan, fund and check the balance, run every planned item, write the report, gallery and artifacts."""
+                    force: bool, reuse: bool, partial: bool, budget: Budget, watcher: RunWatcher | None,
+                    begun: OpenRun | None = None) -> dict[str, Any] | State:
+    """Open and plan the run (or go on from ``begun``), run every planned item, write the report,
+    gallery and artifacts."""
     logger = get_run_logger()
-    run_id = new_run_id()
-    async with joined() as process, open_runtime(process, settings, store, budget=budget) as runtime, \
-            webhook_events(runtime), RunLease(store, run_id, ArchiveSettings().run_lease), \
-            draining(process, runtime.traffic) as drain:
-        runtime.owner = run_id  # named in its pending records: a reconciler leaves them to this run
-        # Joined early (a newcomer's wait overlaps the planning), left as soon as the key is no
-        # longer needed.
+    opening = nullcontext(begun) if begun is not None else open_run(
+        collection, settings, store, force=force, reuse=reuse, partial=partial, budget=budget, dry_run=dry_run,
+        watcher=watcher)
+    async with opening as run, watching_own_state(run.drain):
+        runtime, planned, drain = run.runtime, run.planned, run.drain
+        logger.info("%s: %s", collection.name, planned.line())
+        if dry_run:
+            await artifacts.publish_plan(collection.name, planned)
+            return {"dry_run": True, **planned.as_dict()}
+        report = RunReport.start(collection.name, collection.model_name, run.run_id)
+        report.max_credits = budget.limit
+        report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
+        tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
         if watcher is not None:
-            watcher.waiting("joining the key")
-        async with key_membership(runtime.traffic, settings.key_fingerprint(), settings.share_staleness):
-            planned = await plan(collection, store, force=force, max_resubmits=runtime.max_resubmits,
-                                 reuse=reuse and ArchiveSettings().reuse)
-            await adopt(store, planned.states, run_id)
-            try:
-                planned.fund(budget, partial=partial)
-            except OverBudget:
-                if not dry_run:
-                    raise
-            if planned.credits_needed or dry_run:
-                planned.balance = (await runtime.client.credits()).total
-            logger.info("%s: %s", collection.name, planned.line())
-            if dry_run:
-                await artifacts.publish_plan(collection.name, planned)
-                return {"dry_run": True, **planned.as_dict()}
-            if planned.credits_needed:
-                require_balance(planned.balance or 0, planned.credits_needed)
-            report = RunReport.start(collection.name, collection.model_name, run_id)
-            report.max_credits = budget.limit
-            report.credits_estimated, report.credits_estimate_exact = planned.credits_needed, planned.credits_exact
-            tracker = await artifacts.ProgressTracker.create(collection.name, total=len(planned.states))
-            if watcher is not None:
-                watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
-            async with aclosing(run_items(runtime, planned, run_one=tryon_item, drain=drain)) as entries:
-                async for entry in entries:
-                    report.add(entry)
-                    await tracker.update(report)
-                    if watcher is not None:
-                        await watcher.progress(report)
+            watcher.started(runtime.traffic, [(s.item.model_name, s.item.mode) for s in planned.states])
+        async with aclosing(run_items(runtime, planned, run_one=tryon_item, drain=drain)) as entries:
+            async for entry in entries:
+                report.add(entry)
+                await tracker.update(report)
+                if watcher is not None:
+                    await watcher.progress(report)
         await tracker.update(report, force=True)
         report.finish()
         location = await save_report(store, report, (state.item for state in planned.states))

@@ -5,17 +5,20 @@ left, and where the report is; and the demo on top of it."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import os
 import time
-import tomllib
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when a run starts: --help and validate never load Prefect
     from rich.progress import Progress
 
-    from tryon.report import RunReport
+    from flows.prefect_api import PrefectApi
+    from tryon.report import ItemReport, RunReport
     from tryon.traffic import TrafficController
     from tryon.traffic.latency import Profile
 
@@ -58,33 +61,19 @@ def set_env_defaults(values: dict[str, str]) -> None:
         os.environ.setdefault(name, value)
 
 
-def profile_api_url() -> str | None:
-    """The API URL of the active Prefect profile (``PREFECT_PROFILE`` or the file's ``active``), if it
-    sets one; read without importing Prefect, before its settings are fixed."""
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "")
-    return data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
-
-
 def run_with_progress(spec: str, *, archive: str | None, report: Path | None, model_name: str | None,
                       force: bool, reuse: bool | None = None, max_credits: int | None = None,
                       partial: bool = False) -> int:
     """Run the flow; 0 when every item is archived, skipped or left for the budget, 1 when any failed."""
-    server = os.environ.get("PREFECT_API_URL") or profile_api_url()
+    from flows.prefect_api import PrefectApi
+
+    server = PrefectApi.from_environment()
     if server:
-        print(f"Prefect: {server}", flush=True)
+        print(f"Prefect: {server.url}", flush=True)
     else:
         set_env_defaults(PREFECT_DEFAULTS)
-        home = Path(os.environ["PREFECT_HOME"])
-        first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
-        print(f"starting Prefect (a local server for this run{first})", flush=True)
     return asyncio.run(_run(spec, archive=archive, report=report, model_name=model_name, force=force, reuse=reuse,
-                            max_credits=max_credits, partial=partial, embedded=not server))
+                            max_credits=max_credits, partial=partial, server=server))
 
 
 class ConsoleWatcher:
@@ -98,6 +87,7 @@ class ConsoleWatcher:
         self.profiles: Sequence[Profile] = ()
         self.location: str | None = None
         self.done = 0
+        self.recorded = False  # the flow run exists (Prefect is ready)
 
     def waiting(self, what: str) -> None:
         self.bar.update(self.task, description=what)
@@ -106,10 +96,27 @@ class ConsoleWatcher:
         self.traffic, self.profiles = traffic, profiles
         self.tick()
 
+    def begun(self, lives: Iterable[asyncio.Future[ItemReport]]) -> None:
+        """Count the items whose life began before the flow run took them as they end, until the
+        flow run's report has as many."""
+        ended: list[ItemReport] = []
+
+        def count(life: asyncio.Future[ItemReport]) -> None:
+            if not life.cancelled() and life.exception() is None:
+                ended.append(life.result())
+                if len(ended) > self.done:
+                    self._show(len(ended), Counter(entry.state for entry in ended))
+
+        for life in lives:
+            life.add_done_callback(count)
+
     async def progress(self, report: RunReport) -> None:
-        t = report.totals
-        self.done = report.total
-        self.bar.update(self.task, completed=report.total,
+        if report.total >= self.done:
+            self._show(report.total, report.totals)
+
+    def _show(self, done: int, t: Mapping[str, int]) -> None:
+        self.done = done
+        self.bar.update(self.task, completed=done,
                         counts=f"{t['archived']} archived · {t['reused']} reused · {t['failed']} failed · "
                                f"{t['skipped']} skipped")
         self.tick()
@@ -119,7 +126,7 @@ class ConsoleWatcher:
         if self.traffic is None:
             return
         if self.done >= self.total:  # every item ended (the run has left the key: its share reads 0)
-            self.bar.update(self.task, description="try-on", left="")
+            self.bar.update(self.task, left="", description="try-on" if self.recorded else "waiting for Prefect")
         elif self.traffic.limiters["run"].limit.count == 0:  # a newcomer beside other runs: W + D
             self.bar.update(self.task, description="waiting for the key's share (another run uses it)", left="")
         else:
@@ -142,49 +149,92 @@ class ConsoleWatcher:
 
 async def _run(spec: str, *, archive: str | None, report: Path | None, model_name: str | None, force: bool,
                reuse: bool | None = None, max_credits: int | None = None, partial: bool = False,
-               embedded: bool = False) -> int:
+               server: PrefectApi | None = None) -> int:
+    """Open and plan the run and begin its first items at once, without Prefect; meanwhile import
+    Prefect (and start its embedded server unless the user's ``server`` is given) in threads, then
+    start the flow run, which goes on from the run opened here (:mod:`flows.opening`)."""
     began = time.monotonic()
-    # The embedded server starts in a process of its own while this one imports the flow and reads
-    # the spec (get_client below finds it running).
-    starting = asyncio.create_task(asyncio.to_thread(_start_embedded_server)) if embedded else None
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow_async
-    from prefect.states import Pending
+    embedded = server is None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.collection import tryon_collection
+    from flows.opening import open_run
     from flows.watch import watching
-    from tryon.spec.loaders import load_spec
+    from tryon.archive import Archive
+    from tryon.batch import begin, load_and_validate
+    from tryon.settings import ArchiveSettings, FashnSettings
+    from tryon.traffic.budget import Budget
 
-    total = (await load_spec(spec, model_name_override=model_name)).item_count()
-    if starting is not None:
-        await starting
-    # Unset: the flow's defaults.
-    options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
-    parameters = {"spec": spec, "force": force, "partial": partial,
-                  **{name: value for name, value in options.items() if value is not None}}
-    async with get_client() as client:  # the user's server, or the embedded one started above
-        flow_run = await client.create_flow_run(
-            tryon_collection, parameters=tryon_collection.serialize_parameters(parameters), state=Pending())
-    print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
+    collection = await load_and_validate(spec, model_name)
+    settings = FashnSettings()
+    settings.require_api_key()
+    store = Archive(archive or ArchiveSettings().archive_url)
+    await store.check_writable(collection.name)
+    budget = Budget(max_credits or settings.max_credits)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("{task.fields[left]}")) as bar:
-        watcher = ConsoleWatcher(bar, total)
+        watcher = ConsoleWatcher(bar, collection.item_count())
         ticking = asyncio.create_task(_every_second(watcher.tick))
         try:
-            with watching(str(flow_run.id), watcher):
-                state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
-                                             return_type="state")
+            async with open_run(collection, settings, store, force=force, reuse=reuse is not False, partial=partial,
+                                budget=budget, watcher=watcher,
+                                embedded_home=Path(os.environ["PREFECT_HOME"]) if embedded else None,
+                                api=server) as run:
+                begin(run.runtime, run.planned)  # submitted now, while Prefect starts
+                watcher.begun(run.runtime.begun.values())
+                # Once the run is open (a refusal comes at once), Prefect is imported and its embedded
+                # server started in its own process, while the first items run.
+                if embedded:
+                    _say_starting(Path(os.environ["PREFECT_HOME"]))
+                prefect = asyncio.create_task(asyncio.to_thread(_prefect, embedded=embedded))
+                watcher.started(run.runtime.traffic, [(s.item.model_name, s.item.mode) for s in run.planned.states])
+                # Unset: the flow's defaults.
+                options = {"archive": archive, "model_name": model_name, "reuse": reuse, "max_credits": max_credits}
+                parameters = {"spec": spec, "force": force, "partial": partial,
+                              **{name: value for name, value in options.items() if value is not None}}
+                flow_run = await _create_flow_run(parameters, prefect)
+                print(f"Prefect ready ({time.monotonic() - began:.1f} s)", flush=True)
+                watcher.recorded = True
+                from prefect.flow_engine import run_flow_async
+
+                from flows.collection import tryon_collection
+
+                with watching(str(flow_run.id), watcher, begun=run):
+                    state = await run_flow_async(tryon_collection, flow_run=flow_run, parameters=parameters,
+                                                 return_type="state")
         finally:
             ticking.cancel()
     return await _finish(state, watcher.location, report)
 
 
-def _start_embedded_server() -> None:
-    """Prefect's embedded server, started (once a process: the one get_client uses)."""
-    from prefect.server.api.server import SubprocessASGIServer
+async def _create_flow_run(parameters: dict[str, Any], prefect: asyncio.Task):
+    """The flow run, created once Prefect is imported (and its embedded server started)."""
+    await prefect
+    # What Prefect allocated is exempt from the collector, as what was there when the run opened
+    # (tryon.process.freeze_startup_objects).
+    gc.freeze()
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
 
-    SubprocessASGIServer().start()
+    from flows.collection import tryon_collection
+
+    async with get_client() as client:  # the user's server, or the embedded one started above
+        return await client.create_flow_run(tryon_collection, parameters=parameters, state=Pending())
+
+
+def _say_starting(home: Path) -> None:
+    first = "; its first start creates its database in " + str(home) if not (home / "prefect.db").exists() else ""
+    print(f"starting Prefect (a local server for this run{first})", flush=True)
+
+
+def _prefect(*, embedded: bool) -> None:
+    """Prefect's embedded server started (once a process: the one get_client uses) when asked, and
+    the flow imported: in one thread, since Prefect's modules cannot be imported from two at once."""
+    if embedded:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+    for module in ("flows.collection", "prefect.flow_engine"):
+        importlib.import_module(module)
 
 
 async def _every_second(call: Callable[[], None]) -> None:
@@ -219,7 +269,9 @@ async def _finish(state, location: str | None, report_path: Path | None) -> int:
 def run_reconcile(archive: str) -> int:
     """Run the reconciler flow on ``archive`` (on an embedded server unless one is configured); 0
     when nothing is left pending that could be finished now."""
-    if not (os.environ.get("PREFECT_API_URL") or profile_api_url()):
+    from flows.prefect_api import PrefectApi
+
+    if PrefectApi.from_environment() is None:
         set_env_defaults(PREFECT_DEFAULTS)
     return asyncio.run(_reconcile(archive))
 

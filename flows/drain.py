@@ -13,8 +13,10 @@ terminal deliver a cancel:
   (asyncio's: the run stops at once, its pending records kept for the reconciler).
 
 One drain per key's controller of the process, shared by its runs (a backfill's subflows): a cancel
-ends the whole process, so every run in it drains. Signal handlers can only be set from the main
-thread: elsewhere the watcher alone drains.
+ends the whole process, so every run in it drains. Signals are taken from the moment a run opens
+(:func:`drain_on_signals`; for ``tryon run``, before Prefect is imported), the state is watched
+from the flow run's start (:func:`watching_own_state`). Signal handlers can only be set from the
+main thread: elsewhere the watcher alone drains.
 """
 
 from __future__ import annotations
@@ -25,13 +27,8 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
-
-from prefect import get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
-from prefect.states import Cancelled
 
 from tryon.drain import Drain
 from tryon.process import Process
@@ -103,6 +100,10 @@ async def _shared_drain(traffic: TrafficController) -> AsyncIterator[Drain]:
 async def _watch(drain: Drain) -> None:
     """Drain on the run's own Cancelling (or Cancelled) state; say so in the run's log, whoever
     asked."""
+    from prefect import get_run_logger
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
     run_logger = get_run_logger()
     context = FlowRunContext.get()
     run_id = context.flow_run.id if context is not None and context.flow_run is not None else None
@@ -123,20 +124,25 @@ async def _watch(drain: Drain) -> None:
                        "Cancelled. Ask again to stop at once (the reconciler finishes the rest).", drain.reason)
 
 
+def drain_on_signals(process: Process, traffic: TrafficController) -> AbstractAsyncContextManager[Drain]:
+    """The drain of the process's runs on ``traffic``, requested by a signal while the block runs."""
+    return process.hold(("drain", traffic), lambda: _shared_drain(traffic))
+
+
 @asynccontextmanager
-async def draining(process: Process, traffic: TrafficController) -> AsyncIterator[Drain]:
-    """The drain of the process's runs on ``traffic``, requested by a signal or by this flow run's
-    own state while the block runs."""
-    async with process.hold(("drain", traffic), lambda: _shared_drain(traffic)) as drain:
-        watcher = asyncio.create_task(_watch(drain), name="drain watcher")
-        try:
-            yield drain
-        finally:
-            watcher.cancel()
-            with suppress(asyncio.CancelledError):
-                await watcher
+async def watching_own_state(drain: Drain) -> AsyncIterator[None]:
+    """``drain`` also requested by this flow run's own Cancelling state while the block runs."""
+    watcher = asyncio.create_task(_watch(drain), name="drain watcher")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
 
 
 def cancelled_state(drain: Drain, summary: str) -> Any:
     """The state a drained run ends in."""
+    from prefect.states import Cancelled
+
     return Cancelled(message=f"{drain.reason}; {summary}")

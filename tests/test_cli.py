@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,19 +62,6 @@ def test_missing_api_key_is_a_clear_error_before_anything_is_sent(tmp_path):
     assert result.returncode == 2 and "FASHN_API_KEY" in result.stderr
 
 
-def test_the_active_profile_s_server_is_found_without_prefect(tmp_path, monkeypatch):
-    from flows.console import profile_api_url
-
-    (tmp_path / "profiles.toml").write_text('active = "work"\n[profiles.work]\n'
-                                            'PREFECT_API_URL = "http://prefect.example:4200/api"\n[profiles.local]\n')
-    for name in ("PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    assert profile_api_url() == "http://prefect.example:4200/api"
-    monkeypatch.setenv("PREFECT_PROFILE", "local")
-    assert profile_api_url() is None, "a profile without a server: the embedded one"
-
-
 @pytest.mark.slow
 def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, emulator, tmp_path):
     from prefect.settings import PREFECT_API_URL
@@ -89,3 +77,80 @@ def test_a_run_says_what_it_waits_for_and_where_its_report_is(prefect_server, em
     assert f"Prefect: {PREFECT_API_URL.value()}" in result.stdout and "Prefect ready" in result.stdout
     assert "done: 2 archived" in result.stdout and "report: " in result.stdout
     assert json.loads((tmp_path / "r.json").read_text())["totals"]["archived"] == 2, "copied from where the run said"
+
+
+@pytest.mark.slow
+async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_server, make_emulator, tmp_path):
+    """``tryon run`` begins its items while it imports Prefect; the flow run it then starts takes
+    them over: one prediction per item, the report whole."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+
+    key = f"fa-at-once-{uuid.uuid4().hex}"  # alone on its key: no other run's share to wait out
+    emulator = make_emulator(keys={key: 1000})
+    spec = write_collection(tmp_path, name="at-once", garments=3, models=2, inputs={"mode": "performance", "seed": 35})
+    result = tryon("run", str(spec), "--archive", str(tmp_path / "archive"), "--report", str(tmp_path / "r.json"),
+                   env={**flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key,
+                        "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = emulator.predictions()
+    first = min(p["created"] for p in predictions) + time.time() - time.monotonic()  # the emulator's clock is monotonic
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["tryon-collection"])))
+        flow_run = next(run for run in runs if run.parameters.get("spec") == str(spec))
+    assert first < flow_run.created.timestamp(), "the first prediction was created before the flow run"
+    assert flow_run.state.is_completed()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(predictions) == 6 and report["totals"]["archived"] == 6, "each item paid once, reported once"
+    assert sorted(item["label"] for item in report["items"]) == sorted(f"g{g}__m{m}" for g in range(3) for m in range(2))
+
+
+async def test_the_bar_counts_items_that_ended_before_the_flow_run_took_them():
+    """Items begun while Prefect starts may all end before the flow run reports any: the bar counts
+    them then, and the flow run's report takes over once it has as many."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from flows.console import ConsoleWatcher
+    from tryon.report import ItemReport, RunReport
+
+    def entry(label: str) -> ItemReport:
+        return ItemReport(label=label, garment_id="g", model_id="m", state="archived", key="k" * 64, collection="c",
+                          model_name="tryon-v1.6")
+
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        watcher = ConsoleWatcher(bar, total=3)
+        lives = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        watcher.begun(lives)
+        lives[0].set_result(entry("a"))
+        lives[1].set_exception(OSError("the archive"))  # retried by its task: not counted as ended
+        await asyncio.sleep(0)
+        assert bar.tasks[0].completed == 1
+        report = RunReport.start("c", "tryon-v1.6")
+        await watcher.progress(report)  # the flow run has reported nothing yet: the bar stays
+        assert bar.tasks[0].completed == 1
+        for label in "abc":
+            report.add(entry(label))
+        await watcher.progress(report)
+        assert bar.tasks[0].completed == 3 and "3 archived" in bar.tasks[0].fields["counts"]
+
+
+def test_a_plan_refused_before_spending_starts_no_prefect(emulator, tmp_path):
+    """Without a server of the user's, a run refused by its spend limit says so at once: its
+    embedded Prefect server is started only once the run is open."""
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+
+    spec = write_collection(tmp_path, name="refused", garments=2, models=2)
+    result = tryon("run", str(spec), "--max-credits", "1", "--archive", str(tmp_path / "archive"),
+                   env={**flow_env(emulator, TIME_SCALE), "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "home"),
+                        "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and "over the limit of 1 credits" in result.stderr, result.stderr[-2000:]
+    assert "NO_PREFECT" in result.stdout and not (tmp_path / "home" / "prefect.db").exists()

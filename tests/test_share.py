@@ -376,17 +376,21 @@ def test_members_joining_leaving_and_dying_never_overrun_the_key_together(others
 
 # -- over a real Prefect server ---------------------------------------------------------------
 async def test_a_prefect_membership_takes_renews_and_gives_back_its_slot(prefect_server):
-    from prefect.client.orchestration import get_client
-
     from flows.coordination import PrefectMembership, limit_name
+    from flows.prefect_api import PrefectApi
 
-    async with get_client() as client:
+    async with PrefectApi.from_settings().client() as client:
         membership = PrefectMembership(client, limit_name(f"lease-{uuid.uuid4().hex[:12]}"))
         assert await membership.join(10) == 60, "the server's shortest lease"
         assert await membership.count() == 1
         assert await membership.renew(140) == 140  # raises unless the server renewed it
         await membership.leave()
         assert await membership.count() == 0
+        other = PrefectMembership(client, membership.name)
+        assert await other.join(60) == 60 and await membership.join(60) == 60, "the limit exists: joined again"
+        assert await other.count() == 2
+        await other.leave()
+        await membership.leave()
 
 
 async def test_over_prefect_a_run_alone_on_a_key_admits_at_once_and_one_right_after_it_waits(prefect_server):
@@ -406,25 +410,20 @@ async def test_over_prefect_a_run_alone_on_a_key_admits_at_once_and_one_right_af
 async def test_a_join_outlasts_a_busy_server_and_a_join_refused_throughout_spends_nothing(prefect_server,
                                                                                         monkeypatch):
     import httpx
-    from prefect.client.orchestration import PrefectClient
-    from prefect.exceptions import PrefectHTTPStatusError
 
     from flows import coordination
     from flows.coordination import KeyCoordinationError, count_members, key_membership, limit_name
 
-    increment = PrefectClient.increment_concurrency_slots_with_lease
+    send = httpx.AsyncClient.send
     refusals = {"left": 8}
 
-    async def busy_increment(self, *args, **kwargs):
-        if refusals["left"] > 0:
+    async def busy_increment(self, request, **kwargs):
+        if request.url.path.endswith("/increment-with-lease") and refusals["left"] > 0:
             refusals["left"] -= 1
-            request = httpx.Request("POST", "http://prefect/v2/concurrency_limits/increment-with-lease")
-            response = httpx.Response(503, json={"exception_message": "Service Unavailable"}, request=request)
-            raise PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("503", request=request,
-                                                                                response=response))
-        return await increment(self, *args, **kwargs)
+            return httpx.Response(503, json={"exception_message": "Service Unavailable"}, request=request)
+        return await send(self, request, **kwargs)
 
-    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", busy_increment)
+    monkeypatch.setattr(httpx.AsyncClient, "send", busy_increment)
     fingerprint = f"busy-{uuid.uuid4().hex[:12]}"
     async with key_membership(controller(), fingerprint):
         assert refusals["left"] == 0 and await count_members(limit_name(fingerprint)) == 1, "counted after all"
@@ -436,6 +435,51 @@ async def test_a_join_outlasts_a_busy_server_and_a_join_refused_throughout_spend
         async with key_membership(c, fingerprint):
             raise AssertionError("ran without being counted")
     assert c.limiters["run"].next_admission() == float("inf"), "admits nothing"
+
+
+OPENED = """
+import asyncio, sys
+from flows.opening import open_run
+from flows.prefect_api import PrefectApi
+from tryon.archive import Archive
+from tryon.batch import begin, load_and_validate
+from tryon.settings import FashnSettings
+from tryon.traffic.budget import Budget
+
+async def main(spec, archive):
+    settings = FashnSettings()
+    async with open_run(await load_and_validate(spec), settings, Archive(archive), force=False, reuse=True,
+                        partial=False, budget=Budget(), api=PrefectApi.from_environment()) as run:
+        begin(run.runtime, run.planned)
+        await asyncio.gather(*run.runtime.begun.values())
+
+asyncio.run(main(*sys.argv[1:]))
+print("PREFECT_IMPORTED" if "prefect" in sys.modules else "NO_PREFECT")
+"""
+
+
+async def test_a_run_opened_on_a_user_s_server_joins_its_key_and_submits_without_importing_prefect(
+        prefect_server, make_emulator, tmp_path):
+    # What `tryon run` does before it imports Prefect, against a server of the user's.
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.coordination import count_members, limit_name
+    from tests.fixtures.emulator import TIME_SCALE, flow_env
+    from tryon.settings import FashnSettings
+
+    key = f"fa-opened-{uuid.uuid4().hex}"
+    emulator = make_emulator(keys={key: 1000})
+    spec = write_collection(tmp_path, garments=1, models=1, inputs={"mode": "performance"})
+    env = {**os.environ, **flow_env(emulator, TIME_SCALE), "FASHN_API_KEY": key,
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", OPENED, str(spec), str(tmp_path / "archive")]
+    result = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                                     timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NO_PREFECT" in result.stdout
+    assert sum(emulator.stats()["requests"]["run"].values()) == 1, "submitted"
+    fingerprint = FashnSettings(api_key=key).key_fingerprint()
+    assert await count_members(limit_name(fingerprint)) == 1, "counted through the server, W + D after it admitted"
 
 
 GATED = """

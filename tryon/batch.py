@@ -146,12 +146,12 @@ async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.r
     stopped: list[UnauthorizedAccess] = []
     ended: asyncio.Queue[ItemReport] = asyncio.Queue()
 
-    def held_back(state: ItemState) -> bool:
-        return drain is not None and drain.holds_back(state)
+    def held_back(state: ItemState) -> bool:  # a begun life is always awaited: it may be submitting now
+        return drain is not None and state not in runtime.begun and drain.holds_back(state)
 
     async def worker() -> None:
         for state in states:
-            if state.active and stopped:
+            if state.active and stopped and state not in runtime.begun:
                 state.fail(UnauthorizedAccess(f"not attempted: {stopped[0]}"))
             elif state.active and not held_back(state):
                 try:
@@ -178,6 +178,22 @@ async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.r
     finally:
         workers.cancel()
         await asyncio.gather(workers, return_exceptions=True)
+
+
+def begin(runtime: Runtime, planned: Plan) -> None:
+    """Start now the lives of the items :func:`run_items` takes first (one per worker), ahead of it:
+    ``tryon run`` submits them while Prefect starts. Its call for each of them awaits that life."""
+    for state in [s for s in planned.states if s.active][:runtime.workers]:
+        runtime.begun[state] = asyncio.ensure_future(life.live(runtime, state))
+
+
+async def end_begun(runtime: Runtime, *, cancel: bool = False) -> None:
+    """Wait for the lives begun and never taken (their outputs are archived, their reports lost: a
+    later run skips them), or with ``cancel`` stop them (their pending records are kept)."""
+    begun, runtime.begun = list(runtime.begun.values()), {}
+    for future in begun if cancel else ():
+        future.cancel()
+    await asyncio.gather(*begun, return_exceptions=True)
 
 
 async def save_report(archive: Archive, report: RunReport, items: Iterable[Item] = ()) -> str:

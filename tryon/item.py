@@ -174,7 +174,13 @@ async def run(runtime: Runtime, state: ItemState) -> ItemReport:
     """Take an active item to its end, archived (or reused), failed with its reason or left for the
     budget, and return its report entry. Failed predictions end the item; errors of our own (the
     archive, the network) are raised with the state left where it stands, so a repeat goes on from
-    there."""
+    there. An item whose life began ahead of this call (:func:`tryon.batch.begin`) is awaited."""
+    begun = runtime.begun.pop(state, None)
+    return await (begun if begun is not None else live(runtime, state))
+
+
+async def live(runtime: Runtime, state: ItemState) -> ItemReport:
+    """The life itself (:func:`run`)."""
     paying: asyncio.Future | None = None
     try:
         while state.active:

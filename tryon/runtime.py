@@ -4,6 +4,7 @@ through it, the archive, its spend limit and, when configured, its webhooks; and
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 from tryon.archive import Archive
 from tryon.client import FashnClient
 from tryon.process import Process
+from tryon.report import ItemReport
 from tryon.settings import FashnSettings, WebhookSettings
 from tryon.traffic import TrafficController
 from tryon.traffic.budget import Budget
@@ -37,6 +39,9 @@ class Runtime:
         # Enough items in progress to keep every slot busy while others download or archive.
         self.workers = workers or 2 * traffic.limits.in_flight + 2
         self.owner: str | None = None  # the run lease its pending records name (tryon.lease)
+        #: By item state (tryon.item.ItemState), the lives begun before the run took them
+        #: (tryon.batch.begin), until it does.
+        self.begun: dict[object, asyncio.Future[ItemReport]] = {}
 
     def __repr__(self) -> str:
         return f"Runtime(archive={self.archive.url!r})"

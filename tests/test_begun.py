@@ -4,9 +4,12 @@ takes it. No Prefect: the emulator in process (tests/life.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.collections import write_collection
 from tests.life import local_emulator, runtime_over, until
 from tryon import batch
+from tryon import item as life
 from tryon.archive import Archive
 from tryon.drain import Drain
 from tryon.report import RunReport
@@ -51,6 +54,26 @@ async def test_a_drain_before_the_run_reports_begun_items_once_each(tmp_path):
     assert set(states.values()) == {"archived", "cancelled"}
     assert all((tmp_path / "archive" / "begun" / "tryon-v1.6" / label / "result.json").exists()
                for label, state in states.items() if state == "archived")
+
+
+async def test_lives_that_ended_before_the_run_are_still_taken_by_its_call(tmp_path):
+    """Every begun item goes through the run's call (a Prefect task run for the flow), even one
+    whose life ended before the run started."""
+    archive = Archive(str(tmp_path / "archive"))
+    planned = await _planned(tmp_path, archive, garments=2, models=2)
+    calls = []
+
+    async def run_one(runtime, state):
+        calls.append(state.item.label)
+        return await life.run(runtime, state)
+
+    async with local_emulator() as emulator, runtime_over(emulator, archive) as runtime:
+        batch.begin(runtime, planned)
+        await asyncio.gather(*runtime.begun.values())
+        entries = [entry async for entry in batch.run_items(runtime, planned, run_one=run_one)]
+        assert runtime.begun == {} and len(await emulator.predictions()) == 4
+    assert sorted(calls) == sorted(entry.label for entry in entries) and len(calls) == 4
+    assert {entry.state for entry in entries} == {"archived"}
 
 
 async def test_lives_no_run_takes_still_archive_what_they_paid_for(tmp_path):

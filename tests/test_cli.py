@@ -107,7 +107,8 @@ async def test_a_run_submits_its_first_items_before_its_flow_run_exists(prefect_
     assert flow_run.state.is_completed()
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(predictions) == 6 and report["totals"]["archived"] == 6, "each item paid once, reported once"
-    assert sorted(item["label"] for item in report["items"]) == sorted(f"g{g}__m{m}" for g in range(3) for m in range(2))
+    labels = sorted(f"g{g}__m{m}" for g in range(3) for m in range(2))
+    assert sorted(item["label"] for item in report["items"]) == labels
 
 
 async def test_the_bar_counts_items_that_ended_before_the_flow_run_took_them():

@@ -153,7 +153,8 @@ async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.r
         for state in states:
             if state.active and stopped and state not in runtime.begun:
                 state.fail(UnauthorizedAccess(f"not attempted: {stopped[0]}"))
-            elif state.active and not held_back(state):
+            # A begun item goes through run_one even when its life has ended (its task run records it).
+            elif (state.active or state in runtime.begun) and not held_back(state):
                 try:
                     await run_one(runtime, state)
                 except UnauthorizedAccess as exc:

@@ -157,17 +157,15 @@ async def _run(spec: str, *, archive: str | None, report: Path | None, model_nam
     embedded = server is None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from flows.config import resolve_archive, resolve_settings
     from flows.opening import open_run
     from flows.watch import watching
-    from tryon.archive import Archive
     from tryon.batch import begin, load_and_validate
-    from tryon.settings import ArchiveSettings, FashnSettings
     from tryon.traffic.budget import Budget
 
     collection = await load_and_validate(spec, model_name)
-    settings = FashnSettings()
-    settings.require_api_key()
-    store = Archive(archive or ArchiveSettings().archive_url)
+    settings = await resolve_settings(None)
+    store = await resolve_archive(archive, None)
     await store.check_writable(collection.name)
     budget = Budget(max_credits or settings.max_credits)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

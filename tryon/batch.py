@@ -146,15 +146,17 @@ async def run_items(runtime: Runtime, planned: Plan, *, run_one: RunOne = life.r
     stopped: list[UnauthorizedAccess] = []
     ended: asyncio.Queue[ItemReport] = asyncio.Queue()
 
-    def held_back(state: ItemState) -> bool:  # a begun life is always awaited: it may be submitting now
-        return drain is not None and state not in runtime.begun and drain.holds_back(state)
+    def held_back(state: ItemState) -> bool:
+        return drain is not None and drain.holds_back(state)
 
     async def worker() -> None:
         for state in states:
-            if state.active and stopped and state not in runtime.begun:
+            # A begun item always goes through run_one, which awaits its life: it may be submitting
+            # now, or have ended already (its task run records it).
+            begun = state in runtime.begun
+            if state.active and stopped and not begun:
                 state.fail(UnauthorizedAccess(f"not attempted: {stopped[0]}"))
-            # A begun item goes through run_one even when its life has ended (its task run records it).
-            elif (state.active or state in runtime.begun) and not held_back(state):
+            elif begun or (state.active and not held_back(state)):
                 try:
                     await run_one(runtime, state)
                 except UnauthorizedAccess as exc:
